@@ -1,0 +1,108 @@
+"""Fixtures for the load-test harness tests: real sipp processes on 127.0.0.1, speech from espeak-ng."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# pytest puts tests/ on sys.path (rootdir conftest, no __init__.py), where tests/loadtest/ would
+# shadow the real package as a namespace package under `.venv/bin/pytest`; the repo root goes first.
+_ROOT = str(Path(__file__).resolve().parents[2])
+if sys.path[:1] != [_ROOT]:
+    sys.path.insert(0, _ROOT)
+sys.modules.pop("loadtest", None)
+
+from loadtest import scenario_path  # noqa: E402
+from loadtest.audio import DEFAULT_QUESTION, speak_ulaw  # noqa: E402
+from loadtest.ports import free_udp_port  # noqa: E402
+
+TEST_SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+SIPP = shutil.which("sipp")
+
+
+def need_sipp() -> str:
+    if SIPP is None:
+        pytest.skip("sipp (Debian package sip-tester) is not installed; `make test` installs it")
+    return SIPP
+
+
+@dataclass
+class Uas:
+    """A background SIPp UAS (worker stand-in) on 127.0.0.1."""
+
+    proc: subprocess.Popen
+    port: int
+    media_port: int
+    workdir: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding question.ulaw (headerless mu-law speech), made once per session."""
+    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+        pytest.skip("espeak-ng and sox are needed to make speech audio; `make test` installs them")
+    d = tmp_path_factory.mktemp("speech")
+    speak_ulaw(DEFAULT_QUESTION, d / "question.ulaw")
+    return d
+
+
+@pytest.fixture
+def start_uas(tmp_path: Path) -> Iterator:
+    """Start SIPp UASes; every one is stopped (SIGTERM, then SIGKILL) at teardown."""
+    started: list[Uas] = []
+
+    def _start(scenario: str | Path, *extra: str, rtp_echo: bool = True) -> Uas:
+        sipp = need_sipp()
+        path = Path(scenario) if Path(scenario).is_file() else scenario_path(str(scenario))
+        port = free_udp_port()
+        mport = free_udp_port(span=2, step=2, even=True)
+        workdir = tmp_path / f"uas-{port}"
+        workdir.mkdir()
+        cmd = [sipp, "-sf", str(path), "-i", "127.0.0.1", "-p", str(port), "-mp", str(mport),
+               "-nostdin", "-aa", "-timeout", "120s", "-trace_err", "-error_file", str(workdir / "err.log"),
+               *(["-rtp_echo"] if rtp_echo else []), *extra]
+        proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.3)  # sipp binds its sockets within a few ms; a failed bind exits at once
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode()[-500:]
+            raise RuntimeError(f"UAS exited at start ({proc.returncode}): {err}")
+        uas = Uas(proc, port, mport, workdir)
+        started.append(uas)
+        return uas
+
+    yield _start
+    for uas in started:
+        if uas.proc.poll() is None:
+            uas.proc.send_signal(signal.SIGTERM)
+            try:
+                uas.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                uas.proc.kill()
+                uas.proc.wait()
+        if uas.proc.stderr:
+            uas.proc.stderr.close()
+
+
+def run_uac(workdir: Path, target: str, scenario: str | Path, *extra: str,
+            timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run a SIPp UAC to completion (bounded by -timeout and a hard subprocess timeout)."""
+    sipp = need_sipp()
+    path = Path(scenario) if Path(scenario).is_file() else scenario_path(str(scenario))
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [sipp, target, "-sf", str(path), "-i", "127.0.0.1", "-p", str(free_udp_port()),
+           "-mp", str(free_udp_port(span=2, step=2, even=True)), "-nostdin",
+           "-timeout", f"{int(timeout)}s", "-trace_stat", "-stf", "stat.csv", "-fd", "1",
+           "-trace_err", "-error_file", "err.log", "-trace_screen", "-screen_file", "screen.log", *extra]
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, timeout=timeout + 30)
