@@ -1,0 +1,1 @@
+"""Per-call objects: the media session, tools, and (ESL helper) call control."""

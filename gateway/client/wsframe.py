@@ -1,0 +1,137 @@
+"""Minimal RFC 6455 client side, sans-I/O: the upgrade request exactly as libwsc writes it, masked frames
+out, a frame parser in. Written for `gateway call` and the tests, which must put on the wire what
+mod_audio_stream puts there (headers without a space after the colon, no extensions, Origin header)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+MAX_SERVER_FRAME = 16 * 1024 * 1024
+
+
+def upgrade_request(host: str, port: int, path: str, extra_headers: dict[str, str] | None = None,
+                    key: str | None = None) -> tuple[bytes, str]:
+    """libwsc's handshake (research freeswitch_protocols.md §1.4). Returns (bytes, key)."""
+    key = key or base64.b64encode(os.urandom(16)).decode()
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host:{host}:{port}",
+        "Upgrade:websocket",
+        "Connection:upgrade",
+        f"Sec-WebSocket-Key:{key}",
+        "Sec-WebSocket-Version:13",
+        f"Origin:http://{host}:{port}",
+    ]
+    lines += [f"{k}:{v}" for k, v in (extra_headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode(), key
+
+
+def accept_key(key: str) -> str:
+    return base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
+
+
+def encode_frame(opcode: int, payload: bytes, *, mask: bool = True, fin: bool = True,
+                 mask_key: bytes | None = None) -> bytes:
+    head = bytearray([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        head.append(mbit | n)
+    elif n < 65536:
+        head.append(mbit | 126)
+        head += struct.pack("!H", n)
+    else:
+        head.append(mbit | 127)
+        head += struct.pack("!Q", n)
+    if not mask:
+        return bytes(head) + payload
+    key = mask_key if mask_key is not None else os.urandom(4)
+    head += key
+    if n:
+        # XOR with the repeating 4-byte key, done as one big-int operation (fast for 320-byte frames).
+        k = (key * (n // 4 + 1))[:n]
+        payload = (int.from_bytes(payload, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big")
+    return bytes(head) + payload
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    return struct.pack("!H", code) + reason.encode()
+
+
+@dataclass
+class Frame:
+    opcode: int
+    payload: bytes
+    fin: bool = True
+
+    @property
+    def close_code(self) -> int | None:
+        if self.opcode == OP_CLOSE and len(self.payload) >= 2:
+            return struct.unpack("!H", self.payload[:2])[0]
+        return None
+
+    @property
+    def close_reason(self) -> str:
+        return self.payload[2:].decode("utf-8", "replace") if self.opcode == OP_CLOSE else ""
+
+
+class FrameError(Exception):
+    pass
+
+
+class FrameParser:
+    """Feed bytes from the server; collect complete (reassembled) messages and control frames."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._fragments: list[bytes] = []
+        self._frag_op = 0
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buf += data
+        out: list[Frame] = []
+        while True:
+            frame = self._next()
+            if frame is None:
+                return out
+            if frame.opcode >= 0x8:
+                out.append(frame)
+            elif frame.opcode == OP_CONT:
+                self._fragments.append(frame.payload)
+                if frame.fin:
+                    out.append(Frame(self._frag_op, b"".join(self._fragments)))
+                    self._fragments = []
+            elif not frame.fin:
+                self._frag_op, self._fragments = frame.opcode, [frame.payload]
+            else:
+                out.append(frame)
+
+    def _next(self) -> Frame | None:
+        b = self._buf
+        if len(b) < 2:
+            return None
+        fin, opcode, masked, n = bool(b[0] & 0x80), b[0] & 0x0F, bool(b[1] & 0x80), b[1] & 0x7F
+        pos = 2
+        if n == 126:
+            if len(b) < 4:
+                return None
+            n, pos = struct.unpack_from("!H", b, 2)[0], 4
+        elif n == 127:
+            if len(b) < 10:
+                return None
+            n, pos = struct.unpack_from("!Q", b, 2)[0], 10
+        if n > MAX_SERVER_FRAME:
+            raise FrameError(f"server frame of {n} bytes")
+        if masked:  # servers must not mask (RFC 6455 §5.1); libwsc reports SERVER_MASKED
+            raise FrameError("masked frame from server")
+        if len(b) < pos + n:
+            return None
+        payload = bytes(b[pos : pos + n])
+        del b[: pos + n]
+        return Frame(opcode, payload, fin)
