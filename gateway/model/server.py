@@ -1,0 +1,271 @@
+"""`gateway model`: the aiohttp adapter around `RealtimeSession` (one per WebSocket).
+
+    ws://HOST:PORT/v1/realtime?model=...&profile=...
+
+This is where sockets, timers and auth live; the protocol itself is in `session.py`. Each connection
+runs one loop: wait for a client message or for the next output-audio deadline, feed the session,
+send what it returns. Speech parts (phone decoder, synthesiser) are loaded once before the listening
+line is logged, so the first call pays no start-up cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import itertools
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from .asr import PhoneDecoder, PhraseRecognizer
+from .profiles import EngineProfile, load_profiles, profiles_dir
+from .session import Engines, RealtimeSession
+from .settings import ModelSettings
+from .tts import EspeakSynth
+
+log = logging.getLogger("gateway.model")
+
+ENGINE_KEY = web.AppKey("engine", "Engine")
+
+
+class KeyValueFormatter(logging.Formatter):
+    """`time level logger message key=value ...`: static messages, structured fields (PII under `pii`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
+        base = f"{stamp} {record.levelname} {record.name} {record.getMessage()}"
+        fields = getattr(record, "fields", None)
+        if fields:
+            base += " " + " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in fields.items())
+        if record.exc_info:
+            base += "\n" + self.formatException(record.exc_info)
+        return base
+
+
+class Engine:
+    """Process-wide state: settings, profiles, shared speech parts, live session count."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.settings = settings
+        directory = profiles_dir(settings.profiles_dir)
+        self.profiles: dict[str, EngineProfile] = load_profiles(directory)
+        if settings.default_profile not in self.profiles:
+            raise SystemExit(
+                f"gateway model: default profile {settings.default_profile!r} not found in "
+                f"{directory} (have: {', '.join(sorted(self.profiles)) or 'none'}); set "
+                "GATEWAY_MODEL_DEFAULT_PROFILE or --default-profile"
+            )
+        decoder = PhoneDecoder()
+        self.engines = Engines(
+            synth=EspeakSynth(),
+            recognizers={
+                name: PhraseRecognizer(p.phrases(), decoder, settings.reject_above)
+                for name, p in self.profiles.items()
+            },
+        )
+        self.sessions = 0
+        self._ids = itertools.count(1)
+        self.profiles_directory = directory
+
+    def new_session_id(self) -> str:
+        return f"sess_{os.getpid():x}_{next(self._ids):06d}"
+
+
+def _refuse(status: int, code: str, message: str) -> web.Response:
+    body = {"error": {"type": "invalid_request_error", "code": code, "message": message}}
+    return web.json_response(body, status=status)
+
+
+async def realtime(request: web.Request) -> web.StreamResponse:
+    engine: Engine = request.app[ENGINE_KEY]
+    settings = engine.settings
+    if settings.token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
+            log.warning("refused: bad token", extra={"fields": {"peer": request.remote}})
+            return _refuse(401, "invalid_api_key", "missing or wrong bearer token")
+    name = request.query.get("profile") or settings.default_profile
+    profile = engine.profiles.get(name)
+    if profile is None:
+        log.warning("refused: unknown profile", extra={"fields": {"peer": request.remote, "profile": name}})
+        return _refuse(404, "profile_not_found", f"no agent profile {name!r}")
+    if engine.sessions >= settings.max_sessions:
+        log.warning("refused: session limit", extra={"fields": {"limit": settings.max_sessions}})
+        return _refuse(503, "too_many_sessions", "session limit reached")
+    ws = web.WebSocketResponse(compress=False, heartbeat=None, max_msg_size=16 * 1024 * 1024)
+    await ws.prepare(request)
+    session = RealtimeSession(
+        profile,
+        engine.engines,
+        model=request.query.get("model") or "gpt-realtime",
+        session_id=engine.new_session_id(),
+        chunk_ms=settings.chunk_ms,
+        pace=settings.pace,
+        lead_ms=settings.lead_ms,
+    )
+    engine.sessions += 1
+    log.info(
+        "session opened",
+        extra={
+            "fields": {
+                "session": session.session_id,
+                "profile": name,
+                "peer": request.remote,
+                "sessions": engine.sessions,
+            }
+        },
+    )
+    try:
+        await _run(ws, session)
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    except Exception:  # one broken session never takes the process down
+        log.exception("session failed", extra={"fields": {"session": session.session_id}})
+    finally:
+        engine.sessions -= 1
+        if not ws.closed:
+            await ws.close()
+        log.info(
+            "session closed", extra={"fields": {"session": session.session_id, "sessions": engine.sessions}}
+        )
+    return ws
+
+
+async def _send(ws: web.WebSocketResponse, events: list[dict[str, Any]]) -> None:
+    for ev in events:
+        await ws.send_str(json.dumps(ev, separators=(",", ":")))
+
+
+async def _run(ws: web.WebSocketResponse, session: RealtimeSession) -> None:
+    # A reader task queues client messages; this loop is the only one that touches the session and
+    # the only writer, so events leave in exactly the order the session produced them. (aiohttp's own
+    # receive(timeout=...) closes the socket on timeout, so the pacing wait is on the queue instead.)
+    clock = time.monotonic
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def read() -> None:
+        try:
+            async for msg in ws:
+                await inbox.put(msg)
+        finally:
+            await inbox.put(None)
+
+    reader = asyncio.create_task(read())
+    try:
+        await _send(ws, session.open(clock()))
+        while True:
+            deadline = session.next_deadline()
+            try:
+                if deadline is None:
+                    msg = await inbox.get()
+                else:
+                    msg = await asyncio.wait_for(inbox.get(), max(0.0, deadline - clock()))
+            except TimeoutError:
+                await _send(ws, session.poll(clock()))
+                continue
+            if msg is None:
+                break
+            if msg.type == WSMsgType.TEXT:
+                await _send(ws, session.receive(msg.data, clock()))
+            elif msg.type == WSMsgType.BINARY:
+                await _send(ws, session.receive(bytes(msg.data), clock()))
+            elif msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+
+
+def build_app(engine: Engine) -> web.Application:
+    app = web.Application()
+    app[ENGINE_KEY] = engine
+    app.router.add_get("/v1/realtime", realtime)
+    app.router.add_get(
+        "/healthz",
+        lambda _r: web.json_response(
+            {"status": "ok", "sessions": engine.sessions, "profiles": sorted(engine.profiles)}
+        ),
+    )
+    return app
+
+
+def parse_args(argv: list[str]) -> dict[str, Any]:
+    p = argparse.ArgumentParser(
+        prog="gateway model",
+        description="Embedded offline Realtime-protocol engine (env GATEWAY_MODEL_*; flags override).",
+    )
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--token", help="require this bearer token (default: accept any)")
+    p.add_argument("--default-profile")
+    p.add_argument("--profiles-dir")
+    p.add_argument("--pace", type=float, help="output audio speed vs real time; 0 = send at once")
+    p.add_argument("--log-level")
+    args = p.parse_args(argv)
+    return {k: v for k, v in vars(args).items() if v is not None}
+
+
+async def serve(settings: ModelSettings, ready: asyncio.Event | None = None) -> None:
+    started = time.monotonic()
+    engine = Engine(settings)
+    runner = web.AppRunner(build_app(engine), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    sockets = site._server.sockets if site._server else []  # noqa: SLF001 - the bound port when port=0
+    port = sockets[0].getsockname()[1] if sockets else settings.port
+    log.info(
+        "listening",
+        extra={
+            "fields": {
+                "url": f"ws://{settings.host}:{port}/v1/realtime",
+                "host": settings.host,
+                "port": port,
+                "profiles": sorted(engine.profiles),
+                "default_profile": settings.default_profile,
+                "auth": "token" if settings.token else "any",
+                "startup_s": round(time.monotonic() - started, 3),
+            }
+        },
+    )
+    if ready is not None:
+        ready.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = ModelSettings(**overrides)
+    except Exception as exc:  # pydantic ValidationError: name the setting and stop
+        print(f"gateway model: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        log.error(
+            "cannot listen",
+            extra={"fields": {"host": settings.host, "port": settings.port, "error": str(exc)}},
+        )
+        return 1
+    return 0
