@@ -145,6 +145,11 @@ class Gateway:
                                 ws="none")
         self._admin = _AdminServer(config)
         self._admin_task = asyncio.create_task(self._admin.serve(sockets=[admin_sock]), name="admin-api")
+        while not self._admin.started:  # readiness must not be announced before the admin port answers
+            if self._admin_task.done():
+                self._admin_task.result()
+                raise OSError("admin API did not start")
+            await asyncio.sleep(0.01)
         self.started = True
         m.READY.set(1)
         log.info("gateway listening",
