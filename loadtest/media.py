@@ -1,0 +1,408 @@
+"""`loadtest media`: N concurrent simulated calls against a running `gateway serve`.
+
+Each call is `gateway.client.call.place_call()` -- the `gateway call` client core, which behaves
+like mod_audio_stream on the wire (metadata text frame, 20 ms L16 frames at real time, streamAudio
+back) -- so the load is what FreeSWITCH workers would send.  Measured per call:
+
+- end of speech -> first reply audio (the caller's perceived response time);
+- playout jitter of the returned audio: for consecutive streamAudio messages, how far the gap
+  between them departs from the audio duration of the earlier one (0 = perfectly paced);
+- per-frame latency (only with the gateway's null-echo model, where reply audio is the caller's
+  audio coming back): arrival of each echoed 20 ms frame minus the time it was sent;
+- failures: refused upgrade, connection errors, no reply audio, client-side timeouts.
+
+The gateway's CPU and memory come from /proc/<pid> through psutil (the pid is found from the
+listening port when not given), sampled twice a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import platform
+import sys
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from loadtest.model import Check, Point, RunResult, StepResult
+from loadtest.sip_load import now_iso
+from loadtest.sipp import latency_of
+from loadtest.sippstat import percentile
+from loadtest.verdict import EXIT_PASS, EXIT_THRESHOLD, EXIT_TOOL, broken
+
+FRAME_S = 0.020
+
+
+class MediaLoad(BaseModel):
+    """Settings of one media load run (bounded: at most 2000 calls, 1000 at once, 10 min per call)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="ws://host:port of `gateway serve` (the /stream/<uuid> path is added)")
+    calls: int = Field(24, gt=0, le=2000)
+    concurrency: int = Field(12, gt=0, le=1000)
+    rate: float = Field(4.0, gt=0, le=200, description="new calls per second")
+    sample_rate: Literal[8000, 16000] = 8000
+    question: str | None = None
+    audio: str | None = None
+    model: Literal["engine", "null-echo"] = Field(
+        "engine", description="what the gateway talks to: the embedded engine/OpenAI, or null-echo")
+    profile_name: str = ""
+    token: str | None = None
+    call_timeout_s: float = Field(60.0, gt=0, le=600)
+    gateway_pid: int | None = None
+    max_failed_ratio: float | None = Field(0.0, ge=0, le=1)
+    max_reply_p95_ms: float | None = Field(3000.0, gt=0)
+    max_jitter_p95_ms: float | None = Field(60.0, gt=0)
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rstrip("/").removesuffix("/stream")
+
+
+@dataclass
+class CallRecord:
+    index: int
+    started: float                 # monotonic
+    ended: float = 0.0
+    summary: object | None = None
+    error: str | None = None
+    frame_latencies: list[float] = field(default_factory=list)
+    jitter: list[float] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        s = self.summary
+        if self.error or s is None:
+            return True
+        return bool(getattr(s, "errors", None)) or getattr(s, "reply_s", 0) <= 0
+
+
+def playout_jitter_ms(arrivals: list[tuple[float, int]], rate: int) -> list[float]:
+    """|gap to the next message - audio duration of this one| per consecutive streamAudio pair.
+    Gaps over 0.5 s are pauses between utterances, not jitter."""
+    out = []
+    for (t1, n1), (t2, _) in zip(arrivals, arrivals[1:], strict=False):
+        gap = t2 - t1
+        if gap < 0.5:
+            out.append(abs(gap - n1 / (2 * rate)) * 1000.0)
+    return out
+
+
+def echo_frame_latencies_ms(arrivals: list[tuple[float, int]], speech: np.ndarray, rate: int,
+                            speech_end_t: float | None) -> list[float]:
+    """Per-frame latency with the null-echo model: echoed frame k arrives at cumulative reply byte
+    (k+1)*frame_bytes; it was sent at t0 + max(0, k-1)*20 ms (the client sends the first two frames
+    together, as mod_audio_stream does).  t0 is recovered from the send time of the last voiced
+    frame, which the client records."""
+    from gateway.client.call import SPEECH_RMS
+
+    if speech_end_t is None or not arrivals:
+        return []
+    frame_len = rate * 20 // 1000
+    n = max(1, -(-len(speech) // frame_len))
+    padded = np.zeros(n * frame_len, dtype=np.int16)
+    padded[: len(speech)] = speech
+    rms = np.sqrt((padded.reshape(n, frame_len).astype(np.float64) ** 2).mean(axis=1))
+    voiced = np.nonzero(rms > SPEECH_RMS)[0]
+    if not voiced.size:
+        return []
+    last = int(voiced[-1])
+    t0 = speech_end_t - max(0, last - 1) * FRAME_S
+    frame_bytes = frame_len * 2
+    out, received, k = [], 0, 0
+    for t, nbytes in arrivals:
+        received += nbytes
+        while (k + 1) * frame_bytes <= received:
+            out.append((t - (t0 + max(0, k - 1) * FRAME_S)) * 1000.0)
+            k += 1
+    return out
+
+
+def find_listener_pid(port: int) -> int | None:
+    import psutil
+
+    with contextlib.suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                return conn.pid
+    return None
+
+
+class ResourceSampler:
+    """CPU (user+system, children included) and RSS of one process, sampled from /proc."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.interval = interval
+        self.series: list[tuple[float, float, float]] = []   # (t since start, cpu %, rss MB)
+        self.cpu_start = self._cpu()
+        self.t_start = time.monotonic()
+        self.cpu_end = self.cpu_start
+        self.peak_rss_mb = 0.0
+
+    def _cpu(self) -> float:
+        import psutil
+
+        try:
+            t = self.proc.cpu_times()
+            total = t.user + t.system
+            for child in self.proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    ct = child.cpu_times()
+                    total += ct.user + ct.system
+            return total
+        except psutil.Error:
+            return self.cpu_end
+
+    def _rss_mb(self) -> float:
+        import psutil
+
+        try:
+            return self.proc.memory_info().rss / 1e6
+        except psutil.Error:
+            return 0.0
+
+    async def run(self) -> None:
+        last_cpu, last_t = self.cpu_start, self.t_start
+        while True:
+            await asyncio.sleep(self.interval)
+            cpu, now, rss = self._cpu(), time.monotonic(), self._rss_mb()
+            self.series.append((now - self.t_start, 100.0 * (cpu - last_cpu) / max(now - last_t, 1e-6), rss))
+            self.peak_rss_mb = max(self.peak_rss_mb, rss)
+            self.cpu_end = cpu
+            last_cpu, last_t = cpu, now
+
+    def summary(self) -> dict:
+        wall = max(time.monotonic() - self.t_start, 1e-6)
+        cpu_s = self.cpu_end - self.cpu_start
+        return {"pid": self.proc.pid, "cpu_seconds": round(cpu_s, 3), "wall_seconds": round(wall, 3),
+                "cpu_percent_mean": round(100 * cpu_s / wall, 1),
+                "cpu_percent_max": round(max((c for _, c, _ in self.series), default=0.0), 1),
+                "rss_mb_peak": round(self.peak_rss_mb, 1),
+                "rss_mb_start": round(self.series[0][2], 1) if self.series else None,
+                "series": [(round(t, 2), round(c, 1), round(r, 1)) for t, c, r in self.series]}
+
+
+def _prepare_dir(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _speech(load: MediaLoad, run_dir: Path) -> tuple[str, np.ndarray]:
+    from gateway.client.call import load_audio
+    from loadtest.audio import DEFAULT_QUESTION, speak_wav
+
+    if load.audio:
+        path = Path(load.audio)
+    else:
+        path = speak_wav(load.question or DEFAULT_QUESTION, run_dir / "question.wav", rate=load.sample_rate)
+    return str(path), load_audio(path, load.sample_rate)
+
+
+async def run_media(load: MediaLoad, run_dir: Path, *, progress=None) -> RunResult:
+    from gateway.client.call import place_call
+
+    _prepare_dir(run_dir)
+    audio_path, speech = _speech(load, run_dir)
+    speech_s = len(speech) / load.sample_rate
+    result = RunResult(kind="media", title=f"Media-plane load test of {load.base_url} ({load.model})",
+                       started=now_iso(), settings=load.model_dump(exclude={"token"}))
+    result.host = {"hostname": platform.node(), "cpus": len(os.sched_getaffinity(0))}
+    pid = load.gateway_pid or find_listener_pid(urlsplit(load.base_url).port or 80)
+    sampler = ResourceSampler(pid) if pid else None
+    sampler_task = asyncio.create_task(sampler.run()) if sampler else None
+    records: list[CallRecord] = []
+    gate = asyncio.Semaphore(load.concurrency)
+    t_run = time.monotonic()
+    echo = load.model == "null-echo"
+    # null-echo answers every frame, so "the reply has finished" never comes: hang up after the question
+    max_duration = speech_s + 2.0 if echo else load.call_timeout_s
+
+    async def one(i: int) -> None:
+        async with gate:
+            rec = CallRecord(index=i, started=time.monotonic())
+            records.append(rec)
+            call_uuid = str(uuidlib.uuid4())
+            metadata = {"caller": f"+1415555{i:04d}", "callee": "+18005550100",
+                        "call_id": f"CA{uuidlib.uuid4().hex}", "worker": "loadtest",
+                        "profile": load.profile_name, "rate": load.sample_rate}
+            try:
+                s = await asyncio.wait_for(place_call(
+                    f"{load.base_url}/stream/{call_uuid}", speech, rate=load.sample_rate, metadata=metadata,
+                    token=load.token, wait_for_greeting=not echo, max_duration=max_duration,
+                    reply_timeout=min(15.0, load.call_timeout_s)), timeout=load.call_timeout_s + 10)
+                rec.summary = s
+                rec.jitter = playout_jitter_ms(s.reply_arrivals, load.sample_rate)
+                if echo:
+                    rec.frame_latencies = echo_frame_latencies_ms(s.reply_arrivals, speech, load.sample_rate,
+                                                                  s.speech_end_t)
+            except TimeoutError:
+                rec.error = "client timeout"
+            except Exception as exc:  # noqa: BLE001 - one broken call must not stop the load
+                rec.error = f"{type(exc).__name__}: {exc}"
+            rec.ended = time.monotonic()
+
+    async def ticker() -> None:
+        while progress is not None:
+            await asyncio.sleep(1.0)
+            done = [r for r in records if r.ended]
+            progress(f"[media] {time.monotonic() - t_run:6.1f}s started {len(records)}/{load.calls} "
+                     f"active {len(records) - len(done)} done {len(done)} "
+                     f"failed {sum(r.failed for r in done)}")
+
+    tick = asyncio.create_task(ticker())
+    tasks = []
+    try:
+        for i in range(load.calls):
+            tasks.append(asyncio.create_task(one(i)))
+            await asyncio.sleep(1.0 / load.rate)
+        bound = load.calls / load.rate + load.call_timeout_s + 30
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=bound)
+    except TimeoutError:
+        pass
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        tick.cancel()
+        if sampler_task:
+            sampler_task.cancel()
+        await asyncio.gather(tick, *(x for x in [sampler_task] if x), return_exceptions=True)
+    finish = getattr(progress, "finish", None)
+    if finish:
+        finish()
+    step = _media_step(load, records, t_run, speech_s)
+    result.steps.append(step)
+    if sampler:
+        result.resources = sampler.summary()
+        step.extra["gateway_cpu_seconds"] = result.resources["cpu_seconds"]
+        per_call = result.resources["cpu_seconds"] / max(1, len(records))
+        step.extra["gateway_cpu_seconds_per_call"] = round(per_call, 4)
+        step.extra["gateway_rss_mb_peak"] = result.resources["rss_mb_peak"]
+    else:
+        result.resources = {"note": "gateway pid unknown (pass --gateway-pid); CPU/memory not measured"}
+    result.finished = now_iso()
+    _judge_media(result, step, records)
+    return result
+
+
+def _media_step(load: MediaLoad, records: list[CallRecord], t_run: float, speech_s: float) -> StepResult:
+    step = StepResult(index=1, label=f"media {load.calls} calls x{load.concurrency}", target_rate=load.rate,
+                      requested=load.calls)
+    step.attempted = len(records)
+    finished = [r for r in records if r.ended]
+    step.failed = sum(r.failed for r in finished)
+    step.successful = len(finished) - step.failed
+    step.unfinished = len(records) - len(finished)
+    step.failed_ratio = (step.failed + step.unfinished) / step.attempted if step.attempted else None
+    if records:
+        first = min(r.started for r in records)
+        last_start = max(r.started for r in records)
+        step.achieved_rate = (len(records) - 1) / (last_start - first) if last_start > first else None
+        step.duration_s = max((r.ended for r in finished), default=time.monotonic()) - t_run
+    reply = []
+    for r in finished:
+        s = r.summary
+        lat = getattr(s, "first_reply_latency_ms", None)
+        if lat is not None and getattr(s, "speech_end_t", None):
+            reply.append((s.speech_end_t - t_run, lat))
+    step.samples = reply
+    step.setup_ms = latency_of([ms for _, ms in reply])
+    frames = [x for r in finished for x in r.frame_latencies]
+    step.frame_latency_ms = latency_of(frames) if frames else None
+    jit = [x for r in finished for x in r.jitter]
+    step.jitter_ms = latency_of(jit) if jit else None
+    errors: dict[str, int] = {}
+    for r in finished:
+        for e in ([r.error] if r.error else []) + list(getattr(r.summary, "errors", []) or []):
+            key = e.split(":")[0][:80]
+            errors[key] = errors.get(key, 0) + 1
+        if not r.error and not getattr(r.summary, "errors", None) and getattr(r.summary, "reply_s", 0) <= 0:
+            errors["no reply audio"] = errors.get("no reply audio", 0) + 1
+    step.errors = errors
+    # per-second series: calls started, calls in progress, failures ending in that second
+    horizon = math.ceil(step.duration_s) + 1 if records else 0
+    for sec in range(horizon):
+        lo, hi = t_run + sec, t_run + sec + 1
+        step.series.append(Point(
+            t=sec + 1.0,
+            calls_per_s=sum(lo <= r.started < hi for r in records),
+            concurrent=sum(r.started < hi and (not r.ended or r.ended >= hi) for r in records),
+            successful=sum(lo <= r.ended < hi and not r.failed for r in finished),
+            failed=sum(lo <= r.ended < hi and r.failed for r in finished)))
+    step.peak_concurrent = int(max((p.concurrent for p in step.series), default=0))
+    lateness = [getattr(r.summary, "send_lateness_ms", {}).get("p99") for r in finished if r.summary]
+    lateness = [x for x in lateness if x is not None]
+    if lateness:
+        # our own pacing: if the load generator itself is late, latencies above are not the gateway's
+        step.extra["client_send_lateness_p99_ms_worst"] = round(max(lateness), 2)
+    step.extra["question_seconds"] = round(speech_s, 2)
+    replies = [getattr(r.summary, "reply_s", 0.0) for r in finished if r.summary]
+    if replies:
+        step.extra["reply_seconds_mean"] = round(sum(replies) / len(replies), 2)
+    summaries = [r.summary for r in finished if r.summary]
+    step.extra["frames_sent"] = sum(getattr(s, "frames_sent", 0) for s in summaries)
+    step.extra["frames_received"] = sum(getattr(s, "frames_received", 0) for s in summaries)
+    return step
+
+
+def _judge_media(result: RunResult, step: StepResult, records: list[CallRecord]) -> None:
+    load = MediaLoad.model_validate(result.settings | {"token": None})
+    checks: list[Check] = []
+
+    def cap(name: str, value: float | None, limit: float | None, unit: str) -> None:
+        if limit is None:
+            return
+        ok = value is not None and value <= limit
+        detail = "no data" if value is None else f"{value:.4g}{unit} {'<=' if ok else '>'} {limit:g}{unit}"
+        checks.append(Check(name=name, value=value, limit=limit, passed=ok, detail=detail))
+
+    cap("failed-call ratio", step.failed_ratio, load.max_failed_ratio, "")
+    cap("end of speech -> first audio p95", step.setup_ms.p95, load.max_reply_p95_ms, " ms")
+    cap("playout jitter p95", step.jitter_ms.p95 if step.jitter_ms else None, load.max_jitter_p95_ms, " ms")
+    step.checks = checks
+    step.passed = bool(records) and all(c.passed for c in checks)
+    connect_failures = sum(1 for r in records if r.summary is not None and any(
+        e.startswith("connect:") for e in getattr(r.summary, "errors", [])))
+    if records and connect_failures == len(records):
+        result.passed, result.exit_code = False, EXIT_TOOL
+        result.verdict = f"FAIL: could not connect to the gateway at {load.base_url} (no call got through)"
+        return
+    result.passed = step.passed
+    result.exit_code = EXIT_PASS if step.passed else EXIT_THRESHOLD
+    if step.passed:
+        result.verdict = (f"PASS: {step.successful}/{step.attempted} calls, peak {step.peak_concurrent} "
+                          f"concurrent, end of speech -> first audio p95 {step.setup_ms.p95 or 0:.0f} ms")
+    else:
+        result.verdict = "FAIL: " + "; ".join(broken(step))
+
+
+def run_media_cli(load: MediaLoad, out: Path, *, quiet: bool = False) -> int:
+    from loadtest.report import write_reports
+    from loadtest.sipp import stderr_progress
+
+    try:
+        import gateway.client.call  # noqa: F401
+    except ImportError as exc:
+        print(f"loadtest media: the gateway client is not importable: {exc}", file=sys.stderr)
+        return EXIT_TOOL
+    result = asyncio.run(run_media(load, out, progress=None if quiet else stderr_progress()))
+    paths = write_reports(result, out)
+    print(result.verdict)
+    print(f"report: {paths['markdown']}  json: {paths['json']}  charts: {out}/*.png")
+    return result.exit_code
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    return {f"p{q}": percentile(values, q) for q in (50, 95, 99)}
