@@ -19,20 +19,22 @@ if sys.path[:1] != [_ROOT]:
 if getattr(sys.modules.get("gateway"), "__file__", "") is None:
     for _name in [n for n in sys.modules if n == "gateway" or n.startswith("gateway.")]:
         del sys.modules[_name]
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+# ruff: isort: off
+from collections.abc import AsyncIterator, Callable  # noqa: E402
+from typing import Any  # noqa: E402
 
-import hypothesis  # noqa: F401 - imported early: its lazy import at the terminal summary trips a CPython
-import numpy as np  # 3.11.7 ast bug ("AST constructor recursion depth mismatch") after the socket tests
-import pytest
+# Imported early: hypothesis's lazy import at the terminal summary trips a CPython 3.11.7 ast bug
+# ("AST constructor recursion depth mismatch") after the socket tests.
+import hypothesis  # noqa: E402, F401
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from realtime_fake import FakeRealtime, Script  # noqa: E402
 
-from gateway.client.call import load_audio
-from gateway.client.wsframe import FrameParser
-from gateway.fallback import FallbackPrompts
-from gateway.profiles import load_profiles
-from gateway.serve import Gateway
-from gateway.settings import DEFAULT_PROFILES_DIR, Settings
-from realtime_fake import FakeRealtime, Script
+from gateway.client.wsframe import FrameParser  # noqa: E402
+from gateway.fallback import FallbackPrompts  # noqa: E402
+from gateway.profiles import load_profiles  # noqa: E402
+from gateway.serve import Gateway  # noqa: E402
+from gateway.settings import DEFAULT_PROFILES_DIR, Settings  # noqa: E402
 
 FIXTURES = Path("/work/shared/fixtures")
 TOKENS = "abc,rotated-token"  # "abc" is the token inside the captured ws_*_mono16k upgrade requests
@@ -125,12 +127,12 @@ class RawStream:
     def write(self, data: bytes) -> None:
         self.writer.write(data)
 
-    async def read_until_close(self, timeout: float = 5.0) -> tuple[int | None, bool, list[Any]]:
+    async def read_until_close(self, wait_s: float = 5.0) -> tuple[int | None, bool, list[Any]]:
         """-> (close code from the gateway, whether the gateway closed TCP, frames before the close)."""
         frames: list[Any] = []
         code = None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + wait_s
         while loop.time() < deadline:
             try:
                 data = await asyncio.wait_for(self.reader.read(65536), deadline - loop.time())

@@ -150,8 +150,9 @@ class _Session:
             fmt = event["session"].get("audio", {}).get("output", {}).get("format")
             if fmt:
                 self.fmt = fmt
-            await self.send({"type": "session.updated", "session": {"type": "realtime", **{
-                k: v for k, v in event["session"].items() if k in ("instructions", "output_modalities", "audio")}}})
+            keep = ("instructions", "output_modalities", "audio")
+            echoed = {k: v for k, v in event["session"].items() if k in keep}
+            await self.send({"type": "session.updated", "session": {"type": "realtime", **echoed}})
         elif t == "response.create":
             self._start_response(self.script.greeting_ms, "greeting")
             if self.script.fail:
@@ -167,7 +168,8 @@ class _Session:
         elif t == "conversation.item.truncate":
             item, end = event["item_id"], int(event["audio_end_ms"])
             if item not in self.rec.generated_ms or end > self.rec.generated_ms[item] + 0.5:
-                await self.send({"type": "error", "error": {"type": "invalid_request_error", "code": "invalid_value",
+                await self.send({"type": "error", "error": {"type": "invalid_request_error",
+                                 "code": "invalid_value",
                                  "message": f"audio_end_ms {end} beyond the item's audio"}})
             else:
                 await self.send({"type": "conversation.item.truncated", "item_id": item, "content_index": 0,
@@ -211,7 +213,8 @@ class _Session:
             item = self.speech_item or _id("item")
             await self.send({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": int(self.input_ms),
                              "item_id": item})
-            await self.send({"type": "input_audio_buffer.committed", "item_id": item, "previous_item_id": None})
+            await self.send({"type": "input_audio_buffer.committed", "item_id": item,
+                             "previous_item_id": None})
             await self.send({"type": "conversation.item.input_audio_transcription.completed", "item_id": item,
                              "content_index": 0, "transcript": self.script.caller_transcript,
                              "usage": {"type": "duration", "seconds": 1.0}})
@@ -248,8 +251,8 @@ class _Session:
         await self.send({"type": "response.created", "response": {"id": rid, "object": "realtime.response",
                                                                   "status": "in_progress", "output": []}})
         await self.send({"type": "response.output_item.added", "response_id": rid, "output_index": 0,
-                         "item": {"id": item, "object": "realtime.item", "type": "message", "role": "assistant",
-                                  "status": "in_progress", "content": []}})
+                         "item": {"id": item, "object": "realtime.item", "type": "message",
+                                  "role": "assistant", "status": "in_progress", "content": []}})
         self.rec.generated_ms[item] = 0.0
         sent = 0.0
         while sent < audio_ms:

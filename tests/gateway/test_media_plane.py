@@ -117,8 +117,8 @@ async def test_model_failure_caller_hears_the_fallback_then_the_stream_ends(
 
 
 async def test_end_call_tool_hangs_up_after_the_goodbye_has_played(make_gateway, fake_model, question_wav):
-    model = await fake_model(greeting_ms=500, reply_ms=800, tool={"name": "end_call",
-                                                                   "arguments": {"reason": "caller said bye"}})
+    end_call = {"name": "end_call", "arguments": {"reason": "caller said bye"}}
+    model = await fake_model(greeting_ms=500, reply_ms=800, tool=end_call)
     gw = await make_gateway(model_url=model.url)
     s = await place_call(url(gw), question_wav, rate=8000, metadata=meta(), token="abc")
     assert s.closed_by == "gateway" and s.close_code == 1000 and s.server_closed_tcp
