@@ -279,3 +279,15 @@ class _Session:
         if status == "cancelled":
             resp["status_details"] = {"type": "cancelled", "reason": "client_cancelled"}
         await self.send({"type": "response.done", "response": resp})
+
+
+async def _serve_forever(port: int) -> None:
+    srv = FakeRealtime(Script(greeting_ms=2000, reply_ms=2000, speed=2.0))
+    srv._server = await serve(srv._handler, "127.0.0.1", port, compression=None, max_size=None)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":  # `gateway.demo` falls back to this when the embedded engine is absent
+    import sys
+
+    asyncio.run(_serve_forever(int(sys.argv[1])))

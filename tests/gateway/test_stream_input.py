@@ -62,7 +62,8 @@ async def test_captured_stream_with_stop_text_is_served_and_tcp_closed(make_gate
     assert code == 1000 and tcp_closed  # close answered and TCP dropped by the gateway
     assert any(f.opcode == OP_TEXT and b'"streamAudio"' in f.payload for f in frames)  # greeting played
     assert await wait_gone(gw, call_uuid)
-    assert model.sessions[0].of_type("session.update")[0]["session"]["audio"]["input"]["format"]["rate"] == 24000
+    update = model.sessions[0].of_type("session.update")[0]["session"]
+    assert update["audio"]["input"]["format"]["rate"] == 24000
 
 
 async def test_captured_hangup_close_ends_the_call(make_gateway, fake_model):
@@ -110,7 +111,8 @@ BAD_STREAMS = {
 }
 
 
-async def test_bad_input_is_refused_and_a_concurrent_call_is_unaffected(make_gateway, fake_model, question_wav):
+async def test_bad_input_is_refused_and_a_concurrent_call_is_unaffected(make_gateway, fake_model,
+                                                                        question_wav):
     model = await fake_model(greeting_ms=1500, reply_ms=1000, speed=2.0)
     gw = await make_gateway(model_url=model.url)
     good = asyncio.create_task(place_call(f"ws://127.0.0.1:{gw.media_port}/stream/{new_uuid()}", question_wav,
@@ -123,7 +125,8 @@ async def test_bad_input_is_refused_and_a_concurrent_call_is_unaffected(make_gat
         assert raw.status == 101, name
         # valid 16 kHz metadata first (real bytes) unless the case is about the metadata itself
         if "metadata" not in name and "rate" not in name:
-            raw.write((FIXTURES / "ws_voxcom_mono16k_first_text_frame.bin").read_bytes() + silence_frame(16000))
+            metadata = (FIXTURES / "ws_voxcom_mono16k_first_text_frame.bin").read_bytes()
+            raw.write(metadata + silence_frame(16000))
             await asyncio.sleep(0.05)
         raw.write(payload)
         code, tcp_closed, _ = await raw.read_until_close()
@@ -136,10 +139,10 @@ async def test_bad_input_is_refused_and_a_concurrent_call_is_unaffected(make_gat
 
     # authentication is refused before the upgrade (HTTP 401), several tokens are valid at once
     missing = await RawStream.open(gw.media_port, fixture_request("ws_voxcom_mono8k", new_uuid()))
-    wrong = await RawStream.open(gw.media_port, _swap_token(fixture_request("ws_voxcom_mono16k", new_uuid()),
-                                                            b"abd"))
-    rotated = await RawStream.open(gw.media_port, _swap_token(fixture_request("ws_voxcom_mono16k", new_uuid()),
-                                                              b"rotated-token"))
+    wrong = await RawStream.open(
+        gw.media_port, _swap_token(fixture_request("ws_voxcom_mono16k", new_uuid()), b"abd"))
+    rotated = await RawStream.open(
+        gw.media_port, _swap_token(fixture_request("ws_voxcom_mono16k", new_uuid()), b"rotated-token"))
     assert (missing.status, wrong.status, rotated.status) == (401, 401, 101)
     rotated.close()
     assert metric("gateway_auth_failures_total") == auth_before + 2
