@@ -72,6 +72,7 @@ class Worker:
     port: int
     attrs: str = ""
     flags: int = 8
+    priority: int = 0
 
     @property
     def uri(self) -> str:
@@ -79,7 +80,7 @@ class Worker:
 
     def list_line(self, setid: int = 1) -> str:
         attrs = f"duid={self.duid}" + (f";{self.attrs}" if self.attrs else "")
-        return f"{setid} {self.uri} {self.flags} 0 {attrs}"
+        return f"{setid} {self.uri} {self.flags} {self.priority} {attrs}"
 
 
 @dataclass
@@ -254,13 +255,18 @@ class SippUas:
     """A SIPp UAS in the foreground (no -bg), so it can be killed and restarted on the same port."""
 
     def __init__(self, workdir: Path, name: str, host: str, port: int | None = None,
-                 scenario: str = "uas-answer-echo-rr.xml") -> None:
+                 scenario: str = "uas-answer-echo-rr.xml", extra: Iterable[str] = ()) -> None:
         self.workdir, self.name, self.host = workdir, name, host
+        self.extra = list(extra)
         self.port = port or free_port(host)
         self.media_port = free_media_port(host)
         self.scenario = scenario
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
+
+    @property
+    def uri(self) -> str:
+        return f"sip:{self.host}:{self.port}"
 
     @property
     def csv_path(self) -> Path:
@@ -270,7 +276,7 @@ class SippUas:
         self.runs += 1
         cmd = [SIPP, "-sf", str(SCENARIOS / self.scenario), "-i", self.host, "-p", str(self.port),
                "-mp", str(self.media_port), "-aa", "-nostdin", "-trace_stat", "-stf", str(self.csv_path),
-               "-fd", "1", "-max_socket", "2048"]
+               "-fd", "1", "-max_socket", "2048", *self.extra]
         log = (self.workdir / f"{self.name}.log").open("ab")
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
@@ -285,15 +291,8 @@ class SippUas:
             self.proc.wait(timeout=5)
 
     def stop(self) -> SippStats:
-        """Graceful stop (SIGUSR1 makes SIPp write its final statistics row)."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGUSR1)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        return self.stats()
+        """Stop and return the cumulative statistics (see stop_all)."""
+        return stop_all([self])[0]
 
     def stats(self) -> SippStats:
         """Cumulative over every run of this stand-in (it may have been killed and restarted)."""
@@ -306,6 +305,18 @@ class SippUas:
                                   total.incoming + s.incoming, total.auto_answered + s.auto_answered,
                                   total.retransmissions + s.retransmissions)
         return total
+
+
+def stop_all(stand_ins: Iterable[SippUas]) -> list[SippStats]:
+    """Let the last calls finish their timewait and SIPp write one more periodic row (-fd 1), then
+    stop. SIPp writes no final row on SIGTERM and ignores SIGUSR1 in the foreground, so the periodic
+    row written after the last call is the final count."""
+    stand_ins = list(stand_ins)
+    if any(u.proc and u.proc.poll() is None for u in stand_ins):
+        time.sleep(1.7)
+    for u in stand_ins:
+        u.kill()
+    return [u.stats() for u in stand_ins]
 
 
 def sipp_uac(workdir: Path, name: str, target: str, *, calls: int, rate: float, hold_ms: int = 0,
@@ -337,7 +348,7 @@ def finish_uac(proc: subprocess.Popen[bytes], csv_path: Path, timeout: float = 9
 
 def sip_request(target: tuple[str, int], method: str = "OPTIONS", *, src: str = TRUNK_IP,
                 user_agent: str | None = None, extra_headers: str = "", body: str = "",
-                raw: bytes | None = None, timeout: float = 1.0) -> str | None:
+                raw: bytes | None = None, timeout: float = 1.0, max_forwards: int = 70) -> str | None:
     """Send one SIP request over UDP from src and return the first reply's status line (or None)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((src, 0))
@@ -353,7 +364,7 @@ def sip_request(target: tuple[str, int], method: str = "OPTIONS", *, src: str = 
                    f"Call-ID: {random.getrandbits(64):x}@{src}\r\n"
                    f"CSeq: 1 {method}\r\n"
                    f"Contact: <sip:probe@{src}:{port}>\r\n"
-                   f"Max-Forwards: 70\r\n{ua}{extra_headers}"
+                   f"Max-Forwards: {max_forwards}\r\n{ua}{extra_headers}"
                    f"Content-Length: {len(body.encode())}\r\n\r\n{body}").encode()
         s.sendto(raw, target)
         try:
