@@ -30,7 +30,7 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., list[SippUas]]]:
     """Factory: n SIPp worker stand-ins (UAS echoing Record-Route), started, on 127.0.0.11..13."""
     made: list[SippUas] = []
 
-    def make(n: int, scenario: str = "uas-answer-echo-rr.xml") -> list[SippUas]:
+    def make(n: int, scenario: str = "uas-worker-echo.xml") -> list[SippUas]:
         new = [SippUas(tmp_path, f"worker{len(made) + i + 1}", WORKER_IPS[(len(made) + i) % len(WORKER_IPS)],
                        scenario=scenario) for i in range(n)]
         for uas in new:

@@ -24,6 +24,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 KAMAILIO_CFG = REPO / "kamailio-conf" / "kamailio.cfg"
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+# Worker stand-ins (echo, 503) are the load-test helper's; only the edge-specific callers live here.
+LOADTEST_SCENARIOS = REPO / "loadtest" / "scenarios"
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 SIPP = shutil.which("sipp") or "/usr/bin/sipp"
 
@@ -35,6 +37,13 @@ SCANNER_IP = "127.0.0.4"
 WORKER_IPS = ("127.0.0.11", "127.0.0.12", "127.0.0.13")
 
 _used_ports: set[int] = set()
+
+
+def scenario_path(name: str) -> Path:
+    for directory in (SCENARIOS, LOADTEST_SCENARIOS):
+        if (directory / name).exists():
+            return directory / name
+    raise FileNotFoundError(name)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -255,7 +264,7 @@ class SippUas:
     """A SIPp UAS in the foreground (no -bg), so it can be killed and restarted on the same port."""
 
     def __init__(self, workdir: Path, name: str, host: str, port: int | None = None,
-                 scenario: str = "uas-answer-echo-rr.xml", extra: Iterable[str] = ()) -> None:
+                 scenario: str = "uas-worker-echo.xml", extra: Iterable[str] = ()) -> None:
         self.workdir, self.name, self.host = workdir, name, host
         self.extra = list(extra)
         self.port = port or free_port(host)
@@ -274,7 +283,7 @@ class SippUas:
 
     def start(self) -> SippUas:
         self.runs += 1
-        cmd = [SIPP, "-sf", str(SCENARIOS / self.scenario), "-i", self.host, "-p", str(self.port),
+        cmd = [SIPP, "-sf", str(scenario_path(self.scenario)), "-i", self.host, "-p", str(self.port),
                "-mp", str(self.media_port), "-aa", "-nostdin", "-trace_stat", "-stf", str(self.csv_path),
                "-fd", "1", "-max_socket", "2048", *self.extra]
         log = (self.workdir / f"{self.name}.log").open("ab")
@@ -324,7 +333,7 @@ def sipp_uac(workdir: Path, name: str, target: str, *, calls: int, rate: float, 
              extra: Iterable[str] = (), background: bool = False) -> subprocess.Popen[bytes] | SippStats:
     """Place `calls` calls at `rate` calls/s; wait and return the final statistics (or the process)."""
     csv_path = workdir / f"{name}.csv"
-    cmd = [SIPP, target, "-sf", str(SCENARIOS / scenario), "-s", "1000", "-i", host,
+    cmd = [SIPP, target, "-sf", str(scenario_path(scenario)), "-s", "1000", "-i", host,
            "-p", str(free_port(host)), "-mp", str(free_media_port(host)), "-r", str(rate), "-m", str(calls),
            "-d", str(hold_ms), "-nostdin", "-trace_stat", "-stf", str(csv_path), "-fd", "1",
            "-timeout", f"{timeout_s}s", "-timeout_error", "-max_socket", "2048", *extra]

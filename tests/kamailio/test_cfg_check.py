@@ -75,7 +75,7 @@ def test_topology_hiding_masks_the_edge_but_calls_still_complete(edge, workers, 
     stats = sipp_uac(e.workdir, "caller", e.sip_target, calls=3, rate=10,
                      extra=["-trace_msg", "-message_file", str(tmp_path / "caller.msg")])
     assert (stats.successful, stats.failed) == (3, 0)
-    assert stop_all([w])[0].successful == 3
+    assert stop_all([w])[0].calls_answered == 3
     seen_by_carrier = (tmp_path / "caller.msg").read_text(errors="replace")
     # In the SIP headers the carrier sees the mask address, never the worker's. The SDP (o=, c=) still
     # names the worker's media address: topoh does not touch bodies (docs/kamailio.md).

@@ -18,13 +18,20 @@ from kamailio_harness import (
 )
 
 
-def test_a_call_completes_end_to_end_through_the_edge(edge, workers) -> None:
-    (w,) = workers(1)
-    e = edge([w])
-    stats = sipp_uac(e.workdir, "caller", e.sip_target, calls=1, rate=1, hold_ms=100)
-    assert (stats.returncode, stats.successful, stats.failed) == (0, 1, 0)
-    # INVITE, 200, ACK and BYE all reached the worker: its scenario only succeeds after the BYE.
-    assert w.stop().successful == 1
+def test_a_call_completes_end_to_end_through_the_edge(edge, tmp_path: Path) -> None:
+    seen = tmp_path / "worker.msg"
+    w = SippUas(tmp_path, "worker", WORKER_IPS[0], extra=["-trace_msg", "-message_file", str(seen)]).start()
+    try:
+        e = edge([w])
+        stats = sipp_uac(e.workdir, "caller", e.sip_target, calls=1, rate=1, hold_ms=100)
+        assert (stats.returncode, stats.successful, stats.failed) == (0, 1, 0)
+    finally:
+        w.kill()
+    # INVITE, ACK and BYE all reached the worker, each through the edge (Record-Route / Route).
+    text = seen.read_text(errors="replace")
+    assert text.count("INVITE sip:1000@") == 1
+    assert text.count("ACK sip:worker@") == 1
+    assert text.count("BYE sip:worker@") == 1
 
 
 def test_round_robin_spreads_calls_evenly_over_three_workers(edge, workers) -> None:
@@ -32,7 +39,7 @@ def test_round_robin_spreads_calls_evenly_over_three_workers(edge, workers) -> N
     e = edge(ws, defines={"DS_ALG": 4})
     stats = sipp_uac(e.workdir, "caller", e.sip_target, calls=60, rate=30)
     assert (stats.returncode, stats.successful, stats.failed) == (0, 60, 0)
-    assert [s.successful for s in stop_all(ws)] == [20, 20, 20]
+    assert [s.calls_answered for s in stop_all(ws)] == [20, 20, 20]
 
 
 def test_weights_split_calls_as_configured(edge, workers) -> None:
@@ -41,7 +48,7 @@ def test_weights_split_calls_as_configured(edge, workers) -> None:
     # Kamailio spreads the weights over a shuffled 100-slot cycle: exact after 100 calls.
     stats = sipp_uac(e.workdir, "caller", e.sip_target, calls=100, rate=50)
     assert (stats.successful, stats.failed) == (100, 0)
-    assert [s.successful for s in stop_all(ws)] == [80, 20]
+    assert [s.calls_answered for s in stop_all(ws)] == [80, 20]
 
 
 @pytest.mark.slow
@@ -51,7 +58,7 @@ def test_call_load_balances_concurrent_calls_and_refuses_beyond_maxload(edge, wo
     # 10 calls held 3 s, all up at once: 4 per worker fit, the last 2 get our 503.
     stats = sipp_uac(e.workdir, "caller", e.sip_target, calls=10, rate=20, hold_ms=3000)
     assert (stats.successful, stats.failed) == (8, 2)
-    assert [s.successful for s in stop_all(ws)] == [4, 4]
+    assert [s.calls_answered for s in stop_all(ws)] == [4, 4]
     # Every BYE released its slot: the load is back to zero on both workers.
     loads = re.findall(r'"DLGLOAD":\s*(\d+)', str(e.rpc("dispatcher.list")).replace("'", '"'))
     assert loads == ["0", "0"]
@@ -74,12 +81,12 @@ def test_worker_killed_under_load_loses_no_call_and_comes_back_after_restart(edg
     assert e.wait_flags(w2.uri, "AP", timeout=10) == "AP"
     after = sipp_uac(e.workdir, "caller-after", e.sip_target, calls=10, rate=20)
     assert (after.successful, after.failed) == (10, 0)
-    assert w2.stop().successful >= 5
+    assert w2.stop().calls_answered >= 5
 
 
 def test_worker_answering_503_fails_over_and_is_marked_down(edge, workers) -> None:
     (good,) = workers(1)
-    (busy,) = workers(1, scenario="uas-reject-503.xml")
+    (busy,) = workers(1, scenario="uas-worker-503.xml")
     # The busy stand-in answers OPTIONS 200 (like FreeSWITCH without sip-options-respond-503-on-busy),
     # so probes are slowed down to look at the mark the failed INVITE left.
     e = edge([busy, good], defines={"DS_ALG": 4, "DS_PING_INTERVAL": 30})
@@ -87,7 +94,7 @@ def test_worker_answering_503_fails_over_and_is_marked_down(edge, workers) -> No
     assert (stats.successful, stats.failed) == (6, 0)
     assert e.worker_flags()[busy.uri] == "IP"
     good_stats, busy_stats = stop_all([good, busy])
-    assert good_stats.successful == 6
+    assert good_stats.calls_answered == 6
     assert busy_stats.calls_answered >= 1
     assert "failover call=" in e.log()
 
@@ -125,7 +132,7 @@ def test_worker_call_goes_to_the_carrier_termination_uri(edge, workers, tmp_path
         stats = sipp_uac(e.workdir, "worker-dialout", f"127.0.0.1:{e.private_port}", calls=2, rate=5,
                          host=WORKER_IPS[0])
         assert (stats.successful, stats.failed) == (2, 0)
-        assert carrier.stop().successful == 2
+        assert carrier.stop().calls_answered == 2
         text = received.read_text(errors="replace")
         # The carrier identifies its trunk by the R-URI host: the worker's R-URI (edge private
         # address) was rewritten to the termination URI's host and port.
