@@ -105,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     media.add_argument("--profile-name", default="", help="agent profile put in the stream metadata")
     media.add_argument("--token", help="bearer token for the gateway")
     media.add_argument("--call-timeout", type=float, default=60.0, help="seconds before a call is failed")
-    media.add_argument("--gateway-pid", type=int, help="pid of the gateway (CPU/memory from /proc)")
+    media.add_argument("--gateway-pid", type=int,
+                       help="pid of the gateway for CPU/memory (default: found from the --url port)")
+    media.add_argument("--engine-pid", type=int, help="also measure the embedded engine (`gateway model`)")
+    media.add_argument("--engine-port", type=int, help="find the engine's pid from its listening port")
     media.add_argument("--max-failed-ratio", type=_opt_float, default=0.0)
     media.add_argument("--max-reply-p95-ms", type=_opt_float, default=3000.0,
                        help="end of speech -> first reply audio, p95 (default 3000)")
@@ -179,7 +182,8 @@ def _cmd_media(args: argparse.Namespace) -> int:
                          sample_rate=args.sample_rate, question=args.question, audio=args.audio,
                          model=args.model,
                          profile_name=args.profile_name, token=args.token, call_timeout_s=args.call_timeout,
-                         gateway_pid=args.gateway_pid, max_failed_ratio=args.max_failed_ratio,
+                         gateway_pid=args.gateway_pid, engine_pid=args.engine_pid,
+                         engine_port=args.engine_port, max_failed_ratio=args.max_failed_ratio,
                          max_reply_p95_ms=args.max_reply_p95_ms, max_jitter_p95_ms=args.max_jitter_p95_ms)
     except (ValidationError, ValueError) as exc:
         print(f"loadtest media: invalid settings: {exc}", file=sys.stderr)

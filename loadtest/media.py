@@ -60,6 +60,8 @@ class MediaLoad(BaseModel):
     token: str | None = None
     call_timeout_s: float = Field(60.0, gt=0, le=600)
     gateway_pid: int | None = None
+    engine_pid: int | None = Field(None, description="embedded engine process to measure as well")
+    engine_port: int | None = Field(None, description="find the engine's pid from its listening port")
     max_failed_ratio: float | None = Field(0.0, ge=0, le=1)
     max_reply_p95_ms: float | None = Field(3000.0, gt=0)
     max_jitter_p95_ms: float | None = Field(60.0, gt=0)
@@ -219,9 +221,11 @@ async def run_media(load: MediaLoad, run_dir: Path, *, progress=None) -> RunResu
     result = RunResult(kind="media", title=f"Media-plane load test of {load.base_url} ({load.model})",
                        started=now_iso(), settings=load.model_dump(exclude={"token"}))
     result.host = {"hostname": platform.node(), "cpus": len(os.sched_getaffinity(0))}
-    pid = load.gateway_pid or find_listener_pid(urlsplit(load.base_url).port or 80)
-    sampler = ResourceSampler(pid) if pid else None
-    sampler_task = asyncio.create_task(sampler.run()) if sampler else None
+    pids = {"gateway": load.gateway_pid or find_listener_pid(urlsplit(load.base_url).port or 80)}
+    if load.engine_pid or load.engine_port:
+        pids["engine"] = load.engine_pid or find_listener_pid(load.engine_port or 0)
+    samplers = {name: ResourceSampler(pid) for name, pid in pids.items() if pid}
+    sampler_tasks = [asyncio.create_task(s.run()) for s in samplers.values()]
     records: list[CallRecord] = []
     gate = asyncio.Semaphore(load.concurrency)
     t_run = time.monotonic()
@@ -276,22 +280,22 @@ async def run_media(load: MediaLoad, run_dir: Path, *, progress=None) -> RunResu
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         tick.cancel()
-        if sampler_task:
-            sampler_task.cancel()
-        await asyncio.gather(tick, *(x for x in [sampler_task] if x), return_exceptions=True)
+        for task in sampler_tasks:
+            task.cancel()
+        await asyncio.gather(tick, *sampler_tasks, return_exceptions=True)
     finish = getattr(progress, "finish", None)
     if finish:
         finish()
     step = _media_step(load, records, t_run, speech_s)
     result.steps.append(step)
-    if sampler:
-        result.resources = sampler.summary()
-        step.extra["gateway_cpu_seconds"] = result.resources["cpu_seconds"]
-        per_call = result.resources["cpu_seconds"] / max(1, len(records))
-        step.extra["gateway_cpu_seconds_per_call"] = round(per_call, 4)
-        step.extra["gateway_rss_mb_peak"] = result.resources["rss_mb_peak"]
-    else:
-        result.resources = {"note": "gateway pid unknown (pass --gateway-pid); CPU/memory not measured"}
+    for name, sampler in samplers.items():
+        summary = sampler.summary()
+        result.resources[name] = summary
+        step.extra[f"{name}_cpu_seconds"] = summary["cpu_seconds"]
+        step.extra[f"{name}_cpu_seconds_per_call"] = round(summary["cpu_seconds"] / max(1, len(records)), 4)
+        step.extra[f"{name}_rss_mb_peak"] = summary["rss_mb_peak"]
+    if "gateway" not in samplers:
+        result.resources["note"] = "gateway pid unknown (pass --gateway-pid); CPU/memory not measured"
     result.finished = now_iso()
     _judge_media(result, step, records)
     return result
@@ -348,6 +352,12 @@ def _media_step(load: MediaLoad, records: list[CallRecord], t_run: float, speech
         # our own pacing: if the load generator itself is late, latencies above are not the gateway's
         step.extra["client_send_lateness_p99_ms_worst"] = round(max(lateness), 2)
     step.extra["question_seconds"] = round(speech_s, 2)
+    for r in finished:
+        # the agent's last words in the first call that has any: its answer, after the greeting
+        said = [t["text"] for t in getattr(r.summary, "transcripts", []) or [] if t.get("role") == "agent"]
+        if said:
+            step.extra["agent_answer_first_call"] = said[-1][:160]
+            break
     replies = [getattr(r.summary, "reply_s", 0.0) for r in finished if r.summary]
     if replies:
         step.extra["reply_seconds_mean"] = round(sum(replies) / len(replies), 2)

@@ -95,9 +95,14 @@ def write_markdown(result: RunResult, out_dir: Path, charts: dict[str, Path]) ->
             lines += ["", "```", " ".join(s.command), "```"]
         lines.append("")
     if result.resources:
-        lines += ["## Resources of the process under test", ""]
-        lines += [f"- {k.replace('_', ' ')}: {_fmt(v, 2) if isinstance(v, float) else v}"
-                  for k, v in result.resources.items() if not isinstance(v, list | dict)]
+        lines += ["## Resources of the processes under test (from /proc)", ""]
+        for name, res in result.resources.items():
+            if not isinstance(res, dict):
+                lines.append(f"- {name}: {res}")
+                continue
+            shown = ", ".join(f"{k.replace('_', ' ')} {_fmt(v, 2) if isinstance(v, float) else v}"
+                              for k, v in res.items() if not isinstance(v, list | dict))
+            lines.append(f"- {name}: {shown}")
         lines.append("")
     if charts:
         lines += ["## Charts", ""]
@@ -183,18 +188,18 @@ def write_charts(result: RunResult, out_dir: Path) -> dict[str, Path]:
     ax.grid(alpha=0.3)
     save(fig, "response_time")
 
-    series = result.resources.get("series") if isinstance(result.resources, dict) else None
-    if series:
-        fig, ax = plt.subplots(figsize=(9, 3.5))
-        ax.plot([x[0] for x in series], [x[1] for x in series], color="tab:blue",
-                label="CPU % (100 = one core)")
-        ax.set(xlabel="seconds since start", ylabel="CPU %", title="Process under test: CPU and memory")
-        ax2 = ax.twinx()
-        ax2.plot([x[0] for x in series], [x[2] for x in series], color="tab:brown", label="RSS MB")
-        ax2.set_ylabel("RSS MB")
-        ax.legend(loc="upper left")
-        ax2.legend(loc="upper right")
-        ax.grid(alpha=0.3)
+    watched = {name: res["series"] for name, res in result.resources.items()
+               if isinstance(res, dict) and res.get("series")}
+    if watched:
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
+        for name, series in watched.items():
+            ax.plot([x[0] for x in series], [x[1] for x in series], label=name)
+            ax2.plot([x[0] for x in series], [x[2] for x in series], label=name)
+        ax.set(ylabel="CPU % (100 = 1 core)", title="Processes under test: CPU and memory (/proc)")
+        ax2.set(xlabel="seconds since start", ylabel="RSS MB")
+        for a in (ax, ax2):
+            a.legend(loc="upper left")
+            a.grid(alpha=0.3)
         save(fig, "resources")
     return charts
 

@@ -42,10 +42,11 @@ class Uas:
     port: int
     media_port: int
     workdir: Path
+    host: str = "127.0.0.1"
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
 
 @pytest.fixture(scope="session")
@@ -63,14 +64,14 @@ def start_uas(tmp_path: Path) -> Iterator:
     """Start SIPp UASes; every one is stopped (SIGTERM, then SIGKILL) at teardown."""
     started: list[Uas] = []
 
-    def _start(scenario: str | Path, *extra: str, rtp_echo: bool = True) -> Uas:
+    def _start(scenario: str | Path, *extra: str, rtp_echo: bool = True, host: str = "127.0.0.1") -> Uas:
         sipp = need_sipp()
         path = Path(scenario) if Path(scenario).is_file() else scenario_path(str(scenario))
-        port = free_udp_port()
-        mport = free_udp_port(span=2, step=2, even=True)
+        port = free_udp_port(host)
+        mport = free_udp_port(host, span=2, step=2, even=True)
         workdir = tmp_path / f"uas-{port}"
         workdir.mkdir()
-        cmd = [sipp, "-sf", str(path), "-i", "127.0.0.1", "-p", str(port), "-mp", str(mport),
+        cmd = [sipp, "-sf", str(path), "-i", host, "-p", str(port), "-mp", str(mport),
                "-nostdin", "-aa", "-timeout", "120s", "-trace_err", "-error_file", str(workdir / "err.log"),
                *(["-rtp_echo"] if rtp_echo else []), *extra]
         proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -78,7 +79,7 @@ def start_uas(tmp_path: Path) -> Iterator:
         if proc.poll() is not None:
             err = proc.stderr.read().decode()[-500:]
             raise RuntimeError(f"UAS exited at start ({proc.returncode}): {err}")
-        uas = Uas(proc, port, mport, workdir)
+        uas = Uas(proc, port, mport, workdir, host)
         started.append(uas)
         return uas
 
@@ -106,3 +107,64 @@ def run_uac(workdir: Path, target: str, scenario: str | Path, *extra: str,
            "-timeout", f"{int(timeout)}s", "-trace_stat", "-stf", "stat.csv", "-fd", "1",
            "-trace_err", "-error_file", "err.log", "-trace_screen", "-screen_file", "screen.log", *extra]
     return subprocess.run(cmd, cwd=workdir, capture_output=True, timeout=timeout + 30)
+
+
+def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited {proc.returncode} before listening on {port}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on {port} after {timeout} s")
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen
+    port: int
+    log: Path
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator:
+    """Start `gateway serve` / `gateway model` as real processes on random loopback ports."""
+    import importlib.util
+
+    if importlib.util.find_spec("gateway.serve") is None:
+        pytest.skip("gateway.serve is not importable yet (media-plane helper has not landed it)")
+    running: list[Served] = []
+
+    def _start(*args: str, port_flag: str, name: str) -> Served:
+        port = _free_tcp_port()
+        log = tmp_path / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "gateway", *args, port_flag, str(port)],
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    cwd=_ROOT)
+        served = Served(proc, port, log)
+        running.append(served)
+        _wait_listening(port, proc)
+        return served
+
+    yield _start
+    for served in running:
+        if served.proc.poll() is None:
+            served.proc.send_signal(signal.SIGTERM)
+            try:
+                served.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                served.proc.kill()
+                served.proc.wait()
+
+
+def _free_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
