@@ -122,7 +122,7 @@ class Recognition:
 class PhraseRecognizer:
     """Recognises which of a fixed set of phrases was spoken, or none."""
 
-    def __init__(self, phrases: list[str], decoder: PhoneDecoder, reject_above: float = 0.74) -> None:
+    def __init__(self, phrases: list[str], decoder: PhoneDecoder, reject_above: float = 0.65) -> None:
         self._decoder = decoder
         self.reject_above = reject_above
         self._refs = [(p, phones_of(p)) for p in dict.fromkeys(phrases) if phones_of(p)]

@@ -771,7 +771,7 @@ class RealtimeSession:
         out = [self._ev("response.created", response=self._response_obj(r, "in_progress"))]
         if plan.reply:
             out += self._begin_message(r, plan.reply)
-        else:
+        if r.speaking is None:  # nothing to pace (text only, or no reply): tool call and done now
             out += self._continue(r, now)
         return out
 

@@ -28,6 +28,6 @@ class ModelSettings(BaseSettings):
     lead_ms: int = Field(300, ge=0, le=10_000)
     pace: float = Field(1.0, ge=0.0, le=100.0)
     # Normalised phone distance above which an utterance is "none of the profile's phrases".
-    reject_above: float = Field(0.74, gt=0.0, le=1.0)
+    reject_above: float = Field(0.65, gt=0.0, le=1.0)
     max_sessions: int = Field(500, ge=1)
     log_level: str = "INFO"

@@ -1,0 +1,256 @@
+"""A whole front-desk call against the engine through the official SDK on loopback, every server event
+validated against the SDK's models (conftest.Conversation): greeting, a question answered with audio
+and transcript, a barge-in that cancels and is truncated, a tool call whose result is spoken, goodbye."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from model_helpers import BYTES_PER_MS, front_desk_update
+
+GREETING = "Thank you for calling Riverside Dental. How can I help you today?"
+HOURS = "We are open Monday to Friday, from eight in the morning to six in the evening."
+
+
+def audio_of(conv, response_id: str) -> bytes:
+    return b"".join(
+        base64.b64decode(e["delta"])
+        for e in conv.events
+        if e["type"] == "response.output_audio.delta" and e["response_id"] == response_id
+    )
+
+
+def transcript_deltas(conv, response_id: str) -> str:
+    return "".join(
+        e["delta"]
+        for e in conv.events
+        if e["type"] == "response.output_audio_transcript.delta" and e["response_id"] == response_id
+    )
+
+
+@pytest.mark.parametrize("fmt", ["audio/pcmu", "audio/pcm"])
+async def test_front_desk_call_greeting_question_bargein_transfer_goodbye(connect, say, fmt):
+    conv = await connect()
+    created = await conv.expect("session.created")
+    assert created["session"]["type"] == "realtime"
+
+    await conv.send(front_desk_update(fmt))
+    updated = await conv.expect("session.updated")
+    assert updated["session"]["audio"]["input"]["format"]["type"] == fmt
+    assert updated["session"]["audio"]["output"]["format"]["type"] == fmt
+
+    # 1. Greeting, exactly as the gateway requests it.
+    await conv.send({"type": "response.create", "response": {"instructions": f'Say exactly: "{GREETING}"'}})
+    done = await conv.expect("response.done")
+    rid = done["response"]["id"]
+    assert done["response"]["status"] == "completed"
+    spoken = done["response"]["output"][0]
+    assert spoken["role"] == "assistant" and spoken["content"][0]["transcript"] == GREETING
+    greeting_audio = audio_of(conv, rid)
+    assert len(greeting_audio) > 2000 * BYTES_PER_MS[fmt]  # several seconds of speech, in `fmt`
+    assert transcript_deltas(conv, rid) == GREETING
+
+    # 2. A question, spoken by the caller; server VAD ends the turn and the engine answers.
+    await conv.append(say("what are your opening hours", fmt))
+    started = await conv.expect("input_audio_buffer.speech_started")
+    stopped = await conv.expect("input_audio_buffer.speech_stopped")
+    assert 0 <= started["audio_start_ms"] < stopped["audio_end_ms"]
+    assert stopped["item_id"] == started["item_id"]
+    committed = await conv.expect("input_audio_buffer.committed")
+    assert committed["item_id"] == started["item_id"]
+    heard = await conv.expect("conversation.item.input_audio_transcription.completed")
+    assert heard["transcript"] == "what are your opening hours"
+    done = await conv.expect("response.done")
+    assert done["response"]["status"] == "completed"
+    assert done["response"]["output"][0]["content"][0]["transcript"] == HOURS
+    assert len(audio_of(conv, done["response"]["id"])) > 3000 * BYTES_PER_MS[fmt]
+
+    # 3. Ask again and barge in while the answer is still streaming: the engine cancels it, the
+    #    client truncates to what it played, and the interrupting words are answered (transfer).
+    await conv.append(say("when are you open", fmt))
+    created = await conv.expect("response.created")
+    rid = created["response"]["id"]
+    first = await conv.expect("response.output_audio.delta", lambda e: e["response_id"] == rid)
+    item_id = first["item_id"]
+    await conv.append(say("transfer me to billing", fmt))
+    await conv.expect("input_audio_buffer.speech_started")
+    cancelled = await conv.expect("response.done", lambda e: e["response"]["id"] == rid)
+    assert cancelled["response"]["status"] == "cancelled"
+    assert cancelled["response"]["status_details"]["reason"] == "turn_detected"
+    assert cancelled["response"]["output"][0]["status"] == "incomplete"
+    played_ms = len(audio_of(conv, rid)) // BYTES_PER_MS[fmt] // 2
+    await conv.send(
+        {
+            "type": "conversation.item.truncate",
+            "item_id": item_id,
+            "content_index": 0,
+            "audio_end_ms": played_ms,
+        }
+    )
+    truncated = await conv.expect("conversation.item.truncated", since=cancelled)
+    assert truncated["item_id"] == item_id and truncated["audio_end_ms"] == played_ms
+
+    call = await conv.expect("response.function_call_arguments.done", since=cancelled)
+    assert call["name"] == "transfer_call"
+    assert json.loads(call["arguments"]) == {"target": "billing"}
+    done = await conv.expect("response.done", since=cancelled)
+    assert done["response"]["status"] == "completed"
+    assert [o["type"] for o in done["response"]["output"]] == ["function_call"]
+
+    # 4. The gateway runs the tool and asks for a reply that uses its result.
+    await conv.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "function_call_output",
+                "call_id": call["call_id"],
+                "output": json.dumps({"ok": True}),
+            },
+        }
+    )
+    await conv.expect("conversation.item.added", lambda e: e["item"]["type"] == "function_call_output")
+    await conv.send({"type": "response.create"})
+    done = await conv.expect("response.done")
+    assert done["response"]["output"][0]["content"][0]["transcript"] == "Transferring you to billing now."
+    assert audio_of(conv, done["response"]["id"])
+
+    # 5. Goodbye: a spoken farewell, then end_call, in one response.
+    await conv.append(say("goodbye", fmt))
+    heard = await conv.expect("conversation.item.input_audio_transcription.completed")
+    assert heard["transcript"] == "goodbye"
+    done = await conv.expect("response.done")
+    out = done["response"]["output"]
+    assert [o["type"] for o in out] == ["message", "function_call"]
+    assert out[0]["content"][0]["transcript"] == "Thank you for calling Riverside Dental. Goodbye!"
+    assert out[1]["name"] == "end_call" and json.loads(out[1]["arguments"]) == {
+        "reason": "caller said goodbye"
+    }
+    # The farewell audio is all out before the hang-up request.
+    types = [e["type"] for e in conv.since(done)[:1]] + [e["type"] for e in conv.events]
+    last_delta = max(i for i, e in enumerate(conv.events) if e["type"] == "response.output_audio.delta")
+    end_call = next(
+        i
+        for i, e in enumerate(conv.events)
+        if e["type"] == "response.function_call_arguments.done" and e["name"] == "end_call"
+    )
+    assert last_delta < end_call and "error" not in types
+
+
+async def test_tool_not_offered_is_never_called(connect, say):
+    conv = await connect()
+    await conv.send(front_desk_update(tools=("end_call",)))  # no transfer_call on this line
+    await conv.expect("session.updated")
+    await conv.append(say("transfer me to billing"))
+    done = await conv.expect("response.done")
+    assert all(o["type"] == "message" for o in done["response"]["output"])
+    assert not [e for e in conv.events if e["type"].startswith("response.function_call")]
+
+
+async def test_failed_tool_result_is_spoken(connect):
+    conv = await connect()
+    await conv.send(front_desk_update())
+    await conv.expect("session.updated")
+    await conv.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "transfer me to billing"}],
+            },
+        }
+    )
+    await conv.send({"type": "response.create"})
+    call = await conv.expect("response.function_call_arguments.done")
+    await conv.expect("response.done")
+    await conv.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "function_call_output",
+                "call_id": call["call_id"],
+                "output": json.dumps({"ok": False, "error": "call control unavailable"}),
+            },
+        }
+    )
+    await conv.send({"type": "response.create"})
+    done = await conv.expect("response.done")
+    assert (
+        done["response"]["output"][0]["content"][0]["transcript"]
+        == "Sorry, that did not work: call control unavailable."
+    )
+
+
+async def test_unrelated_speech_gets_the_fallback_reply_not_a_tool(connect, say):
+    conv = await connect()
+    await conv.send(front_desk_update())
+    await conv.expect("session.updated")
+    await conv.append(say("the weather is lovely in paris today"))
+    heard = await conv.expect("conversation.item.input_audio_transcription.completed")
+    assert heard["transcript"] == ""
+    done = await conv.expect("response.done")
+    assert done["response"]["output"][0]["content"][0]["transcript"].startswith(
+        "Sorry, I did not catch that."
+    )
+    assert not [e for e in conv.events if e["type"].startswith("response.function_call")]
+
+
+async def test_text_modality_and_client_cancel(connect):
+    conv = await connect()
+    await conv.send(
+        {"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"]}}
+    )
+    await conv.expect("session.updated")
+    await conv.send(
+        {
+            "type": "conversation.item.create",
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "When are you open?"}],
+            },
+        }
+    )
+    await conv.send({"type": "response.create"})
+    text = await conv.expect("response.output_text.done")
+    assert text["text"] == HOURS
+    assert not [e for e in conv.events if e["type"] == "response.output_audio.delta"]
+
+    await conv.send(
+        {"type": "session.update", "session": {"type": "realtime", "output_modalities": ["audio"]}}
+    )
+    await conv.send(
+        {"type": "response.create", "response": {"instructions": 'Say exactly: "One moment please."'}}
+    )
+    created = await conv.expect("response.created")
+    await conv.expect("response.output_audio.delta")
+    await conv.send({"type": "response.cancel"})
+    done = await conv.expect("response.done", lambda e: e["response"]["id"] == created["response"]["id"])
+    assert done["response"]["status"] == "cancelled"
+    assert done["response"]["status_details"]["reason"] == "client_cancelled"
+
+
+async def test_manual_turns_without_server_vad(connect, say):
+    conv = await connect()
+    await conv.send(
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "audio": {"input": {"format": {"type": "audio/pcmu"}, "turn_detection": None}},
+            },
+        }
+    )
+    await conv.expect("session.updated")
+    await conv.append(say("what time do you open"))
+    await conv.send({"type": "input_audio_buffer.commit"})
+    heard = await conv.expect("conversation.item.input_audio_transcription.completed")
+    assert heard["transcript"] == "what time do you open"
+    assert not [
+        e for e in conv.events if e["type"] in ("input_audio_buffer.speech_started", "response.created")
+    ]
+    await conv.send({"type": "response.create"})
+    done = await conv.expect("response.done")
+    assert done["response"]["output"][0]["content"][0]["transcript"] == HOURS
