@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--rate-factor", type=float, help="multiply the rate by this per step (default 2)")
     cap.add_argument("--max-rate", type=float, help="stop here even if nothing broke (default 1000)")
     cap.add_argument("--refine", type=int, help="bisection steps after the first failure (default 2)")
+    sip.add_argument("--watch-pid", dest="watch", action="append", metavar="NAME=PID",
+                     help="also record CPU/RSS of a local process under test, e.g. kamailio=1234 (repeat)")
     sip.add_argument("--out", help="run directory (default loadtest-runs/<time>-sip)")
     sip.add_argument("--quiet", action="store_true", help="no live progress line")
 
@@ -137,7 +139,8 @@ def _sip_profile(args: argparse.Namespace):
             thresholds[key] = given.pop(key)
     if thresholds:
         data["thresholds"] = thresholds
-    run_keys = {"find_capacity", "start_rate", "rate_factor", "max_rate", "refine", "out", "quiet", "command"}
+    run_keys = {"find_capacity", "start_rate", "rate_factor", "max_rate", "refine", "out", "quiet", "command",
+                "watch"}
     run_opts = {k: given.pop(k) for k in list(given) if k in run_keys}
     data.update(given)
     if run_opts.get("find_capacity"):
@@ -158,13 +161,19 @@ def _cmd_sip(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError, OSError) as exc:
         print(f"loadtest sip: invalid profile: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        watch = {k: int(v) for k, _, v in (w.partition("=") for w in opts.get("watch") or [])}
+    except ValueError:
+        print("loadtest sip: --watch-pid wants NAME=PID", file=sys.stderr)
+        return EXIT_USAGE
     out = Path(opts.get("out") or _default_out("sip"))
     progress = None if opts.get("quiet") else stderr_progress()
     try:
         result = asyncio.run(run_sip(
             profile, out, find_capacity=bool(opts.get("find_capacity")),
             start_rate=opts.get("start_rate", 10.0), factor=opts.get("rate_factor", 2.0),
-            max_rate=opts.get("max_rate", 1000.0), refine=opts.get("refine", 2), progress=progress))
+            max_rate=opts.get("max_rate", 1000.0), refine=opts.get("refine", 2), progress=progress,
+            watch=watch))
     except SippNotFound as exc:
         print(f"loadtest sip: {exc}", file=sys.stderr)
         return EXIT_TOOL

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import platform
 import subprocess
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from loadtest.model import RunResult, StepResult
 from loadtest.ports import free_udp_port
+from loadtest.procstat import ResourceSampler
 from loadtest.profile import MAX_RATE_CPS, MAX_STEPS, Profile
 from loadtest.sipp import (
     ProgressFn,
@@ -78,7 +80,7 @@ def capacity_rates(start: float, factor: float, max_rate: float) -> list[float]:
 
 async def run_sip(profile: Profile, run_dir: Path, *, find_capacity: bool = False, start_rate: float = 10.0,
                   factor: float = 2.0, max_rate: float = 1000.0, refine: int = 2,
-                  progress: ProgressFn | None = None) -> RunResult:
+                  progress: ProgressFn | None = None, watch: dict[str, int] | None = None) -> RunResult:
     """Run every step; with find_capacity, step the rate up by `factor` until a threshold breaks,
     then bisect `refine` times between the last passing and the first failing rate."""
     _mkdir(run_dir)
@@ -90,6 +92,34 @@ async def run_sip(profile: Profile, run_dir: Path, *, find_capacity: bool = Fals
     result = RunResult(kind="sip", title=f"SIP load test of {profile.target} ({Path(profile.scenario).stem})",
                        started=now_iso(), host=host_info(), settings=settings)
     max_rate = min(max_rate, MAX_RATE_CPS)
+    # processes under test on this host (Kamailio main pid, a FreeSWITCH pid...): CPU and RSS from /proc,
+    # children included, so Kamailio's worker processes count
+    samplers = {name: ResourceSampler(pid) for name, pid in (watch or {}).items()}
+    sampler_tasks = [asyncio.create_task(s.run()) for s in samplers.values()]
+    try:
+        await _run_steps(profile, run_dir, result, run_start, find_capacity=find_capacity,
+                         start_rate=start_rate, factor=factor, max_rate=max_rate, refine=refine,
+                         progress=progress)
+    finally:
+        for task in sampler_tasks:
+            task.cancel()
+        await asyncio.gather(*sampler_tasks, return_exceptions=True)
+    calls = sum(s.attempted for s in result.steps)
+    for name, sampler in samplers.items():
+        summary = sampler.summary()
+        summary["cpu_ms_per_call"] = round(1000 * summary["cpu_seconds"] / max(1, calls), 3)
+        result.resources[name] = summary
+    finish = getattr(progress, "finish", None)
+    if finish:
+        finish()
+    result.finished = now_iso()
+    judge(result)
+    return result
+
+
+async def _run_steps(profile: Profile, run_dir: Path, result: RunResult, run_start: float, *,
+                     find_capacity: bool, start_rate: float, factor: float, max_rate: float, refine: int,
+                     progress: ProgressFn | None) -> None:
     index = 0
     if not find_capacity:
         for rate in profile.step_rates():
@@ -119,12 +149,6 @@ async def run_sip(profile: Profile, run_dir: Path, *, find_capacity: bool = Fals
             else:
                 first_fail = mid
         result.capacity = capacity_of(result.steps, profile.peak_concurrent, profile.peak_cps)
-    finish = getattr(progress, "finish", None)
-    if finish:
-        finish()
-    result.finished = now_iso()
-    judge(result)
-    return result
 
 
 def judge(result: RunResult) -> RunResult:

@@ -50,12 +50,16 @@ def test_speech_calls_complete_through_the_record_routing_edge(start_uas, edge, 
     kam = edge(worker)
     out = tmp_path / "run"
     code = main(["sip", "--quiet", "--target", kam.sip_target, "--rate", "10", "--calls", "20",
-                 "--hold-ms", "500", "--out", str(out)])
+                 "--hold-ms", "500", "--watch-pid", f"kamailio={kam.proc.pid}", "--out", str(out)])
     report = json.loads((out / "report.json").read_text())
     (step,) = report["steps"]
     assert code == 0, report["verdict"]
     # ACK and BYE went back through the edge by the recorded route: every call ended with 200 to BYE
     assert (step["attempted"], step["successful"], step["failed"]) == (20, 20, 0)
+    # the edge (main process and its children) was sampled from /proc during the run; 20 calls cost
+    # Kamailio only milliseconds of CPU (below the 10 ms tick), so memory is what is sure to show
+    kamailio = report["resources"]["kamailio"]
+    assert kamailio["pid"] == kam.proc.pid and kamailio["series"] and kamailio["rss_mb_peak"] > 1
 
 
 def test_cancel_while_ringing_through_the_edge(start_uas, edge, tmp_path):
