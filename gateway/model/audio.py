@@ -1,17 +1,18 @@
 """Wire-format helpers of the engine: G.711 from the media plane's tables, one-shot resampling.
 
 G.711 comes from `gateway.audio.g711` (bit-exact reference tables, shared with the media plane).
-Resampling here is one-shot per utterance or per synthesized sentence (`scipy.signal.resample_poly`):
-the engine never resamples live 20 ms frames, and it needs 22 050 Hz (espeak's rate), which the media
-plane's streaming resampler does not offer.
+Resampling here is one-shot per utterance or per synthesized sentence (a numpy polyphase FIR, Kaiser
+windowed sinc): the engine never resamples live 20 ms frames, and it needs 22 050 Hz (espeak's rate),
+which the media plane's streaming resampler does not offer. numpy rather than scipy.signal because
+importing scipy.signal costs ~1 s of `gateway model` start-up.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from math import gcd
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from gateway.audio.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
 
@@ -23,12 +24,39 @@ FORMATS: dict[str, tuple[int, int]] = {
 }
 
 
+_TAPS_PER_SIDE = 10  # zero crossings of the sinc kept on each side of the centre
+_KAISER_BETA = 8.6  # ~-90 dB stop band
+
+
+@lru_cache(maxsize=16)
+def _phases(up: int, down: int) -> tuple[np.ndarray, int]:
+    """Polyphase bank (up, taps) of a low-pass at the lower Nyquist, designed on the up-sampled grid."""
+    cutoff = 0.95 / max(up, down)  # of the up-sampled Nyquist; 5 % transition band
+    half = _TAPS_PER_SIDE * max(up, down)
+    n = np.arange(-half, half + 1)
+    h = cutoff * np.sinc(cutoff * n) * np.kaiser(len(n), _KAISER_BETA) * up
+    taps = -(-len(h) // up)
+    h = np.concatenate([h, np.zeros(taps * up - len(h))])
+    return h.reshape(taps, up).T.astype(np.float32), half  # bank[p, k] = h[p + k * up]
+
+
 def resample(pcm: np.ndarray, fin: int, fout: int) -> np.ndarray:
-    """Band-limited resampling of a whole int16 signal (an utterance or a sentence)."""
+    """Band-limited resampling of a whole int16 signal (an utterance or a sentence), zero phase."""
     if fin == fout or len(pcm) == 0:
         return pcm.astype(np.int16)
     g = gcd(fin, fout)
-    y = resample_poly(pcm.astype(np.float64), fout // g, fin // g)
+    up, down = fout // g, fin // g
+    bank, half = _phases(up, down)
+    taps = bank.shape[1]
+    n_out = -(-len(pcm) * up // down)
+    # Output n sits at up-sampled position n*down + half (the filter's centre): x[j] contributes with
+    # h[t - j*up] where t = n*down + half, so phase = t % up and the newest input index is t // up.
+    t = np.arange(n_out) * down + half
+    newest = t // up
+    pad = taps
+    x = np.concatenate([np.zeros(pad, np.float32), pcm.astype(np.float32), np.zeros(pad + 1, np.float32)])
+    idx = newest[:, None] - np.arange(taps)[None, :] + pad
+    y = np.einsum("nk,nk->n", x[idx], bank[t % up])
     return np.clip(np.rint(y), -32768, 32767).astype(np.int16)
 
 

@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any
@@ -69,9 +70,23 @@ class Engine:
                 for name, p in self.profiles.items()
             },
         )
+        self._warm_up(decoder)
         self.sessions = 0
         self._ids = itertools.count(1)
         self.profiles_directory = directory
+
+    def _warm_up(self, decoder: PhoneDecoder) -> None:
+        """Design the resampling filters and run each speech part once, so the first caller is as fast
+        as the hundredth."""
+        import numpy as np
+
+        from . import audio
+
+        speech = self.engines.synth.synthesize("Hello.")
+        for rate in (8000, 24000):
+            audio.resample(speech.pcm, speech.rate, rate)
+        for rate in (8000, 24000):
+            decoder.phones(audio.resample(np.zeros(rate // 10, np.int16), rate, 16000))
 
     def new_session_id(self) -> str:
         return f"sess_{os.getpid():x}_{next(self._ids):06d}"
@@ -186,12 +201,13 @@ def build_app(engine: Engine) -> web.Application:
     app = web.Application()
     app[ENGINE_KEY] = engine
     app.router.add_get("/v1/realtime", realtime)
-    app.router.add_get(
-        "/healthz",
-        lambda _r: web.json_response(
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response(
             {"status": "ok", "sessions": engine.sessions, "profiles": sorted(engine.profiles)}
-        ),
-    )
+        )
+
+    app.router.add_get("/healthz", healthz)
     return app
 
 
@@ -236,8 +252,16 @@ async def serve(settings: ModelSettings, ready: asyncio.Event | None = None) -> 
     )
     if ready is not None:
         ready.set()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests run serve() in a task)
+            pass
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info("stopping", extra={"fields": {"sessions": engine.sessions}})
     finally:
         await runner.cleanup()
 
