@@ -250,6 +250,9 @@ def collect_step(step_dir: Path, *, index: int, label: str, target_rate: float |
     if err.exists():
         step.files["errors"] = str(err)
         step.errors = summarize_errors(err.read_text(errors="replace"))
+        if exit_code == 255 and any("timed out after" in k for k in step.errors):
+            # -timeout_error turns the global -timeout into exit -1: calls were still up at the bound
+            step.exit_meaning = "global -timeout reached before every call ended"
     return step
 
 

@@ -224,23 +224,25 @@ def parse_rtt_csv(text: str) -> tuple[list[RttSample], int]:
 
 
 _ERR_ABORT = re.compile(r"Aborting call on unexpected message.*?received '(SIP/2\.0 \d{3}[^\r\n']*|[A-Z]+ )")
-_ERR_LINE = re.compile(r"^\S+\s+\S+\s+\d+\.\d+: (.*)$")
+# every event starts with "<date>\t<time>\t<epoch>: "; SIPp does not always end an event with a
+# newline (retransmission timeouts come back to back on one line), so split on the stamps
+_ERR_STAMP = re.compile(r"\d{4}-\d{2}-\d{2}\s+\d{2}:\d{2}:\d{2}\.\d+\s+\d+\.\d+: ")
 
 
 def summarize_errors(text: str, limit: int = 20) -> dict[str, int]:
     """Count -trace_err events by kind, e.g. {"unexpected SIP/2.0 503 Service Unavailable": 12}.
     Only the first line of each event is classified; message bodies that follow are ignored."""
     counts: dict[str, int] = {}
-    for line in text.splitlines():
-        m = _ERR_LINE.match(line)
-        if m is None:
-            continue
-        event = m.group(1)
+    stamps = list(_ERR_STAMP.finditer(text))
+    for i, stamp in enumerate(stamps):
+        end = stamps[i + 1].start() if i + 1 < len(stamps) else len(text)
+        event = text[stamp.end():end]
         abort = _ERR_ABORT.search(event)
         if abort:
             key = "unexpected " + abort.group(1).strip()
         else:
-            key = re.sub(r"'[^']*'", "'...'", re.sub(r"\d+", "N", event))[:120]
+            first_line = event.splitlines()[0] if event.strip() else "(empty event)"
+            key = re.sub(r"'[^']*'", "'...'", re.sub(r"\d+", "N", first_line))[:120]
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1])[:limit])
 

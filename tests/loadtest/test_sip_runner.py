@@ -130,3 +130,21 @@ def test_unbounded_or_invalid_profiles_are_refused_with_exit_2(args, tmp_path, c
     assert run_cli(*args, "--out", str(tmp_path / "x")) == 2
     assert "invalid profile" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_unanswered_invites_are_counted_as_retransmission_timeouts(tmp_path):
+    # nobody listens on the target: sipp retransmits each INVITE once, then gives the call up
+    from loadtest.ports import free_udp_port
+
+    out = tmp_path / "run"
+    code = run_cli("--target", f"127.0.0.1:{free_udp_port()}", "--rate", "10", "--calls", "3",
+                   "--sipp-arg=-max_invite_retrans", "--sipp-arg=1", "--out", str(out))
+    report = json.loads((out / "report.json").read_text())
+    (step,) = report["steps"]
+    assert code == 1
+    assert sipp_screen_totals(next(out.glob("step-01-*")) / "screen.log")["failed"] == 3
+    assert (step["attempted"], step["failed"], step["setup_ms"]["count"]) == (3, 3, 0)
+    assert step["failures"] == {"FailedMaxUDPRetrans": 3}
+    # SIPp writes these events back to back without newlines; each one is counted
+    assert step["errors"] == {"Aborting call on UDP retransmission timeout for Call-ID '...'": 3}
+    assert step["retransmissions"] == 3
