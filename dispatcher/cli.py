@@ -31,7 +31,7 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_KAMAILIO, EXIT_WORKER, EXIT_TIMEOUT = 0,
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dispatcher", description=__doc__.split("\n\n")[0],
                                 epilog="Settings: DISPATCHER_* environment variables (docs/dispatcher.md).")
-    p.add_argument("--rpc-url", help="Kamailio JSON-RPC URL (DISPATCHER_RPC_URL, default %(default)s)")
+    p.add_argument("--rpc-url", help="Kamailio JSON-RPC URL (DISPATCHER_RPC_URL, default http://127.0.0.1:5080/RPC)")
     p.add_argument("--list-file", type=Path, help="dispatcher.list Kamailio loads (DISPATCHER_LIST_FILE)")
     p.add_argument("--setid", type=int, help="dispatcher set of the workers (DISPATCHER_SETID)")
     sub = p.add_subparsers(dest="verb", required=True)
