@@ -1,0 +1,79 @@
+"""Against a real FreeSWITCH running freeswitch-conf/ (skipped unless FREESWITCH_ESL=host:port:password).
+
+These prove what the static tests cannot: FreeSWITCH itself accepted the tree, loaded the intended
+modules, started the Kamailio profile, and a call entering from-kamailio reaches uuid_audio_stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid as uuidlib
+
+import pytest
+
+from gateway.esl.client import EslClient, parse_address
+from gateway.esl.errors import EslCommandError
+from gateway.esl.protocol import Event
+
+pytestmark = pytest.mark.freeswitch
+
+MODULES = ["mod_event_socket", "mod_sofia", "mod_loopback", "mod_commands", "mod_conference", "mod_dptools",
+           "mod_dialplan_xml", "mod_sndfile", "mod_native_file", "mod_tone_stream", "mod_audio_stream"]
+
+
+@pytest.fixture
+async def live_esl():
+    host, port, password = parse_address(os.environ["FREESWITCH_ESL"])
+    client = EslClient(host, port, password, reconnect=False,
+                       events=("CHANNEL_ANSWER", "CHANNEL_HANGUP_COMPLETE", "BACKGROUND_JOB"),
+                       custom=("mod_audio_stream::connect", "mod_audio_stream::error"))
+    await client.connect()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_tree_reloads_without_error(live_esl: EslClient) -> None:
+    assert (await live_esl.api("reloadxml")).strip() == "+OK [Success]"
+
+
+@pytest.mark.parametrize("module", MODULES)
+async def test_intended_module_is_loaded(live_esl: EslClient, module: str) -> None:
+    assert (await live_esl.api(f"module_exists {module}")).strip() == "true"
+
+
+async def test_kamailio_profile_is_running(live_esl: EslClient) -> None:
+    status = await live_esl.api("sofia status profile kamailio")
+    assert "RUNNING" in status
+    assert "kamailio-edge" in await live_esl.api("sofia status gateway kamailio-edge")
+
+
+async def test_worker_id_and_conference_profile_are_configured(live_esl: EslClient) -> None:
+    assert (await live_esl.api("global_getvar worker_id")).strip()
+    with pytest.raises(EslCommandError):
+        await live_esl.api("conference ai-no-such-room list")  # -ERR Conference ... not found: module up
+
+
+async def test_loopback_call_reaches_the_stream_start(live_esl: EslClient) -> None:
+    seen: asyncio.Queue[Event] = asyncio.Queue()
+    live_esl.subscribe(seen.put_nowait)
+    a_leg = str(uuidlib.uuid4())
+    # The B leg of the loopback enters from-kamailio as a call to 1000 would; with or without a gateway
+    # listening, mod_audio_stream reports connect or error for that leg.
+    await live_esl.bgapi(f"originate {{origination_uuid={a_leg}}}loopback/1000/from-kamailio &park()")
+    try:
+        async with asyncio.timeout(15):
+            while True:
+                event = await seen.get()
+                if event.subclass in ("mod_audio_stream::connect", "mod_audio_stream::error") and \
+                        event.get("Caller-Destination-Number") == "1000":
+                    break
+        assert event.get("variable_ai_callee") == "1000"
+        assert event.get("variable_STREAM_HEART_BEAT")
+    finally:
+        try:
+            await live_esl.api(f"uuid_kill {a_leg}")
+        except EslCommandError:
+            pass
