@@ -138,9 +138,12 @@ def media_line(label: str, result) -> str:
     call_seconds = s.extra.get("frames_sent", 0) * 0.02   # seconds of caller audio streamed, all calls
     # CPU per call: gateway CPU-seconds per second of call = share of one core one call costs
     cpu_per_call_s = (gw.get("cpu_seconds", 0) / call_seconds) if call_seconds else None
+    def pair(a: float | None, b: float | None) -> str:
+        return "- / -" if a is None or b is None else f"{a:.1f} / {b:.1f}"
+
     parts = [f"| {label} | {s.attempted} | {s.successful} | {s.failed} | {s.peak_concurrent} ",
-             f"| {fl.p50 if fl else '-'} / {fl.p99 if fl else '-'} ",
-             f"| {jit.p50 if jit else '-'} / {jit.p95 if jit else '-'} ",
+             f"| {pair(fl.p50, fl.p99) if fl else '- / -'} ",
+             f"| {pair(jit.p50, jit.p95) if jit else '- / -'} ",
              f"| {rep.p50:.0f} / {rep.p95:.0f} " if rep.count else "| - ",
              (f"| {gw.get('cpu_seconds', '-')} | {cpu_per_call_s * 100:.2f} % " if cpu_per_call_s
               else "| - | - "),
@@ -155,24 +158,25 @@ MEDIA_HEAD = ("| run | calls | ok | failed | peak concurrent | frame echo latenc
               "| engine CPU-s |\n" + "|---" * 13 + "|")
 
 
-def start_gateway(out: Path, *args: str) -> tuple[subprocess.Popen, int]:
-    port = tcp_port()
+def start_gateway(out: Path, *args: str) -> tuple[subprocess.Popen, int, str]:
+    port, admin = tcp_port(), tcp_port()
     log = (out / f"gateway-{port}.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--media-host", "127.0.0.1",
                              "--media-port", str(port), "--admin-host", "127.0.0.1", "--admin-port",
-                             str(tcp_port()), *args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+                             str(admin), *args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     log.close()
     wait_port(port)
-    return proc, port
+    return proc, port, f"http://127.0.0.1:{admin}/readyz"
 
 
 def media_null(out: Path, levels: list[int]) -> str:
     out.mkdir(parents=True, exist_ok=True)
     lines = ["#### Media plane, gateway with the null-echo model", "", MEDIA_HEAD]
     for n in levels:
-        gw, port = start_gateway(out, "--model-backend", "null-echo")
+        gw, port, ready = start_gateway(out, "--model-backend", "null-echo")
         try:
-            load = MediaLoad(url=f"ws://127.0.0.1:{port}", model="null-echo", calls=n, concurrency=n,
+            load = MediaLoad(url=f"ws://127.0.0.1:{port}", ready_url=ready, model="null-echo", calls=n,
+                             concurrency=n,
                              rate=min(50.0, n / 2), max_failed_ratio=0.0)
             result = asyncio.run(run_media(load, out / f"media-null-{n}"))
             write_reports(result, out / f"media-null-{n}")
@@ -192,9 +196,10 @@ def media_engine(out: Path, levels: list[int]) -> str:
                                    "--port", str(eport)], stdout=elog, stderr=subprocess.STDOUT, cwd=REPO)
         elog.close()
         wait_port(eport)
-        gw, port = start_gateway(out, "--model-url", f"ws://127.0.0.1:{eport}/v1")
+        gw, port, ready = start_gateway(out, "--model-url", f"ws://127.0.0.1:{eport}/v1")
         try:
-            load = MediaLoad(url=f"ws://127.0.0.1:{port}", calls=n, concurrency=n, rate=min(10.0, n / 2),
+            load = MediaLoad(url=f"ws://127.0.0.1:{port}", ready_url=ready, calls=n, concurrency=n,
+                             rate=min(10.0, n / 2),
                              question="What are your opening hours?", engine_pid=engine.pid,
                              max_failed_ratio=0.0)
             result = asyncio.run(run_media(load, out / f"media-engine-{n}"))

@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     media.add_argument("--profile-name", default="", help="agent profile put in the stream metadata")
     media.add_argument("--token", help="bearer token for the gateway")
     media.add_argument("--call-timeout", type=float, default=60.0, help="seconds before a call is failed")
+    media.add_argument("--ready-url", help="wait for this to answer 200 first, e.g. http://gw:8091/readyz")
+    media.add_argument("--ready-timeout", type=float, default=30.0, help="seconds to wait for --ready-url")
     media.add_argument("--gateway-pid", type=int,
                        help="pid of the gateway for CPU/memory (default: found from the --url port)")
     media.add_argument("--engine-pid", type=int, help="also measure the embedded engine (`gateway model`)")
@@ -191,6 +193,7 @@ def _cmd_media(args: argparse.Namespace) -> int:
                          sample_rate=args.sample_rate, question=args.question, audio=args.audio,
                          model=args.model,
                          profile_name=args.profile_name, token=args.token, call_timeout_s=args.call_timeout,
+                         ready_url=args.ready_url, ready_timeout_s=args.ready_timeout,
                          gateway_pid=args.gateway_pid, engine_pid=args.engine_pid,
                          engine_port=args.engine_port, max_failed_ratio=args.max_failed_ratio,
                          max_reply_p95_ms=args.max_reply_p95_ms, max_jitter_p95_ms=args.max_jitter_p95_ms)

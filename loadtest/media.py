@@ -18,6 +18,7 @@ listening port when not given), sampled twice a second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import platform
@@ -59,6 +60,8 @@ class MediaLoad(BaseModel):
     profile_name: str = ""
     token: str | None = None
     call_timeout_s: float = Field(60.0, gt=0, le=600)
+    ready_url: str | None = Field(None, description="admin /readyz to wait for (200) before the first call")
+    ready_timeout_s: float = Field(30.0, gt=0, le=600)
     gateway_pid: int | None = None
     engine_pid: int | None = Field(None, description="embedded engine process to measure as well")
     engine_port: int | None = Field(None, description="find the engine's pid from its listening port")
@@ -145,10 +148,32 @@ def _speech(load: MediaLoad, run_dir: Path) -> tuple[str, np.ndarray]:
     return str(path), load_audio(path, load.sample_rate)
 
 
+async def wait_ready(url: str, timeout_s: float) -> bool:
+    """Poll the gateway's admin /readyz until it answers 200 (its media port accepts TCP a moment
+    before it takes streams, and refuses them with 503 until then)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    return True
+            await asyncio.sleep(0.2)
+    return False
+
+
 async def run_media(load: MediaLoad, run_dir: Path, *, progress=None) -> RunResult:
     from gateway.client.call import place_call
 
     _prepare_dir(run_dir)
+    if load.ready_url and not await wait_ready(load.ready_url, load.ready_timeout_s):
+        result = RunResult(kind="media", title=f"Media-plane load test of {load.base_url}", started=now_iso(),
+                           settings=load.model_dump(exclude={"token"}), exit_code=EXIT_TOOL,
+                           verdict=f"FAIL: gateway not ready: {load.ready_url} did not answer 200 "
+                           f"within {load.ready_timeout_s:g} s")
+        result.finished = now_iso()
+        return result
     audio_path, speech = _speech(load, run_dir)
     speech_s = len(speech) / load.sample_rate
     result = RunResult(kind="media", title=f"Media-plane load test of {load.base_url} ({load.model})",

@@ -14,11 +14,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_dozen_concurrent_calls_against_the_null_echo_gateway(serve, tmp_path):
+    admin = _free_tcp_port()
     gw = serve("serve", "--media-host", "127.0.0.1", "--admin-host", "127.0.0.1",
-               "--admin-port", str(_free_tcp_port()), "--model-backend", "null-echo",
+               "--admin-port", str(admin), "--model-backend", "null-echo",
                port_flag="--media-port", name="gateway")
     out = tmp_path / "media"
-    code = main(["media", "--url", f"ws://127.0.0.1:{gw.port}", "--model", "null-echo", "--calls", "24",
+    code = main(["media", "--url", f"ws://127.0.0.1:{gw.port}", "--ready-url", f"http://127.0.0.1:{admin}/readyz",
+                 "--model", "null-echo", "--calls", "24",
                  "--concurrency", "12", "--rate", "8", "--quiet", "--out", str(out)])
     report = json.loads((out / "report.json").read_text())
     (step,) = report["steps"]
@@ -40,11 +42,13 @@ def test_two_dozen_concurrent_calls_against_the_null_echo_gateway(serve, tmp_pat
 
 def test_calls_against_the_embedded_engine_measure_end_of_speech_to_first_reply(serve, tmp_path):
     engine = serve("model", "--host", "127.0.0.1", port_flag="--port", name="engine")
+    admin = _free_tcp_port()
     gw = serve("serve", "--media-host", "127.0.0.1", "--admin-host", "127.0.0.1",
-               "--admin-port", str(_free_tcp_port()), "--model-url", f"ws://127.0.0.1:{engine.port}/v1",
+               "--admin-port", str(admin), "--model-url", f"ws://127.0.0.1:{engine.port}/v1",
                port_flag="--media-port", name="gateway")
     out = tmp_path / "media"
-    code = main(["media", "--url", f"ws://127.0.0.1:{gw.port}", "--calls", "3", "--concurrency", "3",
+    code = main(["media", "--url", f"ws://127.0.0.1:{gw.port}", "--ready-url", f"http://127.0.0.1:{admin}/readyz",
+                 "--calls", "3", "--concurrency", "3",
                  "--rate", "3", "--question", "What are your opening hours?",
                  "--engine-port", str(engine.port), "--quiet", "--out", str(out)])
     report = json.loads((out / "report.json").read_text())
@@ -58,6 +62,15 @@ def test_calls_against_the_embedded_engine_measure_end_of_speech_to_first_reply(
     assert step["frame_latency_ms"] is None          # only meaningful with null-echo
     assert set(report["resources"]) == {"gateway", "engine"}
     assert report["resources"]["engine"]["pid"] == engine.proc.pid
+
+
+def test_a_gateway_that_never_gets_ready_is_a_tool_failure(tmp_path):
+    out = tmp_path / "media"
+    code = main(["media", "--url", f"ws://127.0.0.1:{_free_tcp_port()}", "--ready-url",
+                 f"http://127.0.0.1:{_free_tcp_port()}/readyz", "--model", "null-echo", "--calls", "2",
+                 "--quiet", "--out", str(out), "--ready-timeout", "1"])
+    assert code == 3
+    assert "not ready" in json.loads((out / "report.json").read_text())["verdict"]
 
 
 def test_an_unreachable_gateway_is_a_tool_failure_not_a_pass(tmp_path):
