@@ -3,7 +3,12 @@ a call id). Exposed by the admin API at /metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -16,14 +21,6 @@ STREAMS_REFUSED = Counter(
 )
 AUTH_FAILURES = Counter("gateway_auth_failures_total", "Upgrade requests with a missing or wrong token",
                         registry=REGISTRY)
-FRAMES_IN = Counter("gateway_frames_in_total", "Binary audio frames received from FreeSWITCH",
-    registry=REGISTRY)
-FRAMES_OUT = Counter("gateway_frames_out_total", "streamAudio messages sent to FreeSWITCH",
-    registry=REGISTRY)
-BYTES_IN = Counter("gateway_audio_in_bytes_total", "L16 bytes received from FreeSWITCH",
-    registry=REGISTRY)
-BYTES_OUT = Counter("gateway_audio_out_bytes_total", "L16 bytes sent to FreeSWITCH",
-    registry=REGISTRY)
 BARGE_INS = Counter("gateway_barge_ins_total", "Caller speech that interrupted agent audio",
     registry=REGISTRY)
 MODEL_ERRORS = Counter("gateway_model_errors_total", "Model session failures by kind", ["kind"],
@@ -42,9 +39,42 @@ REPLY_LATENCY = Histogram(
 )
 FRAME_WORK = Histogram(
     "gateway_frame_work_seconds",
-    "CPU time spent on one inbound audio frame (validate, convert, hand to the model)",
+    "Time spent on one inbound audio frame (validate, convert, hand to the model); 1 frame in 8 sampled",
     buckets=(5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2),
     registry=REGISTRY,
 )
 READY = Gauge("gateway_ready", "1 while the gateway accepts new streams",
     registry=REGISTRY)
+
+
+class TrafficCollector(Collector):
+    """Frame and byte counters summed at scrape time from the calls' own counters.
+
+    Four shared Counter.inc() calls per 20 ms frame pair cost ~10 % of the media plane's CPU at 500 calls
+    (each takes a lock); the calls count in plain ints and this collector adds them up when scraped."""
+
+    FIELDS = (
+        ("gateway_frames_in", "Binary audio frames received from FreeSWITCH", "frames_in"),
+        ("gateway_frames_out", "streamAudio messages sent to FreeSWITCH", "frames_out"),
+        ("gateway_audio_in_bytes", "L16 bytes received from FreeSWITCH", "bytes_in"),
+        ("gateway_audio_out_bytes", "L16 bytes sent to FreeSWITCH", "bytes_out"),
+    )
+
+    def __init__(self) -> None:
+        self.live: Callable[[], Iterable[Any]] = lambda: ()
+        self.finished = {attr: 0 for _, _, attr in self.FIELDS}
+
+    def add_finished(self, stats: Any) -> None:
+        for _, _, attr in self.FIELDS:
+            self.finished[attr] += getattr(stats, attr)
+
+    def value(self, attr: str) -> int:
+        return self.finished[attr] + sum(getattr(s, attr) for s in list(self.live()))
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        for name, doc, attr in self.FIELDS:
+            yield CounterMetricFamily(name, doc, value=self.value(attr))
+
+
+TRAFFIC = TrafficCollector()
+REGISTRY.register(TRAFFIC)

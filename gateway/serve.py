@@ -118,6 +118,7 @@ class Gateway:
             await session.run()
         finally:
             self.calls.pop(uuid, None)
+            m.TRAFFIC.add_finished(session.stats)  # after leaving `calls`: counted once
         # Returning ends the handler; aiohttp then closes the transport (no keep-alive after a WebSocket).
         return ws
 
@@ -150,6 +151,7 @@ class Gateway:
                 self._admin_task.result()
                 raise OSError("admin API did not start")
             await asyncio.sleep(0.01)
+        m.TRAFFIC.live = lambda: [s.stats for s in self.calls.values()]
         self.started = True
         m.READY.set(1)
         log.info("gateway listening",

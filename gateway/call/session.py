@@ -102,6 +102,9 @@ class CallSession:
         self._speech_stopped_at: float | None = None
         self._ending = False  # tool end_call / fallback: finish playing, then hang up
         self._closed = asyncio.Event()
+        self._pumping = False
+        self._in_receive = False  # caller audio being handled: the receive loop pumps right after
+        self._frame_len = 0
         self._up: StreamResampler | None = None
         self._down: StreamResampler | None = None
         self._dispatch_table: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -222,6 +225,7 @@ class CallSession:
                          callee=pii(self.meta.callee)),
         )
         self.state = "active"
+        self._frame_len = wire.frame_bytes(self.rate, FRAME_MS)
         self._model = self._make_model()
         self._spawn(self._model.run(self._setup_events()), "model")
         self._spawn(self._playback(), "playback")
@@ -270,10 +274,19 @@ class CallSession:
             while not self._closed.is_set():
                 msg = await ws.receive()
                 if msg.type == WSMsgType.BINARY:
-                    t0 = time.perf_counter()
                     wire.check_audio_frame(msg.data, self.rate)
-                    self._on_caller_audio(msg.data)
-                    m.FRAME_WORK.observe(time.perf_counter() - t0)
+                    self._in_receive = True
+                    try:
+                        if self.stats.frames_in & 7:
+                            self._on_caller_audio(msg.data)
+                        else:  # one frame in eight is timed: the histogram costs a lock per observe
+                            t0 = time.perf_counter()
+                            self._on_caller_audio(msg.data)
+                            m.FRAME_WORK.observe(time.perf_counter() - t0)
+                    finally:
+                        self._in_receive = False
+                    if self._out:
+                        await self._pump()
                 elif msg.type == WSMsgType.TEXT:
                     # `uuid_audio_stream stop <text>` sends one final text frame; anything else is logged.
                     log.info("stream text", extra=fields(call=self.uuid, text=pii(msg.data[:200])))
@@ -288,8 +301,6 @@ class CallSession:
     def _on_caller_audio(self, pcm: bytes) -> None:
         self.stats.frames_in += 1
         self.stats.bytes_in += len(pcm)
-        m.FRAMES_IN.inc()
-        m.BYTES_IN.inc(len(pcm))
         if self.state != "active" or self._model is None or not pcm:
             return
         if self.rate == 8000:
@@ -369,7 +380,8 @@ class CallSession:
             self._out[-1].pcm += pcm
         else:
             self._out.append(_Segment(item_id, bytearray(pcm)))
-        self._out_ready.set()
+        if not self._in_receive:
+            self._out_ready.set()
 
     def _on_agent_transcript(self, event: dict[str, Any]) -> None:
         text = str(event.get("transcript", ""))
@@ -503,50 +515,66 @@ class CallSession:
             await self.hangup(why)
 
     # ------------------------------------------------------------------ paced playback
+    # Two things drive playback: the caller's own frames (FreeSWITCH sends one every 20 ms, so the receive
+    # loop pumps right after each), and this task's timer for when they do not (stream paused, a burst of
+    # model audio to pace out). In the steady state the receive loop does the work and this task sleeps,
+    # which saves a task wake-up per frame per call.
     async def _playback(self) -> None:
-        ws, rate, clock = self.ws, self.rate, self._clock
-        frame_len = wire.frame_bytes(rate, FRAME_MS)
-        first_of_item = True
         while True:
             if not self._out:
                 self._out_ready.clear()
                 await self._out_ready.wait()
                 continue
+            await self._pump()
+            if not self._out:
+                continue
             wait = self.playout.seconds_until_room()
             if wait > 0:
                 await asyncio.sleep(wait)
-                continue
-            seg = self._out[0]
-            if len(seg.pcm) < frame_len and (self._response_active or self.state == "starting") and \
-                    len(self._out) == 1 and seg.item_id != "fallback":
-                # Half a frame while the model is still talking: wait for the rest rather than chop.
+            else:  # half a frame while the model is still talking: wait for the rest rather than chop
                 self._out_ready.clear()
                 await self._out_ready.wait()
-                continue
-            frame = bytes(seg.pcm[:frame_len])
-            del seg.pcm[:frame_len]
-            if not seg.pcm:
-                self._out.popleft()
-            if seg.item_id != self.playout.item_id or self.playout.item_id is None:
-                self.playout.begin_item(seg.item_id)
-                first_of_item = True
-            if ws.closed:
-                return
-            await ws.send_str(wire.build_stream_audio(frame, rate))
-            ms = len(frame) * 1000.0 / (2 * rate)
-            if self.playout.on_sent(ms, continuing=not first_of_item):
-                m.UNDERRUNS.inc()
-            if first_of_item and self._speech_stopped_at is not None:
-                latency = clock() - self._speech_stopped_at
-                self._speech_stopped_at = None
-                m.REPLY_LATENCY.observe(latency)
-                self.stats.last_reply_latency_ms = round(latency * 1000.0, 1)
-                self.stats.reply_latencies_ms.append(self.stats.last_reply_latency_ms)
-            first_of_item = False
-            self.stats.frames_out += 1
-            self.stats.bytes_out += len(frame)
-            m.FRAMES_OUT.inc()
-            m.BYTES_OUT.inc(len(frame))
+
+    async def _pump(self) -> None:
+        """Send queued agent audio, one 20 ms message at a time, while it fits under the lead."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._out and self.playout.wants_frame():
+                if not await self._send_frame():
+                    return
+        finally:
+            self._pumping = False
+
+    async def _send_frame(self) -> bool:
+        seg = self._out[0]
+        frame_len = self._frame_len
+        if len(seg.pcm) < frame_len and len(self._out) == 1 and seg.item_id != "fallback" and \
+                self._response_active:
+            return False
+        frame = bytes(seg.pcm[:frame_len])
+        del seg.pcm[:frame_len]
+        if not seg.pcm:
+            self._out.popleft()
+        first = seg.item_id != self.playout.item_id or self.playout.item_id is None
+        if first:
+            self.playout.begin_item(seg.item_id)
+        if self.ws.closed:
+            self._out.clear()
+            return False
+        await self.ws.send_str(wire.build_stream_audio(frame, self.rate))
+        if self.playout.on_sent(len(frame) * 1000.0 / (2 * self.rate), continuing=not first):
+            m.UNDERRUNS.inc()
+        if first and self._speech_stopped_at is not None:
+            latency = self._clock() - self._speech_stopped_at
+            self._speech_stopped_at = None
+            m.REPLY_LATENCY.observe(latency)
+            self.stats.last_reply_latency_ms = round(latency * 1000.0, 1)
+            self.stats.reply_latencies_ms.append(self.stats.last_reply_latency_ms)
+        self.stats.frames_out += 1
+        self.stats.bytes_out += len(frame)
+        return True
 
     # ------------------------------------------------------------------ helpers
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
