@@ -250,6 +250,7 @@ class FakeFreeSwitch:
         self.calls = 0
         self.channels: set[str] = set()
         self.conferences: dict[str, Conference] = {}
+        self.channel_vars: dict[str, dict[str, str]] = {}
         self.commands: list[str] = []
         self.command_headers: list[dict[str, str]] = []
         self.auth_attempts: list[str] = []
@@ -519,7 +520,18 @@ class FakeFreeSwitch:
             return "+OK Message sent\n"
         if name == "uuid_audio_stream":
             return read_fixture("api_upstream_uas_stop_ok.txt").decode()
+        if name == "uuid_setvar" and args:
+            # The value is the rest of the line (switch_separate_string's last slot keeps spaces).
+            value = cmd.split(" ", 3)[3] if len(args) > 1 else ""
+            self.channel_vars.setdefault(target, {})[args[0]] = value
+            return "+OK\n"
         if name == "uuid_transfer":
+            # What freeswitch-conf's ai-conference extension does: join the conference named in ai_conference.
+            if args and args[0] == "ai-conference":
+                conf_name = self.channel_vars.get(target, {}).get("ai_conference")
+                if conf_name:
+                    conf = self.conferences.setdefault(conf_name, Conference(conf_name, "ai-assist"))
+                    conf.join(target, "caller")
             match = re.search(r"'(?:m:\^:)?conference:([^@'^]+)@([^'^+]+)[^']*' inline", cmd)
             if match:
                 conf = self.conferences.setdefault(match.group(1), Conference(match.group(1), match.group(2)))
