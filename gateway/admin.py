@@ -44,7 +44,10 @@ def make_admin_app(gateway: Gateway) -> FastAPI:
             await coro
         except Exception as exc:
             if type(exc).__name__ == "CallControlError":
-                raise HTTPException(502, str(exc)) from None  # FreeSWITCH's own -ERR text
+                # FreeSWITCH's own -ERR text; 400 when the verb refused the target before sending it
+                status = getattr(exc, "status", 502)
+                status = status if status in (400, 404, 409, 502, 503, 504) else 502
+                raise HTTPException(status, str(exc)) from None
             raise
 
     @app.get("/healthz", summary="the process is alive")

@@ -433,7 +433,8 @@ class CallSession:
             self._spawn(self.control.flush_playback(), "flush")
 
     def _playback_mode(self) -> str:
-        return self.settings.playback_mode.get(self.meta.worker, "stream")
+        mode = getattr(self.control, "playback_mode", None)
+        return mode or self.settings.playback_mode.get(self.meta.worker, "stream")
 
     def _on_function_call(self, event: dict[str, Any]) -> None:
         self._spawn(self._tool(event), "tool")
