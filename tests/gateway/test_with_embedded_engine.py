@@ -1,0 +1,54 @@
+"""The whole offline pipeline: `gateway serve` in front of the embedded engine (`gateway model`, a real
+separate process), a spoken question in, the profile's answer out, as `make demo` runs it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+
+import pytest
+
+from gateway.client.call import place_call
+
+pytest.importorskip("gateway.model.server")
+
+
+@pytest.fixture(scope="module")
+def engine_url():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "gateway", "model", "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"gateway model exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("gateway model did not listen")
+                time.sleep(0.1)
+        yield f"ws://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+async def test_spoken_question_gets_the_profiles_answer(make_gateway, engine_url, question_wav, rate):
+    gw = await make_gateway(model_url=engine_url)
+    s = await place_call(f"ws://127.0.0.1:{gw.media_port}/stream/{uuidlib.uuid4()}", question_wav, rate=rate,
+                         metadata={"rate": rate, "profile": "front-desk", "caller": "+15550111"}, token="abc")
+    assert s.errors == []
+    agent = [t["text"] for t in s.transcripts if t["role"] == "agent"]
+    assert agent[0].startswith("Thank you for calling Riverside Dental")
+    assert any("Monday to Friday" in text for text in agent[1:])
+    assert s.greeting_s > 2.0 and s.reply_s > s.greeting_s + 2.0
+    assert s.first_reply_latency_ms is not None
