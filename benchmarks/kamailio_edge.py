@@ -56,12 +56,14 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / CLK_TCK
 
 
-def run(rates: list[int], seconds: float, hold_ms: int, workers: int, shm_mb: int) -> dict:
+def run(rates: list[int], seconds: float, hold_ms: int, workers: int, shm_mb: int, children: int = 4,
+        allocator: str | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="kamailio-bench-"))
     stands = [SippUas(work, f"worker{i + 1}", WORKER_IPS[i]).start() for i in range(workers)]
     dests = [Worker(f"fs{i + 1}", u.host, u.port) for i, u in enumerate(stands)]
-    edge = KamailioEdge(work / "edge", workers=dests, defines={"UDP_CHILDREN": 4, "DS_PING_INTERVAL": 5},
-                        shm_mb=shm_mb, log_level=1)
+    defines = {"UDP_CHILDREN": children, "DS_PING_INTERVAL": 5}
+    edge = KamailioEdge(work / "edge", workers=dests, defines=defines, shm_mb=shm_mb, log_level=1,
+                        extra_args=("-x", allocator) if allocator else ())
     edge.start()
     steps = []
     try:
@@ -102,6 +104,7 @@ def run(rates: list[int], seconds: float, hold_ms: int, workers: int, shm_mb: in
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds_per_step": seconds, "hold_ms": hold_ms, "workers": workers, "shm_mb": shm_mb,
+        "udp_children": children, "allocator": allocator or "qm (default)",
         "steps": steps, "idle_s": idle_s, "idle_cores": idle_cores,
         "max_clean_rate": max((s["rate"] for s in clean), default=0),
         "kamailio_version": os.popen("kamailio -v | head -1").read().strip(),
@@ -127,7 +130,8 @@ def markdown(result: dict, command: str) -> str:
   (REQINIT sanity/pike/UA checks, permissions ACL, record-route, tm stateful relay, dispatcher round-robin
   with OPTIONS probing, failure route armed) -> SIPp `uas-worker-echo.xml` workers; INVITE/100/180/200/ACK,
   {result['hold_ms']} ms hold, BYE/200. {result['seconds_per_step']:g} s per step,
-  Kamailio `-m {result['shm_mb']} -M 16`, 4 UDP children, log level 1 (no per-call log lines).
+  Kamailio `-m {result['shm_mb']} -M 16`, memory manager {result['allocator']}, {result['udp_children']} UDP
+  children, log level 1 (no per-call log lines).
 - Idle Kamailio (probes, timers) used {result['idle_cores']} core over {result['idle_s']:g} s before the
   first step.
 - The callers run with `-pause_msg_ign`: when the saturated machine delays an ACK past T1 the worker
@@ -154,10 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold-ms", type=int, default=500)
     ap.add_argument("--workers", type=int, default=2, choices=(1, 2, 3))
     ap.add_argument("--shm-mb", type=int, default=1536)
+    ap.add_argument("--children", type=int, default=4, help="kamailio.cfg UDP_CHILDREN")
+    ap.add_argument("--allocator", choices=("qm", "fm", "tlsf"), help="kamailio -x (default: qm)")
     ap.add_argument("--write", type=Path, help="write the Markdown report here (e.g. docs/bench/kamailio.md)")
     args = ap.parse_args(argv)
     rates = [int(r) for r in args.rates.split(",")]
-    result = run(rates, args.seconds, args.hold_ms, args.workers, args.shm_mb)
+    result = run(rates, args.seconds, args.hold_ms, args.workers, args.shm_mb, args.children, args.allocator)
     given = argv if argv is not None else sys.argv[1:]
     command = ".venv/bin/python benchmarks/kamailio_edge.py " + " ".join(given)
     report = markdown(result, command.strip())

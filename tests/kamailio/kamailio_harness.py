@@ -103,6 +103,7 @@ class KamailioEdge:
     worker_group: Iterable[str] = ()
     shm_mb: int = 256
     log_level: int = 2
+    extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +163,7 @@ class KamailioEdge:
 
     def command(self, *extra: str) -> list[str]:
         return [KAMAILIO, "-f", str(self.cfg), "-Y", str(self.rundir), "-m", str(self.shm_mb), "-M", "16",
-                *extra]
+                *self.extra_args, *extra]
 
     def check(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.command("-c"), cwd=self.workdir, capture_output=True, text=True,
