@@ -564,7 +564,11 @@ class CallSession:
         if self.ws.closed:
             self._out.clear()
             return False
-        await self.ws.send_str(wire.build_stream_audio(frame, self.rate))
+        try:
+            await self.ws.send_str(wire.build_stream_audio(frame, self.rate))
+        except ConnectionResetError:  # the module dropped TCP: the receive loop ends the call
+            self._out.clear()
+            return False
         if self.playout.on_sent(len(frame) * 1000.0 / (2 * self.rate), continuing=not first):
             m.UNDERRUNS.inc()
         if first and self._speech_stopped_at is not None:
