@@ -34,7 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from loadtest.model import Check, Point, RunResult, StepResult
-from loadtest.procstat import ResourceSampler, find_listener_pid
+from loadtest.procstat import find_listener_pid, samplers_for
 from loadtest.sip_load import now_iso
 from loadtest.sipp import latency_of
 from loadtest.sippstat import percentile
@@ -182,7 +182,8 @@ async def run_media(load: MediaLoad, run_dir: Path, *, progress=None) -> RunResu
     pids = {"gateway": load.gateway_pid or find_listener_pid(urlsplit(load.base_url).port or 80)}
     if load.engine_pid or load.engine_port:
         pids["engine"] = load.engine_pid or find_listener_pid(load.engine_port or 0)
-    samplers = {name: ResourceSampler(pid) for name, pid in pids.items() if pid}
+    samplers, notes = samplers_for({name: pid for name, pid in pids.items() if pid})
+    result.resources.update(notes)
     sampler_tasks = [asyncio.create_task(s.run()) for s in samplers.values()]
     records: list[CallRecord] = []
     gate = asyncio.Semaphore(load.concurrency)

@@ -23,9 +23,10 @@ class ResourceSampler:
     def __init__(self, pid: int, interval: float = 0.5) -> None:
         import psutil
 
-        self.proc = psutil.Process(pid)
+        self.proc = psutil.Process(pid)   # raises psutil.NoSuchProcess for a wrong pid
         self.interval = interval
         self.series: list[tuple[float, float, float]] = []   # (t since start, cpu %, rss MB)
+        self.cpu_end = 0.0
         self.cpu_start = self._cpu()
         self.t_start = time.monotonic()
         self.cpu_end = self.cpu_start
@@ -36,7 +37,8 @@ class ResourceSampler:
 
         try:
             t = self.proc.cpu_times()
-            total = t.user + t.system
+            # children_* hold the CPU of children already reaped (short-lived helpers)
+            total = t.user + t.system + t.children_user + t.children_system
             for child in self.proc.children(recursive=True):
                 with contextlib.suppress(psutil.Error):
                     ct = child.cpu_times()
@@ -72,3 +74,17 @@ class ResourceSampler:
                 "rss_mb_peak": round(self.peak_rss_mb, 1),
                 "rss_mb_start": round(self.series[0][2], 1) if self.series else None,
                 "series": [(round(t, 2), round(c, 1), round(r, 1)) for t, c, r in self.series]}
+
+
+def samplers_for(pids: dict[str, int]) -> tuple[dict[str, ResourceSampler], dict[str, str]]:
+    """Samplers for the processes that exist; a note for each that does not."""
+    import psutil
+
+    samplers: dict[str, ResourceSampler] = {}
+    notes: dict[str, str] = {}
+    for name, pid in pids.items():
+        try:
+            samplers[name] = ResourceSampler(pid)
+        except (psutil.Error, ValueError) as exc:
+            notes[name] = f"pid {pid} not measured: {type(exc).__name__}"
+    return samplers, notes

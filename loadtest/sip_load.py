@@ -11,7 +11,7 @@ from pathlib import Path
 
 from loadtest.model import RunResult, StepResult
 from loadtest.ports import free_udp_port
-from loadtest.procstat import ResourceSampler
+from loadtest.procstat import samplers_for
 from loadtest.profile import MAX_RATE_CPS, MAX_STEPS, Profile
 from loadtest.sipp import (
     ProgressFn,
@@ -94,7 +94,8 @@ async def run_sip(profile: Profile, run_dir: Path, *, find_capacity: bool = Fals
     max_rate = min(max_rate, MAX_RATE_CPS)
     # processes under test on this host (Kamailio main pid, a FreeSWITCH pid...): CPU and RSS from /proc,
     # children included, so Kamailio's worker processes count
-    samplers = {name: ResourceSampler(pid) for name, pid in (watch or {}).items()}
+    samplers, notes = samplers_for(watch or {})
+    result.resources.update(notes)
     sampler_tasks = [asyncio.create_task(s.run()) for s in samplers.values()]
     try:
         await _run_steps(profile, run_dir, result, run_start, find_capacity=find_capacity,
