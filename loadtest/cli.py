@@ -1,5 +1,6 @@
 """`loadtest` command line: `sip` (SIPp against an edge or worker), `media` (the gateway's media
-plane), `scenarios` (list or copy the shipped SIPp scenarios), `report` (re-render a report.json).
+plane), `worker` (a SIPp FreeSWITCH stand-in), `scenarios` (list or copy the shipped SIPp
+scenarios), `report` (re-render a report.json).
 
 Exit codes: 0 pass, 1 a threshold broke, 2 bad arguments or profile, 3 the load generator could
 not run (sipp missing, socket bind error, gateway unreachable before any call).
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shutil
 import sys
 from datetime import UTC, datetime
@@ -121,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     media.add_argument("--out", help="run directory (default loadtest-runs/<time>-media)")
     media.add_argument("--quiet", action="store_true")
 
+    wk = sub.add_parser("worker", help="run a SIPp worker stand-in (answers, echoes RTP) in the foreground")
+    wk.add_argument("--listen", required=True, help="host:port to answer on, e.g. 127.0.0.11:5080")
+    wk.add_argument("--scenario", default="uas-worker-echo",
+                    help="uas-worker-echo (default), uas-worker-503, uas-worker-ringing-until-cancel")
+    wk.add_argument("--media-port", type=int, help="RTP echo port (default: a free even port)")
+    wk.add_argument("--transport", choices=["udp", "tcp"], default="udp")
+    wk.add_argument("--duration", type=float, default=3600.0, help="stop after this many seconds")
+
     sc = sub.add_parser("scenarios", help="list the shipped SIPp scenarios or copy them out")
     sc.add_argument("--copy", metavar="DIR", help="copy every scenario and the example CSV into DIR")
 
@@ -225,6 +235,33 @@ def _cmd_scenarios(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from loadtest import scenario_path
+    from loadtest.ports import free_udp_port
+    from loadtest.sipp import SippNotFound, sipp_binary
+
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        print("loadtest worker: --listen wants host:port", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        sipp = sipp_binary()
+        scenario = scenario_path(args.scenario)
+    except (SippNotFound, FileNotFoundError) as exc:
+        print(f"loadtest worker: {exc}", file=sys.stderr)
+        return EXIT_TOOL if isinstance(exc, SippNotFound) else EXIT_USAGE
+    media = args.media_port or free_udp_port(host, span=2, step=2, even=True)
+    transport = "u1" if args.transport == "udp" else "t1"
+    cmd = [sipp, "-sf", str(scenario), "-t", transport, "-i", host, "-p", port, "-mp", str(media),
+           "-rtp_echo", "-aa", "-timeout", f"{int(args.duration)}s", "-trace_stat",
+           "-stf", f"worker-{port}.csv", "-fd", "5"]
+    print(" ".join(cmd), file=sys.stderr)
+    sys.stderr.flush()
+    # become sipp: signals (Ctrl-C, SIGTERM from a supervisor) reach it directly, no orphan is left
+    os.execv(sipp, cmd)
+    return EXIT_TOOL  # not reached
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from loadtest.report import load_json, write_charts, write_markdown
 
@@ -242,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0) and EXIT_USAGE
-    handlers = {"sip": _cmd_sip, "media": _cmd_media, "scenarios": _cmd_scenarios, "report": _cmd_report}
+    handlers = {"sip": _cmd_sip, "media": _cmd_media, "worker": _cmd_worker, "scenarios": _cmd_scenarios,
+                "report": _cmd_report}
     return handlers[args.command](args)
 
 

@@ -148,3 +148,25 @@ def test_unanswered_invites_are_counted_as_retransmission_timeouts(tmp_path):
     # SIPp writes these events back to back without newlines; each one is counted
     assert step["errors"] == {"Aborting call on UDP retransmission timeout for Call-ID '...'": 3}
     assert step["retransmissions"] == 3
+
+
+def test_loadtest_worker_serves_as_the_target_of_a_run(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from loadtest.ports import free_udp_port
+
+    port = free_udp_port()
+    worker = subprocess.Popen([sys.executable, "-m", "loadtest.cli", "worker",
+                               "--listen", f"127.0.0.1:{port}", "--duration", "60"], cwd=tmp_path,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = tmp_path / "run"
+        assert run_cli("--target", f"127.0.0.1:{port}", "--calls", "4", "--hold-ms", "100",
+                       "--out", str(out)) == 0
+        assert json.loads((out / "report.json").read_text())["steps"][0]["successful"] == 4
+    finally:
+        worker.terminate()
+        worker.wait(timeout=10)
