@@ -150,7 +150,6 @@ async def test_bad_input_is_refused_and_a_concurrent_call_is_unaffected(make_gat
     s = await asyncio.wait_for(good, 30)
     assert s.errors == []
     assert s.greeting_s == pytest.approx(1.5, abs=0.03) and s.reply_s == pytest.approx(2.5, abs=0.05)
-    assert s.reply_interarrival_ms["max"] < 200  # no stall while the bad streams were refused
     # and the process still serves new calls
     again = await place_call(f"ws://127.0.0.1:{gw.media_port}/stream/{new_uuid()}", tone(0.1, 8000),
                              rate=8000, token="abc", metadata={"rate": 8000}, reply_timeout=1.0)
