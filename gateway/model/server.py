@@ -82,7 +82,15 @@ class Engine:
 
         from . import audio
 
-        speech = self.engines.synth.synthesize("Hello.")
+        synth = self.engines.synth
+        for name in sorted(self.profiles):  # fixed order: the same audio for these in every process
+            profile = self.profiles[name]
+            texts = [profile.greeting, profile.dialogue.fallback_reply]
+            texts += [t for i in profile.dialogue.intents for t in (i.reply, i.reply_after_tool)]
+            for text in texts:
+                if text:
+                    synth.synthesize(text)
+        speech = synth.synthesize("Hello.")
         for rate in (8000, 24000):
             audio.resample(speech.pcm, speech.rate, rate)
         for rate in (8000, 24000):

@@ -5,6 +5,13 @@ The Debian `libespeak-ng1` package provides the library and its voice data. libe
 state, so one `EspeakSynth` serves the whole process and callers must not run it from several threads
 at once (the engine calls it from the event loop thread only).
 
+libespeak-ng is not a pure function: its noise/flutter generators keep running across utterances, so the
+same sentence comes out slightly different each time (measured: "Welcome." 11 848 vs 12 706 samples).
+There is no public reset (Terminate + Initialize deadlocks in synchronous mode), so the synthesiser
+keeps a cache keyed by (text, rate): every text sounds the same for the life of the process, and the
+engine pre-fills it with every profile phrase in profile order at start-up, which makes those identical
+across processes too. Texts not in a profile (`Say exactly: ...`) are identical from their second use on.
+
 Word events give the audio offset of every word, which the session uses to keep the spoken transcript
 in step with the audio it has sent (so a truncate after barge-in cuts the transcript at the same word).
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +94,8 @@ class EspeakSynth:
         if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise TTSUnavailable(f"espeak-ng has no voice {voice!r}")
         self._wpm = _DEFAULT_WPM
+        self._cache: OrderedDict[tuple[str, int], Speech] = OrderedDict()
+        self.cache_size = 256
 
     def _on_audio(self, wav, numsamples, events) -> int:  # noqa: ANN001 - ctypes callback signature
         if numsamples > 0:
@@ -100,6 +110,18 @@ class EspeakSynth:
 
     def synthesize(self, text: str, speed: float = 1.0) -> Speech:
         wpm = max(80, min(450, round(_DEFAULT_WPM * speed)))
+        key = (text, wpm)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        speech = self._render(text, wpm)
+        self._cache[key] = speech
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return speech
+
+    def _render(self, text: str, wpm: int) -> Speech:
         if wpm != self._wpm:
             self._lib.espeak_SetParameter(_PARAM_RATE, wpm, 0)
             self._wpm = wpm

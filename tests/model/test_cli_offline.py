@@ -1,0 +1,98 @@
+"""`gateway model` as operators and the media plane start it: a clear listening line on stderr, a real
+conversation over loopback, a clean exit on SIGTERM; and the same engine with the network taken away."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_gateway_model_logs_listening_serves_the_sdk_and_stops_on_sigterm():
+    from openai import AsyncOpenAI
+
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "model",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--pace",
+        "0",
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        line = b""
+        async with asyncio.timeout(90):
+            while b"listening" not in line:
+                line = await proc.stderr.readline()
+                assert line, "gateway model exited before listening"
+        text = line.decode()
+        assert f'url="ws://127.0.0.1:{port}/v1/realtime"' in text
+        assert re.search(r"startup_s=[0-9.]+", text)
+
+        client = AsyncOpenAI(api_key="x", websocket_base_url=f"ws://127.0.0.1:{port}/v1", max_retries=0)
+        async with client.realtime.connect(
+            model="gpt-realtime", extra_query={"profile": "front-desk"}
+        ) as conn:
+            await conn.response.create(response={"instructions": 'Say exactly: "Hello from the engine."'})
+            async for event in conn:
+                if event.type == "response.done":
+                    assert event.response.output[0].content[0].transcript == "Hello from the engine."
+                    break
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            rc = await proc.wait()
+        assert rc == 0
+        rest = (await proc.stderr.read()).decode()
+        assert "session opened" in rest and "stopping" in rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_engine_needs_no_network_under_unshare():
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("unshare / ip not installed")
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare -n not permitted here: {probe.stderr.decode().strip()}")
+    script = Path(__file__).with_name("offline_call.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        ["unshare", "-n", "sh", "-c", f'ip link set lo up && exec "{sys.executable}" "{script}" 18092'],
+        capture_output=True,
+        env=env,
+        cwd=ROOT,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    result = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    assert result["network_gone"] is True
+    assert result["heard"] == "what are your opening hours"
+    assert result["reply"].startswith("We are open Monday to Friday")
+    assert result["reply_audio_bytes"] > 3 * 8000  # over three seconds of μ-law

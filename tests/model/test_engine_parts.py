@@ -1,0 +1,99 @@
+"""The engine's parts on their own: VAD positions, the dialogue rules, the phrase recogniser's refusal,
+and the synthesiser's word timing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import _engine_defaults
+
+from gateway.model import audio
+from gateway.model.dialogue import DialogueEngine, say_exactly
+from gateway.model.vad import TurnDetector
+
+
+def frames(pcm: np.ndarray):
+    for i in range(0, len(pcm) - 159, 160):
+        yield pcm[i : i + 160]
+
+
+def test_vad_reports_start_and_stop_on_the_audio_clock(say):
+    pcm = audio.decode("audio/pcmu", say("what are your opening hours", lead_ms=1000, tail_ms=1000))
+    vad = TurnDetector(threshold=0.5, silence_duration_ms=500)
+    events = [ev for f in frames(pcm) if (ev := vad.frame(f)) is not None]
+    assert [e.kind for e in events] == ["start", "stop"]
+    speech_ms = len(pcm) // 8 - 2000  # the espeak clip, which itself ends in ~300 ms of silence
+    assert 980 <= events[0].ms <= 1100  # speech begins 1 s in
+    assert 1000 + speech_ms + 100 <= events[1].ms <= 1000 + speech_ms + 500  # end + silence_duration
+
+
+def test_vad_ignores_low_level_hiss():
+    rng = np.random.default_rng(7)
+    hiss = rng.normal(0, 30, 8000 * 3).astype(np.int16)  # about -60 dBFS
+    vad = TurnDetector(threshold=0.5)
+    assert all(vad.frame(f) is None for f in frames(hiss))
+
+
+@pytest.mark.parametrize("silence_ms", [300, 800])
+def test_vad_silence_duration_is_honoured(say, silence_ms):
+    pcm = audio.decode("audio/pcmu", say("goodbye", lead_ms=500, tail_ms=1500))
+    vad = TurnDetector(silence_duration_ms=silence_ms)
+    events = [ev for f in frames(pcm) if (ev := vad.frame(f)) is not None]
+    stop = events[-1]
+    assert stop.kind == "stop"
+    vad2 = TurnDetector(silence_duration_ms=silence_ms + 200)
+    events2 = [ev for f in frames(pcm) if (ev := vad2.frame(f)) is not None]
+    assert events2[-1].ms - stop.ms == 200
+
+
+def test_dialogue_rules_from_the_profile():
+    engine = DialogueEngine(_engine_defaults().profiles["front-desk"])
+    all_tools = {"transfer_call", "end_call", "escalate"}
+    plan = engine.answer("Transfer me to billing, please", all_tools)
+    assert (
+        plan.tool.name == "transfer_call"
+        and plan.tool.arguments == {"target": "billing"}
+        and plan.reply is None
+    )
+    plan = engine.answer("transfer me to billing", {"end_call"})
+    assert plan.tool is None and plan.reply  # not offered: spoken, never called
+    plan = engine.answer("goodbye", all_tools)
+    assert plan.reply == "Thank you for calling Riverside Dental. Goodbye!" and plan.tool.name == "end_call"
+    assert engine.answer("purple elephants dancing", all_tools).reply.startswith(
+        "Sorry, I did not catch that"
+    )
+    assert engine.after_tool("transfer_billing", '{"ok": true}').reply == "Transferring you to billing now."
+    failed = engine.after_tool("transfer_billing", '{"ok": false, "error": "busy"}')
+    assert failed.reply == "Sorry, that did not work: busy."
+    assert engine.after_tool("goodbye", '{"ok": true}').reply is None
+
+
+def test_say_exactly_is_verbatim():
+    assert (
+        say_exactly('Say exactly: "Thank you for calling. How can I help?"')
+        == "Thank you for calling. How can I help?"
+    )
+    assert say_exactly("Greet the caller") is None
+
+
+def test_recogniser_names_the_phrase_or_nothing(say):
+    engine = _engine_defaults()
+    rec = engine.engines.recognizers["front-desk"]
+    for phrase in ("what are your opening hours", "transfer me to billing", "goodbye"):
+        pcm = audio.resample(audio.decode("audio/pcmu", say(phrase, tail_ms=300)), 8000, 16000)
+        assert rec.recognise(pcm).transcript == phrase
+    pcm = audio.resample(
+        audio.decode("audio/pcmu", say("banana pancakes with syrup", tail_ms=300)), 8000, 16000
+    )
+    assert rec.recognise(pcm).transcript == ""
+
+
+def test_synthesiser_word_timing_cuts_the_transcript():
+    synth = _engine_defaults().engines.synth
+    text = "We are open Monday to Friday."
+    speech = synth.synthesize(text)
+    assert speech.rate == 22050 and len(speech.pcm) > speech.rate
+    assert speech.text_until(text, 0) == ""
+    assert speech.text_until(text, len(speech.pcm)) == text
+    half = speech.text_until(text, len(speech.pcm) // 2)
+    assert text.startswith(half) and 0 < len(half) < len(text)
