@@ -1,0 +1,168 @@
+"""The playbook as an operator meets it: it lints clean (production profile), parses, documents every
+vault secret it uses, and refuses bad inventories before it changes anything."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from aivg_ansible_support import ANSIBLE_DIR, ansible_env, run, tool
+
+EXAMPLE = ANSIBLE_DIR / "inventories" / "example"
+
+
+def test_ansible_lint_production_profile_passes(tmp_path: Path, collections_ready: None) -> None:
+    got = run([tool("ansible-lint"), "--profile", "production", "--offline", "--nocolor"],
+              env=ansible_env(tmp_path), timeout=600)
+    assert got.returncode == 0, got.stdout[-5000:] + got.stderr[-3000:]
+
+
+def test_site_playbook_syntax_check_passes(tmp_path: Path, collections_ready: None) -> None:
+    got = run([tool("ansible-playbook"), "-i", "inventories/example", "--syntax-check", "site.yml"],
+              env=ansible_env(tmp_path))
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+
+
+ROLES = ("common", "kamailio", "freeswitch", "mod_audio_stream", "gateway", "dispatcher", "monitoring")
+
+
+def test_every_role_has_its_api_and_phases() -> None:
+    for role in ROLES:
+        path = ANSIBLE_DIR / "roles" / role
+        defaults = yaml.safe_load((path / "defaults" / "main.yml").read_text())
+        specs = yaml.safe_load((path / "meta" / "argument_specs.yml").read_text())
+        options = specs["argument_specs"]["main"]["options"]
+        # Every default is role-prefixed and documented in the argument spec, and vice versa.
+        assert all(name.startswith(f"{role}_") for name in defaults), role
+        assert set(defaults) == set(options), (role, set(defaults) ^ set(options))
+        main = (path / "tasks" / "main.yml").read_text()
+        assert "install.yml" in main and "configure.yml" in main, role
+
+
+def test_every_vault_secret_the_inventory_uses_is_in_the_example_vault_file() -> None:
+    used: set[str] = set()
+    for path in EXAMPLE.rglob("*.yml"):
+        used |= set(re.findall(r"\bvault_[a-z0-9_]+", path.read_text()))
+    documented = yaml.safe_load((EXAMPLE / "group_vars" / "all" / "vault.yml.example").read_text())
+    assert used, "the example inventory should take its secrets from the vault"
+    assert used <= set(documented), used - set(documented)
+
+
+def _local_play(tmp: Path, play: list[dict], *extra: str) -> tuple[int, str]:
+    playbook = tmp / "play.yml"
+    playbook.write_text(yaml.safe_dump(play, sort_keys=False))
+    secrets = tmp / "secrets.yml"
+    secrets.write_text(yaml.safe_dump({
+        "vault_esl_password": "esl-test-secret", "vault_stream_token": "stream-test-token",
+        "vault_signalwire_token": "pat_test", "vault_openai_api_key": "",
+        "ansible_become": False, "ansible_python_interpreter": sys.executable,
+    }))
+    got = run([tool("ansible-playbook"), "-i", "inventories/example", "-e", f"@{secrets}", *extra,
+               str(playbook)], env=ansible_env(tmp))
+    return got.returncode, got.stdout + got.stderr
+
+
+def test_kamailio_preflight_refuses_an_edge_without_trunk_ranges(tmp_path: Path,
+                                                                  collections_ready: None) -> None:
+    play = [{
+        "name": "Preflight only.",
+        "hosts": "edge",
+        "connection": "local",
+        "gather_facts": False,
+        "tasks": [{"name": "Run the preflight.", "ansible.builtin.include_role": {
+            "name": "kamailio", "tasks_from": "preflight"}}],
+    }]
+    rc, output = _local_play(tmp_path, play, "-e", '{"kamailio_trunk_addresses": []}')
+    assert rc != 0
+    assert "kamailio_trunk_addresses (carrier signalling CIDRs)" in output
+
+
+def test_mod_audio_stream_preflight_refuses_an_upstream_module_in_stream_mode(
+        tmp_path: Path, collections_ready: None) -> None:
+    play = [{
+        "name": "Preflight only.",
+        "hosts": "workers",
+        "connection": "local",
+        "gather_facts": False,
+        "tasks": [{"name": "Run the preflight.", "ansible.builtin.include_role": {
+            "name": "mod_audio_stream", "tasks_from": "preflight"}}],
+    }]
+    overrides = '{"mod_audio_stream_variant": "upstream", "mod_audio_stream_playback_mode": "stream"}'
+    rc, output = _local_play(tmp_path, play, "-e", overrides)
+    assert rc != 0
+    assert "cannot stream replies into the call" in output
+
+
+@pytest.fixture(scope="module")
+def rendered_freeswitch_conf(tmp_path_factory: pytest.TempPathFactory, collections_ready: None) -> Path:
+    """freeswitch-conf/ rendered by the freeswitch role for each worker of the example inventory."""
+    if not (ANSIBLE_DIR.parent / "freeswitch-conf" / "vars.xml").exists():
+        pytest.skip("freeswitch-conf/ has not landed yet")
+    tmp = tmp_path_factory.mktemp("fsconf")
+    out = tmp / "out"
+    play = [{
+        "name": "Render freeswitch-conf as the freeswitch role does, into a directory.",
+        "hosts": "workers",
+        "connection": "local",
+        "gather_facts": False,
+        "vars": {
+            "freeswitch_conf_dir": f"{out}/{{{{ inventory_hostname }}}}",
+            "freeswitch_conf_owner": "root",
+            "freeswitch_conf_group": "root",
+            "freeswitch_service_start": False,
+        },
+        "tasks": [
+            {"name": "Check the overrides.",
+             "ansible.builtin.include_role": {"name": "freeswitch", "tasks_from": "preflight_conf"}},
+            {"name": "Render.", "ansible.builtin.include_role": {"name": "freeswitch", "tasks_from": "conf"}},
+        ],
+    }]
+    rc, output = _local_play(tmp, play)
+    assert rc == 0, output[-5000:]
+    return out
+
+
+def test_rendered_freeswitch_conf_is_well_formed_xml(rendered_freeswitch_conf: Path) -> None:
+    files = sorted(rendered_freeswitch_conf.rglob("*.xml"))
+    assert files
+    got = run(["xmllint", "--noout", *map(str, files)], cwd=rendered_freeswitch_conf)
+    assert got.returncode == 0, got.stderr
+
+
+def test_every_freeswitch_variable_used_is_defined_in_vars_xml(rendered_freeswitch_conf: Path) -> None:
+    for worker in ("fs1", "fs2"):
+        root = rendered_freeswitch_conf / worker
+        defined = set(re.findall(r'cmd="set"\s+data="([A-Za-z0-9_]+)=', (root / "vars.xml").read_text()))
+        used: set[str] = set()
+        for path in root.rglob("*.xml"):
+            text = re.sub(r"<!--.*?-->", "", path.read_text(), flags=re.S)
+            used |= set(re.findall(r"\$\$\{([A-Za-z0-9_]+)\}", text))
+        # FreeSWITCH presets these itself (switch_core.c) before vars.xml is read.
+        preset = {"base_dir", "conf_dir", "log_dir", "run_dir", "db_dir", "mod_dir", "recordings_dir",
+                  "sounds_dir", "storage_dir", "script_dir", "grammar_dir", "certs_dir", "temp_dir",
+                  "hostname", "local_ip_v4", "local_ip_v6", "local_mask_v4", "switch_serial",
+                  "nat_public_addr", "nat_private_addr", "nat_type", "core_uuid", "data_dir", "htdocs_dir",
+                  "cache_dir", "fonts_dir", "images_dir", "localstate_dir", "lib_dir"}
+        assert used - defined - preset == set(), (worker, sorted(used - defined - preset))
+
+
+def _vars(path: Path) -> dict[str, str]:
+    return dict(re.findall(r'cmd="set"\s+data="([A-Za-z0-9_]+)=([^"]*)"', path.read_text()))
+
+
+def test_each_worker_gets_its_own_values_and_the_shared_secrets(rendered_freeswitch_conf: Path) -> None:
+    for worker, address in (("fs1", "10.0.0.21"), ("fs2", "10.0.0.22")):
+        values = _vars(rendered_freeswitch_conf / worker / "vars.xml")
+        assert values["worker_id"] == worker
+        assert values["private_ip"] == address
+        assert values["esl_password"] == "esl-test-secret"
+        assert values["stream_token"] == "stream-test-token"
+        # The edge's worker-facing socket, and only the edge may send SIP.
+        assert values["kamailio_edge"] == "10.0.0.10:5062"
+        assert values["kamailio_acl_cidr"] == "10.0.0.10/32"
+        assert values["gateway_stream_url"] == "ws://10.0.0.31:8090/stream"
+        # No loopback default survives into a deployment.
+        assert not [k for k, v in values.items() if "127.0.0.1" in v], values
