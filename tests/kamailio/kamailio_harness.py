@@ -265,8 +265,10 @@ class SippUas:
     """A SIPp UAS in the foreground (no -bg), so it can be killed and restarted on the same port."""
 
     def __init__(self, workdir: Path, name: str, host: str, port: int | None = None,
-                 scenario: str = "uas-worker-echo.xml", extra: Iterable[str] = ()) -> None:
+                 scenario: str = "uas-worker-echo.xml", extra: Iterable[str] = (),
+                 auto_answer: bool = True) -> None:
         self.workdir, self.name, self.host = workdir, name, host
+        self.auto_answer = auto_answer
         self.extra = list(extra)
         self.port = port or free_port(host)
         self.media_port = free_media_port(host)
@@ -285,7 +287,8 @@ class SippUas:
     def start(self) -> SippUas:
         self.runs += 1
         cmd = [SIPP, "-sf", str(scenario_path(self.scenario)), "-i", self.host, "-p", str(self.port),
-               "-mp", str(self.media_port), "-aa", "-nostdin", "-trace_stat", "-stf", str(self.csv_path),
+               "-mp", str(self.media_port), *(["-aa"] if self.auto_answer else []), "-nostdin",
+               "-trace_stat", "-stf", str(self.csv_path),
                "-fd", "1", "-max_socket", "2048", *self.extra]
         log = (self.workdir / f"{self.name}.log").open("ab")
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,

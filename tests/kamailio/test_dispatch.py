@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from kamailio_harness import (
+    LOADTEST_SCENARIOS,
     TRUNK_IP,
     WORKER_IPS,
     SippUas,
@@ -109,6 +110,37 @@ def test_callee_refusal_is_not_failed_over(edge, workers) -> None:
     assert reply is not None and reply.startswith("SIP/2.0 486")
     assert e.worker_flags()[w.uri] == "AP"
     assert [s.calls_answered for s in stop_all([w, spare])] == [1, 0]
+
+
+def test_draining_freeswitch_answering_options_503_is_taken_out_of_rotation(edge, workers, tmp_path) -> None:
+    (spare,) = workers(1)
+    draining = SippUas(tmp_path, "draining", WORKER_IPS[1], scenario="uas-options-503-draining.xml",
+                       auto_answer=False).start()
+    try:
+        e = edge([spare, draining])
+        # OPTIONS answered 503 = down (DS_PING_REPLY_CODES class=2): no call is offered to it.
+        assert e.wait_flags(draining.uri, "IP", timeout=8) == "IP"
+        stats = sipp_uac(e.workdir, "caller", e.sip_target, calls=6, rate=20)
+        assert (stats.successful, stats.failed) == (6, 0)
+        assert stop_all([spare])[0].calls_answered == 6
+    finally:
+        draining.kill()
+
+
+@pytest.mark.slow
+def test_a_cancelled_call_is_never_tried_on_another_worker(edge, workers) -> None:
+    (ringing,) = workers(1, scenario="uas-worker-ringing-until-cancel.xml")
+    (spare,) = workers(1)
+    e = edge([ringing, spare], defines={"DS_ALG": 8}, priorities={"fs1": 10, "fs2": 5})
+    stats = sipp_uac(e.workdir, "caller", e.sip_target, calls=4, rate=10, hold_ms=500,
+                     scenario="uac-cancel-while-ringing.xml",
+                     extra=["-inf", str(LOADTEST_SCENARIOS / "callers.csv")])
+    # Every caller got 200 for its CANCEL and 487 for its INVITE.
+    assert (stats.successful, stats.failed) == (4, 0)
+    ringing_stats, spare_stats = stop_all([ringing, spare])
+    assert ringing_stats.calls_answered == 4
+    assert spare_stats.calls_answered == 0  # no failover after CANCEL
+    assert e.worker_flags()[ringing.uri] == "AP"  # a 487 is not a node failure
 
 
 def test_no_worker_up_answers_503_with_retry_after(edge, workers) -> None:
