@@ -174,7 +174,8 @@ class EdgeControl:
                                                                                           worker.uri)
         if entry is None:
             return False
-        flags = (entry.flags | FLAG_DISABLED) if disabled else (entry.flags & ~FLAG_DISABLED)
+        # Enabling also sets the probing flag: the edge relies on probes to see a worker fail.
+        flags = (entry.flags | FLAG_DISABLED) if disabled else ((entry.flags & ~FLAG_DISABLED) | FLAG_PROBING)
         if flags == entry.flags:
             return True
         entry.flags = flags
