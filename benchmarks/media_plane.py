@@ -324,7 +324,14 @@ def run_load(server_cmd: list[str], env: dict[str, str], port: int, calls: int, 
             result["underruns"] = m1.get("gateway_playout_underruns_total", 0) - m0.get(
                 "gateway_playout_underruns_total", 0)
             name = "gateway_frames_in_total"
-            result["frames_in_server"] = m1.get(name, 0) - m0.get(name, 0)
+            frames = m1.get(name, 0) - m0.get(name, 0)
+            result["frames_in_server"] = frames
+            # Load-invariant figure (the machine is shared): server CPU time per caller frame, both
+            # directions, and what that costs for 500 calls x 50 frames/s.
+            cpu_s = cpu / 100 * (t1 - t0)
+            if frames:
+                result["cpu_us_per_frame_pair"] = round(cpu_s / frames * 1e6, 1)
+                result["projected_cpu_pct_500_calls"] = round(cpu_s / frames * 25000 * 100, 1)
         return result
     finally:
         server.send_signal(signal.SIGTERM)
