@@ -63,6 +63,7 @@ def test_call_load_balances_concurrent_calls_and_refuses_beyond_maxload(edge, wo
     # Every BYE released its slot: the load is back to zero on both workers.
     loads = re.findall(r'"DLGLOAD":\s*(\d+)', str(e.rpc("dispatcher.list")).replace("'", '"'))
     assert loads == ["0", "0"]
+    assert "cannot find load" not in e.log()
 
 
 @pytest.mark.slow
@@ -153,13 +154,14 @@ def test_no_worker_up_answers_503_with_retry_after(edge, workers) -> None:
     assert "\r\nRetry-After: 45\r\n" in reply
 
 
-def test_worker_call_goes_to_the_carrier_termination_uri(edge, workers, tmp_path: Path) -> None:
+@pytest.mark.parametrize("alg", [4, 10])
+def test_worker_call_goes_to_the_carrier_termination_uri(edge, workers, tmp_path: Path, alg: int) -> None:
     received = tmp_path / "carrier.msg"
     carrier = SippUas(tmp_path, "carrier", TRUNK_IP, extra=["-trace_msg", "-message_file", str(received)])
     carrier.start()
     try:
         e = edge([], worker_group=[WORKER_IPS[0]],
-                 defines={"CARRIER_TERM_URI": f'"sip:127.0.0.1:{carrier.port}"'})
+                 defines={"CARRIER_TERM_URI": f'"sip:127.0.0.1:{carrier.port}"', "DS_ALG": alg})
         # FreeSWITCH dials out through the edge's private (worker-facing) socket.
         stats = sipp_uac(e.workdir, "worker-dialout", f"127.0.0.1:{e.private_port}", calls=2, rate=5,
                          host=WORKER_IPS[0])
@@ -172,5 +174,7 @@ def test_worker_call_goes_to_the_carrier_termination_uri(edge, workers, tmp_path
         # The edge stays in the path on both of its sockets (double Record-Route).
         invite = text[text.index("INVITE sip:"):]
         assert invite.split("\n\n", 1)[0].count("Record-Route:") == 2
+        # Its BYE is not call-load accounting of any worker (no "cannot find load" error).
+        assert "cannot find load" not in e.log() and "ERROR" not in e.log()
     finally:
         carrier.kill()
