@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import time
 from collections import deque
@@ -35,6 +36,7 @@ from gateway.settings import Settings
 log = logging.getLogger("gateway.call")
 
 FRAME_MS = 20
+FINISH_TIMEOUT_S = 30.0  # longest goodbye / fallback prompt we wait for before hanging up anyway
 
 
 @dataclass
@@ -399,8 +401,6 @@ class CallSession:
         """Non-audio text reaches FreeSWITCH as a mod_audio_stream::json event (visible on ESL)."""
         if self.settings.log_redact_pii or self.ws.closed:
             return
-        import json
-
         self._spawn(self.ws.send_str(json.dumps(doc)), "forward")
 
     def _on_speech_stopped(self, event: dict[str, Any]) -> None:
@@ -496,7 +496,10 @@ class CallSession:
     async def _finish_after_playback(self, why: str) -> None:
         assert self.profile is not None
         # Polled at frame rate: three conditions owned by different handlers; one wake-up per 20 ms is free.
-        while self._out or self._response_active or self.playout.queued_ms() > 0:  # noqa: ASYNC110
+        # Bounded: a model that never finishes its response must not keep the call open forever.
+        deadline = self._clock() + FINISH_TIMEOUT_S
+        while (self._out or self._response_active or self.playout.queued_ms() > 0) and \
+                self._clock() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(FRAME_MS / 1000.0)
         if why == "fallback":
             self.outcome = "fallback"
