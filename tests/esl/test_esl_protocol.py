@@ -14,9 +14,17 @@ from fakes.freeswitch_esl import (
     serialize_plain,
     split_frames,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.esl import protocol
-from gateway.esl.errors import EslArgumentError, EslFrameTooLarge, EslHeaderTooLarge, EslMalformedFrame
+from gateway.esl.errors import (
+    EslArgumentError,
+    EslFrameTooLarge,
+    EslHeaderTooLarge,
+    EslMalformedFrame,
+    EslProtocolError,
+)
 from gateway.esl.protocol import (
     ApiResponse,
     AuthRequest,
@@ -358,3 +366,40 @@ def test_plain_event_serialiser_reproduces_captured_frames(name: str) -> None:
         assert serialize_plain(pairs, event.body) == frame.split(b"\n\n", 1)[1]
         count += 1
     assert count
+
+
+# ------------------------------------------------------------------------- hostile and random input
+
+ALL_BYTES = b"".join(read_fixture(n) for n in SESSIONS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(ALL_BYTES)), max_size=40))
+def test_any_chunking_of_all_sessions_gives_the_same_messages(cuts: list[int]) -> None:
+    points = sorted(set(cuts))
+    parser, out, prev = EslParser(), [], 0
+    for point in [*points, len(ALL_BYTES)]:
+        out += parser.feed(ALL_BYTES[prev:point])
+        prev = point
+    assert out == parse_whole(ALL_BYTES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000))
+def test_random_bytes_only_ever_raise_protocol_errors(data: bytes) -> None:
+    try:
+        EslParser().feed(data)
+    except EslProtocolError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(SESSIONS), st.data())
+def test_corrupted_captures_only_ever_raise_protocol_errors(name: str, data: st.DataObject) -> None:
+    raw = bytearray(read_fixture(name))
+    for _ in range(data.draw(st.integers(min_value=1, max_value=8))):
+        raw[data.draw(st.integers(min_value=0, max_value=len(raw) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        EslParser().feed(bytes(raw))
+    except EslProtocolError:
+        pass
