@@ -134,6 +134,7 @@ def media_line(label: str, result) -> str:
     s = result.steps[0]
     gw = result.resources.get("gateway", {})
     eng = result.resources.get("engine", {})
+    gen = result.resources.get("loadtest", {})
     fl, jit, rep = s.frame_latency_ms, s.jitter_ms, s.setup_ms
     call_seconds = s.extra.get("frames_sent", 0) * 0.02   # seconds of caller audio streamed, all calls
     # CPU per call: gateway CPU-seconds per second of call = share of one core one call costs
@@ -148,14 +149,14 @@ def media_line(label: str, result) -> str:
              (f"| {gw.get('cpu_seconds', '-')} | {cpu_per_call_s * 100:.2f} % " if cpu_per_call_s
               else "| - | - "),
              f"| {gw.get('cpu_percent_max', '-')} | {gw.get('rss_mb_peak', '-')} ",
-             f"| {eng.get('cpu_seconds', '-')} |"]
+             f"| {eng.get('cpu_seconds', '-')} | {gen.get('cpu_percent_mean', '-')} |"]
     return "".join(parts)
 
 
 MEDIA_HEAD = ("| run | calls | ok | failed | peak concurrent | frame echo latency p50 / p99 ms "
               "| playout jitter p50 / p95 ms | end of speech -> first audio p50 / p95 ms "
               "| gateway CPU-s | gateway CPU per call (% of a core) | gateway CPU % max | gateway RSS MB "
-              "| engine CPU-s |\n" + "|---" * 13 + "|")
+              "| engine CPU-s | generator CPU % mean |\n" + "|---" * 14 + "|")
 
 
 def start_gateway(out: Path, *args: str) -> tuple[subprocess.Popen, int, str]:

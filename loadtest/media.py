@@ -182,6 +182,8 @@ async def run_media(load: MediaLoad, run_dir: Path, *, progress=None) -> RunResu
     pids = {"gateway": load.gateway_pid or find_listener_pid(urlsplit(load.base_url).port or 80)}
     if load.engine_pid or load.engine_port:
         pids["engine"] = load.engine_pid or find_listener_pid(load.engine_port or 0)
+    # the generator itself too: near 100 % of a core, its own lag shows up as latency and jitter
+    pids["loadtest"] = os.getpid()
     samplers, notes = samplers_for({name: pid for name, pid in pids.items() if pid})
     result.resources.update(notes)
     sampler_tasks = [asyncio.create_task(s.run()) for s in samplers.values()]

@@ -60,7 +60,7 @@ def test_calls_against_the_embedded_engine_measure_end_of_speech_to_first_reply(
     assert step["extra"]["reply_seconds_mean"] > 1.0
     assert "open" in step["extra"]["agent_answer_first_call"].lower()
     assert step["frame_latency_ms"] is None          # only meaningful with null-echo
-    assert set(report["resources"]) == {"gateway", "engine"}
+    assert set(report["resources"]) == {"gateway", "engine", "loadtest"}
     assert report["resources"]["engine"]["pid"] == engine.proc.pid
 
 
