@@ -19,6 +19,7 @@ import binascii
 import copy
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -523,8 +524,10 @@ class RealtimeSession:
             self._ev("conversation.item.done", item=copy.deepcopy(item), previous_item_id=previous),
         ]
         recognizer = self.engines.recognizers.get(self.profile.name)
+        cpu0 = time.process_time()  # for the log only: never feeds back into the events
         pcm16k = audio.resample(pcm, rate, ASR_RATE)
         result = recognizer.recognise(pcm16k) if recognizer is not None else None
+        asr_cpu_ms = round((time.process_time() - cpu0) * 1000, 1)
         transcript = result.transcript if result is not None else ""
         item["content"][0]["transcript"] = transcript
         log.info(
@@ -535,6 +538,7 @@ class RealtimeSession:
                     "item": item_id,
                     "audio_ms": len(pcm) * 1000 // rate,
                     "phone_distance": round(result.distance, 3) if result else None,
+                    "asr_cpu_ms": asr_cpu_ms,
                     "pii": {"transcript": transcript},
                 }
             },

@@ -1,0 +1,370 @@
+"""Benchmark of the embedded Realtime engine (`gateway model`), bounded to a few minutes.
+
+1. latency: end of caller speech -> first `response.output_audio.delta`, caller audio streamed in real
+   time as 20 ms μ-law frames through the official SDK (as the gateway does). "End of caller speech" is
+   the send time of the last frame above -45 dBFS. Reported whole and minus `silence_duration_ms`
+   (the wait server VAD needs before it may call the turn over, the same on any Realtime server).
+2. memory per session: engine RSS with N sessions open (after session.update and one spoken turn each)
+   minus RSS with none, divided by N.
+3. concurrency: N sessions in one engine process, each a caller that speaks a phrase every few seconds,
+   real-time frames both ways; engine CPU (one core = 100 %) and the latency percentiles at each N.
+
+    .venv/bin/python benchmarks/model_engine.py [--turns 10] [--levels 10,25,50] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gateway.audio.g711 import ULAW_DECODE  # noqa: E402
+
+PHRASES = ["when are you open", "what are your opening hours", "book an appointment for tomorrow"]
+FRAME = 160  # 20 ms of μ-law
+SILENCE = b"\xff" * FRAME
+
+
+def speak(text: str) -> bytes:
+    wav = subprocess.run(
+        ["espeak-ng", "-v", "en-us", "--stdout", text], capture_output=True, check=True
+    ).stdout
+    return subprocess.run(
+        ["sox", "-t", "wav", "-", "-r", "8000", "-e", "u-law", "-t", "raw", "-"],
+        input=wav,
+        capture_output=True,
+        check=True,
+    ).stdout
+
+
+def frames_of(audio: bytes) -> list[bytes]:
+    audio += b"\xff" * (-len(audio) % FRAME)
+    return [audio[i : i + FRAME] for i in range(0, len(audio), FRAME)]
+
+
+def is_speech(frame: bytes) -> bool:
+    x = ULAW_DECODE[np.frombuffer(frame, np.uint8)].astype(np.float64)
+    power = float(np.dot(x, x)) / len(x)
+    return power > 0 and 10 * np.log10(power / 32768**2) > -45
+
+
+def append_msg(frame: bytes) -> str:
+    return json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(frame).decode()})
+
+
+def session_update(silence_ms: int) -> dict:
+    fmt = {"type": "audio/pcmu"}
+    return {
+        "type": "session.update",
+        "session": {
+            "type": "realtime",
+            "audio": {
+                "input": {
+                    "format": fmt,
+                    "turn_detection": {
+                        "type": "server_vad",
+                        "threshold": 0.5,
+                        "prefix_padding_ms": 300,
+                        "silence_duration_ms": silence_ms,
+                        "create_response": True,
+                        "interrupt_response": True,
+                    },
+                },
+                "output": {"format": fmt, "voice": "marin"},
+            },
+            "tools": [
+                {"type": "function", "name": n, "parameters": {"type": "object"}}
+                for n in ("transfer_call", "end_call", "escalate")
+            ],
+        },
+    }
+
+
+class EngineProcess:
+    def __init__(self, *extra: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "model",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "WARNING",
+                *extra,
+            ],
+            cwd=ROOT,
+            stderr=self.log,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "GATEWAY_MODEL_LOG_LEVEL": "WARNING"},
+        )
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() - t0 > 120:
+                    raise RuntimeError(
+                        "engine did not start: " + Path(self.log.name).read_text()[-2000:]
+                    ) from None
+                time.sleep(0.05)
+        self.ready_s = time.monotonic() - t0
+        self.ps = psutil.Process(self.proc.pid)
+        self.url = f"ws://127.0.0.1:{self.port}/v1"
+
+    def rss_mb(self) -> float:
+        return self.ps.memory_info().rss / 2**20
+
+    def cpu_s(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        os.unlink(self.log.name)
+
+
+class Caller:
+    """One simulated call: real-time 20 ms frames out, events in, latency per turn."""
+
+    def __init__(self, url: str, phrases: dict[str, list[bytes]], silence_ms: int, offset: int = 0) -> None:
+        self.url, self.phrases, self.silence_ms, self.offset = url, phrases, silence_ms, offset
+        self.latencies: list[float] = []  # end of speech -> first delta, seconds
+        self.server_part: list[float] = []  # speech_stopped arrival -> first delta
+        self.endpointing: list[float] = []  # end of speech -> speech_stopped arrival
+        self.late_frames = 0
+        self._speech_end: float | None = None
+        self._stopped_at: float | None = None
+        self._waiting = False
+        self.replied = asyncio.Event()
+
+    async def run(self, seconds: float, sdk: bool = False) -> None:
+        from openai import AsyncOpenAI
+
+        client = AsyncOpenAI(api_key="x", websocket_base_url=self.url, max_retries=0)
+        async with client.realtime.connect(
+            model="gpt-realtime", extra_query={"profile": "front-desk"}
+        ) as conn:
+            await conn.send(session_update(self.silence_ms))
+            reader = asyncio.create_task(self._read(conn))
+            try:
+                await self._speak_loop(conn, seconds)
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+
+    async def _read(self, conn) -> None:
+        while True:
+            event = json.loads(await conn.recv_bytes())
+            now = time.monotonic()
+            etype = event["type"]
+            if etype == "input_audio_buffer.speech_stopped":
+                self._stopped_at = now
+                if self._speech_end is not None and self._waiting:
+                    self.endpointing.append(now - self._speech_end)
+            elif etype == "response.output_audio.delta" and self._waiting:
+                self._waiting = False
+                if self._speech_end is not None:
+                    self.latencies.append(now - self._speech_end)
+                if self._stopped_at is not None:
+                    self.server_part.append(now - self._stopped_at)
+            elif etype == "response.done":
+                self.replied.set()
+
+    async def _speak_loop(self, conn, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        t = start
+        n = self.offset
+        names = list(self.phrases)
+        while loop.time() - start < seconds:
+            frames = self.phrases[names[n % len(names)]]
+            n += 1
+            self.replied.clear()
+            self._waiting = True
+            self._stopped_at = None
+            last_speech = max(i for i, f in enumerate(frames) if is_speech(f))
+            for i, f in enumerate(frames):
+                t += 0.02
+                delay = t - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif delay < -0.02:
+                    self.late_frames += 1
+                await conn.send_raw(append_msg(f))
+                if i == last_speech:
+                    self._speech_end = time.monotonic()
+            # keep streaming silence (a live call never stops sending) until the reply has finished
+            while not self.replied.is_set() and loop.time() - start < seconds + 15:
+                t += 0.02
+                delay = t - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await conn.send_raw(append_msg(SILENCE))
+            for _ in range(25):  # half a second of pause before the next sentence
+                t += 0.02
+                delay = t - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await conn.send_raw(append_msg(SILENCE))
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(q / 100 * (len(v) - 1))))]
+
+
+async def bench_latency(phrases, turns: int, silence_ms: int) -> dict:
+    engine = EngineProcess()
+    try:
+        caller = Caller(engine.url, phrases, silence_ms)
+        task = asyncio.create_task(caller.run(3600))
+        while len(caller.latencies) < turns and not task.done():  # noqa: ASYNC110 - polls two conditions
+            await asyncio.sleep(0.1)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        lat = [x * 1000 for x in caller.latencies]
+        srv = [x * 1000 for x in caller.server_part]
+        ept = [x * 1000 for x in caller.endpointing]
+        return {
+            "silence_duration_ms": silence_ms,
+            "turns": len(lat),
+            "startup_to_port_s": round(engine.ready_s, 2),
+            "end_of_speech_to_first_audio_ms": {
+                "p50": round(statistics.median(lat), 1),
+                "p95": round(pct(lat, 95), 1),
+                "max": round(max(lat), 1),
+            },
+            "end_of_speech_to_speech_stopped_ms": {
+                "p50": round(statistics.median(ept), 1),
+                "max": round(max(ept), 1),
+            },
+            "late_client_frames": caller.late_frames,
+            "speech_stopped_event_to_first_audio_ms": {
+                "p50": round(statistics.median(srv), 1),
+                "max": round(max(srv), 1),
+            },
+        }
+    finally:
+        engine.stop()
+
+
+async def bench_memory(phrases, n: int) -> dict:
+    engine = EngineProcess()
+    try:
+        idle = engine.rss_mb()
+        callers = [Caller(engine.url, phrases, 500, offset=i) for i in range(n)]
+        tasks = [asyncio.create_task(c.run(4)) for c in callers]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # sessions closed; now hold n sessions open after one turn each and measure
+        from openai import AsyncOpenAI
+
+        conns = []
+        for _ in range(n):
+            client = AsyncOpenAI(api_key="x", websocket_base_url=engine.url, max_retries=0)
+            conn = await client.realtime.connect(
+                model="gpt-realtime", extra_query={"profile": "front-desk"}
+            ).enter()
+            await conn.send(session_update(500))
+            conns.append(conn)
+        await asyncio.sleep(1.0)
+        held = engine.rss_mb()
+        for c in conns:
+            await c.close()
+        return {
+            "sessions": n,
+            "rss_idle_mb": round(idle, 1),
+            "rss_with_sessions_mb": round(held, 1),
+            "per_session_kb": round((held - idle) * 1024 / n, 1),
+        }
+    finally:
+        engine.stop()
+
+
+async def bench_concurrency(phrases, levels: list[int], seconds: float) -> list[dict]:
+    rows = []
+    for n in levels:
+        engine = EngineProcess()
+        try:
+            callers = [Caller(engine.url, phrases, 500, offset=i) for i in range(n)]
+            tasks = []
+            for c in callers:  # stagger call starts over one second
+                tasks.append(asyncio.create_task(c.run(seconds)))
+                await asyncio.sleep(1.0 / n)
+            cpu0, t0 = engine.cpu_s(), time.monotonic()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            cpu = (engine.cpu_s() - cpu0) / (time.monotonic() - t0) * 100
+            lat = [x * 1000 for c in callers for x in c.latencies]
+            rows.append(
+                {
+                    "sessions": n,
+                    "engine_cpu_pct_of_one_core": round(cpu, 1),
+                    "turns": len(lat),
+                    "latency_p50_ms": round(pct(lat, 50), 1),
+                    "latency_p95_ms": round(pct(lat, 95), 1),
+                    "latency_max_ms": round(max(lat, default=0), 1),
+                    "client_late_frames": sum(c.late_frames for c in callers),
+                    "rss_mb": round(engine.rss_mb(), 1),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+        finally:
+            engine.stop()
+    return rows
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--turns", type=int, default=10)
+    p.add_argument("--levels", default="5,10,20,40")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--memory-sessions", type=int, default=20)
+    p.add_argument("--latency-only", action="store_true")
+    args = p.parse_args()
+    phrases = {t: frames_of(b"\xff" * 8 * 300 + speak(t) + b"\xff" * 8 * 1200) for t in PHRASES}
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": os.getloadavg(),
+    }
+    result["latency"] = [await bench_latency(phrases, args.turns, s) for s in (500, 200)]
+    print(json.dumps(result["latency"]), flush=True)
+    if args.latency_only:
+        return
+    result["memory"] = await bench_memory(phrases, args.memory_sessions)
+    print(json.dumps(result["memory"]), flush=True)
+    result["concurrency"] = await bench_concurrency(
+        phrases, [int(x) for x in args.levels.split(",")], args.seconds
+    )
+    result["loadavg_at_end"] = os.getloadavg()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
