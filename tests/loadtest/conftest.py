@@ -18,7 +18,9 @@ import pytest
 _ROOT = str(Path(__file__).resolve().parents[2])
 if sys.path[:1] != [_ROOT]:
     sys.path.insert(0, _ROOT)
-sys.modules.pop("loadtest", None)
+if getattr(sys.modules.get("loadtest"), "__file__", "") is None:  # a namespace `loadtest` got in first
+    for _name in [n for n in sys.modules if n == "loadtest" or n.startswith("loadtest.")]:
+        del sys.modules[_name]
 
 from loadtest import scenario_path  # noqa: E402
 from loadtest.audio import DEFAULT_QUESTION, speak_ulaw  # noqa: E402
