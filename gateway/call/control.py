@@ -78,7 +78,8 @@ class ControlSettings:
     # How long add_participant waits for the caller and the coach leg to appear in the conference.
     member_join_timeout: float = 10.0
     member_poll_interval: float = 0.2
-    # Kill calls whose audio fork failed: nobody can hear or answer that caller any more.
+    # Kill calls whose audio fork failed, or closed while the call is still parked: nobody can hear or
+    # answer that caller any more.
     hangup_on_stream_error: bool = True
     # Escalation headers travel in one INVITE over UDP: keep them well under a fragment.
     max_reason_chars: int = 200
@@ -416,12 +417,22 @@ class ControlPlane:
             del self.calls[control.uuid]
 
     def _on_worker_event(self, worker: str, event: Event) -> None:
-        if (event.subclass == "mod_audio_stream::error" and self.settings.hangup_on_stream_error
-                and event.unique_id):
+        if not self.settings.hangup_on_stream_error or not event.unique_id:
+            return
+        if event.subclass == "mod_audio_stream::error":
             # The fork failed (connect refused, TLS, timeout): the caller can no longer be served.
-            log.warning("audio stream failed, hanging up", extra={"call": event.unique_id, "worker": worker,
-                                                                   "detail": (event.body or "")[:200]})
-            self._spawn(self._kill(worker, event.unique_id))
+            why = "audio stream failed, hanging up"
+        elif (event.subclass == "mod_audio_stream::disconnect"
+              and event.get("variable_current_application") == "park"):
+            # The stream closed while the call is still parked for us (gateway restart, crash, network):
+            # nobody will ever talk to this caller again; better a hang-up than an hour of silence.
+            # A transfer or conference leaves park first, so its own `stop` never lands here.
+            why = "audio stream closed on a parked call, hanging up"
+        else:
+            return
+        log.warning(why, extra={"call": event.unique_id, "worker": worker,
+                                "detail": (event.body or "")[:200]})
+        self._spawn(self._kill(worker, event.unique_id))
 
     async def _kill(self, worker: str, unique_id: str) -> None:
         try:

@@ -252,6 +252,21 @@ async def test_stream_error_hangs_the_call_up(fake_fs: FakeFreeSwitch, plane: Co
     await fake_fs.wait_for_command(f"api uuid_kill {CALL} NORMAL_TEMPORARY_FAILURE")
 
 
+async def test_stream_closed_on_a_parked_call_hangs_it_up(fake_fs: FakeFreeSwitch,
+                                                          plane: ControlPlane) -> None:
+    other = "031d4ed3-e244-4798-9310-9d2f31cab2c2"
+    fake_fs.add_channel(other)
+    # Left the park for a transfer: the dialplan's own `stop` must not kill the call.
+    await fake_fs.emit(other, "CUSTOM", subclass="mod_audio_stream::disconnect",
+                       headers={"variable_current_application": "set"},
+                       body='{"status":"disconnected","message":{"code":1000,"reason":"Normal closure"}}')
+    # Still parked (the captured disconnect event says current_application park): hang up.
+    await fake_fs.emit(CALL, "CUSTOM", subclass="mod_audio_stream::disconnect",
+                       body='{"status":"disconnected","message":{"code":1001,"reason":"going away"}}')
+    await fake_fs.wait_for_command(f"api uuid_kill {CALL} NORMAL_TEMPORARY_FAILURE")
+    assert not [c for c in fake_fs.commands if other in c]
+
+
 async def test_worker_down_is_a_503_error_and_recovers(fake_fs: FakeFreeSwitch, plane: ControlPlane,
                                                        control: CallControl) -> None:
     await fake_fs.stop_listening()
