@@ -20,6 +20,10 @@ Programmable surface for tests:
     fs.commands                                      # every command line received, in order
     await fs.drop()                                  # abort every connection (no FIN handshake)
     await fs.close()
+
+Run standalone (a FreeSWITCH stand-in for manual tests and the `freeswitch`-marked tests' own logic):
+
+    .venv/bin/python tests/fakes/freeswitch_esl.py --port 8021 --password ClueCon
 """
 
 from __future__ import annotations
@@ -507,7 +511,18 @@ class FakeFreeSwitch:
             return await self._channel_api(name, target, args[2:], cmd)
         if name == "conference" and len(args) >= 3:
             return self._conference_api(args[1], args[2], args[3:])
+        if name == "originate" and len(args) >= 3:
+            return await self._originate(args[1])
         return f"-ERR {name} Command not found!\n"
+
+    async def _originate(self, dial: str) -> str:
+        """A call that answers at once (what `loopback/...answer^park` does on a real worker)."""
+        match = re.search(r"origination_uuid=([A-Za-z0-9-]+)", dial)
+        leg = match.group(1) if match else str(uuidlib.uuid4())
+        self.channels.add(leg)
+        await self.emit(leg, "CHANNEL_CREATE")
+        await self.emit(leg, "CHANNEL_ANSWER")
+        return f"+OK {leg}\n"
 
     async def _channel_api(self, name: str, target: str, args: list[str], cmd: str) -> str:
         if name == "uuid_kill":
@@ -562,3 +577,25 @@ class FakeFreeSwitch:
             conf.members = [m for m in conf.members if str(m[0]) != args[0]]
             return "+OK kicked " + args[0] + "\n" if len(conf.members) < before else "-ERR Non-Existent ID\n"
         return "+OK\n"
+
+
+async def _serve_forever(port: int, password: str) -> None:
+    fs = FakeFreeSwitch(password=password)
+    fs._server = await asyncio.start_server(fs._serve, fs.host, port)
+    fs.port = fs._server.sockets[0].getsockname()[1]
+    print(f"fake FreeSWITCH ESL listening on {fs.address}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await fs.close()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="loopback FreeSWITCH Event Socket replaying captured bytes")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--password", default="ClueCon")
+    ns = ap.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_forever(ns.port, ns.password))
