@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     # Call control over ESL (gateway/call/control.py); JSON objects worker id -> "host:port:password".
     esl_workers: dict[str, str] = Field(default_factory=dict)
     playback_mode: dict[str, Literal["stream", "file"]] = Field(default_factory=dict)
+    file_chunk_ms: int = Field(200, ge=20, le=2000)  # audio per streamAudio message in file mode
 
     @field_validator("auth_tokens", mode="before")
     @classmethod

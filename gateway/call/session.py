@@ -217,6 +217,13 @@ class CallSession:
                                                             on_dtmf=self._on_dtmf)
             except Exception as exc:
                 log.warning("call control unavailable", extra=fields(call=self.uuid, error=str(exc)))
+        if self._playback_mode() == "file":
+            # Upstream module: each message becomes a temp file played with uuid_broadcast. 20 ms files
+            # would mean 50 broadcasts a second; larger chunks keep FreeSWITCH's work sane, and barge-in
+            # still stops at once through uuid_break (flush_playback).
+            chunk = self.settings.file_chunk_ms
+            self.playout = PlayoutClock(self._clock, lead_ms=max(self.settings.playout_lead_ms, 2 * chunk),
+                                        frame_ms=chunk)
         if self.rate == 16000:
             self._up = StreamResampler(16000, rt.MODEL_PCM_RATE)
             self._down = StreamResampler(rt.MODEL_PCM_RATE, 16000)
@@ -227,7 +234,7 @@ class CallSession:
                          callee=pii(self.meta.callee)),
         )
         self.state = "active"
-        self._frame_len = wire.frame_bytes(self.rate, FRAME_MS)
+        self._frame_len = wire.frame_bytes(self.rate, int(self.playout.frame_ms))
         self._model = self._make_model()
         self._spawn(self._model.run(self._setup_events()), "model")
         self._spawn(self._playback(), "playback")

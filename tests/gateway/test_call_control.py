@@ -110,3 +110,20 @@ async def test_model_failure_plays_the_fallback_then_transfers_as_the_profile_sa
     command = await freeswitch.wait_for_command("api uuid_transfer")
     assert command == f"api uuid_transfer {call_uuid} 2000 XML ai-transfer"  # fallback target "reception"
     assert s.closed_by == "gateway" and s.server_closed_tcp
+
+
+async def test_file_mode_sends_larger_chunks_and_barge_in_breaks_playback(make_gateway, fake_model,
+                                                                         freeswitch):
+    """Upstream (MIT) module: messages become files played by uuid_broadcast; barge-in must uuid_break."""
+    model = await fake_model(greeting_ms=4000, reply_ms=400, speed=2.0)
+    gw = await _gateway(make_gateway, freeswitch, model_url=model.url, playback_mode={"fs1": "file"})
+    call_uuid = str(uuidlib.uuid4())
+    freeswitch.add_channel(call_uuid)
+    caller = tone(0.8, 8000, lead_silence=1.0, tail_silence=0.5)
+    s = await place_call(f"ws://127.0.0.1:{gw.media_port}/stream/{call_uuid}", caller, rate=8000,
+                         metadata=meta(), token="abc", wait_for_greeting=False)
+    sizes = [n for _, n in s.reply_arrivals]
+    assert sizes and sizes.count(3200) >= len(sizes) - 2  # 200 ms per message (a reply's last may be shorter)
+    assert await freeswitch.wait_for_command(f"api uuid_break {call_uuid} all")
+    (truncate,) = model.sessions[0].of_type("conversation.item.truncate")
+    assert truncate["audio_end_ms"] > 0
