@@ -173,6 +173,12 @@ def _cmd_sip(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError, OSError) as exc:
         print(f"loadtest sip: invalid profile: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    search_ok = (opts.get("rate_factor", 2.0) > 1 and opts.get("start_rate", 10.0) > 0
+                 and 0 <= opts.get("refine", 2) <= 10)
+    if opts.get("find_capacity") and not search_ok:
+        print("loadtest sip: --find-capacity needs --rate-factor > 1, --start-rate > 0, --refine 0..10",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
         watch = {k: int(v) for k, _, v in (w.partition("=") for w in opts.get("watch") or [])}
     except ValueError:

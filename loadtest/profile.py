@@ -75,6 +75,25 @@ class Profile(BaseModel):
             raise ValueError(f"target must be host:port, got {value!r}")
         return value
 
+    @field_validator("inf", "audio")
+    @classmethod
+    def _exists(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @field_validator("scenario")
+    @classmethod
+    def _scenario(cls, value: str) -> str:
+        from loadtest import scenario_path
+
+        if not (value.endswith(".xml") and Path(value).is_file()):
+            try:
+                scenario_path(value)
+            except FileNotFoundError as exc:  # its message lists the shipped scenarios
+                raise ValueError(str(exc)) from None
+        return value
+
     @field_validator("rate_steps")
     @classmethod
     def _steps(cls, value: list[float] | None) -> list[float] | None:

@@ -48,9 +48,9 @@ async def run_step(profile: Profile, rate: float, index: int, run_dir: Path, run
                    progress: ProgressFn | None) -> StepResult:
     label = f"step {index} {rate:g} cps"
     step_dir = run_dir / f"step-{index:02d}-{rate:g}cps"
-    # small local file work (CSV, audio copy, parsing) stays synchronous on purpose: nothing else
-    # shares this event loop while a step is being set up or read back
-    files = prepare_step_dir(profile, step_dir, run_dir / "question.ulaw")
+    # small local file work (CSV, audio copy, parsing) stays synchronous on purpose: only the /proc
+    # samplers share this event loop, and a late sample costs nothing
+    files = prepare_step_dir(profile, rate, step_dir, run_dir / "question.ulaw")
     media_port = free_udp_port(profile.media_ip or profile.local_ip, span=2, step=2, even=True)
     cmd = build_command(profile, rate, step_dir, files, local_port=free_udp_port(profile.local_ip),
                         media_port=media_port)

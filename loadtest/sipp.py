@@ -53,7 +53,7 @@ def resolve_scenario(name: str) -> Path:
 
 def write_callers_csv(path: Path, rows: int, dialled: str) -> Path:
     """Per-call data for the shipped callers: caller;dialled;X-Twilio-CallSid;hold_ms (empty: -d).
-    SIPp cycles through the rows, so a few thousand distinct CallSids is plenty."""
+    One row per call up to 10000 (SIPp cycles through the rows after that)."""
     lines = ["SEQUENTIAL", "# caller;dialled;X-Twilio-CallSid;hold_ms"]
     for i in range(rows):
         lines.append(f"+1415{5550000 + i:07d};{dialled};CA{secrets.token_hex(16)};")
@@ -61,7 +61,7 @@ def write_callers_csv(path: Path, rows: int, dialled: str) -> Path:
     return path
 
 
-def prepare_step_dir(profile: Profile, step_dir: Path, audio_cache: Path) -> dict[str, Path]:
+def prepare_step_dir(profile: Profile, rate: float, step_dir: Path, audio_cache: Path) -> dict[str, Path]:
     """Put the scenario's inputs into the step directory: CSV and rtp_stream audio."""
     step_dir.mkdir(parents=True, exist_ok=True)
     scenario = resolve_scenario(profile.scenario)
@@ -71,7 +71,8 @@ def prepare_step_dir(profile: Profile, step_dir: Path, audio_cache: Path) -> dic
         if profile.inf:
             files["inf"] = Path(profile.inf).resolve()
         else:
-            files["inf"] = write_callers_csv(step_dir / "callers.csv", 1000, profile.dialled)
+            rows = min(10_000, max(1, profile.calls_for(rate)))
+            files["inf"] = write_callers_csv(step_dir / "callers.csv", rows, profile.dialled)
     for name in set(_RTP_STREAM.findall(text)):
         dest = step_dir / name
         if dest.exists() or Path(name).is_absolute():
