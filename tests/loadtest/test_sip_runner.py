@@ -170,3 +170,14 @@ def test_loadtest_worker_serves_as_the_target_of_a_run(tmp_path):
     finally:
         worker.terminate()
         worker.wait(timeout=10)
+
+
+def test_the_shipped_example_profile_is_valid_and_bounded():
+    from loadtest.profile import Profile, load_profile_file
+
+    path = Path(__file__).resolve().parents[2] / "loadtest" / "profiles" / "edge-rollout.yaml"
+    profile = Profile.model_validate(load_profile_file(path))
+    assert profile.step_rates() == [5, 10, 20, 30]
+    assert [profile.calls_for(r) for r in profile.step_rates()] == [600, 1200, 2400, 3600]
+    # every step has a hard time bound: sending time + hold + grace
+    assert profile.step_timeout_s(30) == 120 + 60 + profile.grace_s

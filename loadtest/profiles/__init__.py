@@ -1,0 +1,1 @@
+"""Example `loadtest sip --profile` files (data only)."""
