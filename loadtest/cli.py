@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     media.add_argument("--concurrency", type=int, default=12, help="calls in flight at once (default 12)")
     media.add_argument("--rate", type=float, default=4.0, help="new calls per second (default 4)")
     media.add_argument("--sample-rate", type=int, choices=[8000, 16000], default=8000)
+    media.add_argument("--processes", type=int, default=1,
+                       help="generator processes sharing the calls (when one process's CPU is the limit)")
     media.add_argument("--question", help="text spoken (espeak-ng) by every caller")
     media.add_argument("--audio", help="WAV file instead of --question")
     media.add_argument("--model", choices=["engine", "null-echo"], default="engine",
@@ -207,7 +209,7 @@ def _cmd_media(args: argparse.Namespace) -> int:
     try:
         load = MediaLoad(url=args.url, calls=args.calls, concurrency=args.concurrency, rate=args.rate,
                          sample_rate=args.sample_rate, question=args.question, audio=args.audio,
-                         model=args.model,
+                         model=args.model, processes=args.processes,
                          profile_name=args.profile_name, token=args.token, call_timeout_s=args.call_timeout,
                          ready_url=args.ready_url, ready_timeout_s=args.ready_timeout,
                          gateway_pid=args.gateway_pid, engine_pid=args.engine_pid,

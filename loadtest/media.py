@@ -27,6 +27,7 @@ import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -36,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from loadtest.model import Check, Point, RunResult, StepResult
 from loadtest.procstat import find_listener_pid, samplers_for
 from loadtest.sip_load import now_iso
-from loadtest.sipp import latency_of
+from loadtest.sipp import latency_of, thin
 from loadtest.sippstat import percentile
 from loadtest.verdict import EXIT_PASS, EXIT_THRESHOLD, EXIT_TOOL, broken
 
@@ -60,6 +61,7 @@ class MediaLoad(BaseModel):
     profile_name: str = ""
     token: str | None = None
     call_timeout_s: float = Field(60.0, gt=0, le=600)
+    processes: int = Field(1, ge=1, le=32, description="generator processes sharing the calls")
     ready_url: str | None = Field(None, description="admin /readyz to wait for (200) before the first call")
     ready_timeout_s: float = Field(30.0, gt=0, le=600)
     gateway_pid: int | None = None
@@ -164,8 +166,6 @@ async def wait_ready(url: str, timeout_s: float) -> bool:
 
 
 async def run_media(load: MediaLoad, run_dir: Path, *, progress=None) -> RunResult:
-    from gateway.client.call import place_call
-
     _prepare_dir(run_dir)
     if load.ready_url and not await wait_ready(load.ready_url, load.ready_timeout_s):
         result = RunResult(kind="media", title=f"Media-plane load test of {load.base_url}", started=now_iso(),
@@ -187,10 +187,59 @@ async def run_media(load: MediaLoad, run_dir: Path, *, progress=None) -> RunResu
     samplers, notes = samplers_for({name: pid for name, pid in pids.items() if pid})
     result.resources.update(notes)
     sampler_tasks = [asyncio.create_task(s.run()) for s in samplers.values()]
-    records: list[CallRecord] = []
-    gate = asyncio.Semaphore(load.concurrency)
     t_run = time.monotonic()
+    records: list[CallRecord] = []
+    try:
+        if load.processes == 1:
+            await drive_calls(load, speech, list(range(load.calls)), records, progress=progress, t_run=t_run)
+        else:
+            records = await _drive_in_processes(load, speech, progress, t_run)
+    finally:
+        for task in sampler_tasks:
+            task.cancel()
+        await asyncio.gather(*sampler_tasks, return_exceptions=True)
+    finish = getattr(progress, "finish", None)
+    if finish:
+        finish()
+    step = _media_step(load, records, t_run, speech_s)
+    result.steps.append(step)
+    for name, sampler in samplers.items():
+        summary = sampler.summary()
+        result.resources[name] = summary
+        step.extra[f"{name}_cpu_seconds"] = summary["cpu_seconds"]
+        step.extra[f"{name}_cpu_seconds_per_call"] = round(summary["cpu_seconds"] / max(1, len(records)), 4)
+        step.extra[f"{name}_rss_mb_peak"] = summary["rss_mb_peak"]
+    if "gateway" not in samplers:
+        result.resources["note"] = "gateway pid unknown (pass --gateway-pid); CPU/memory not measured"
+    result.finished = now_iso()
+    _judge_media(result, step, records)
+    return result
+
+
+
+def _light(s) -> SimpleNamespace:
+    """What the report needs from a CallSummary (no reply audio): small, and picklable across
+    processes."""
+    return SimpleNamespace(
+        errors=list(s.errors), reply_s=s.reply_s, first_reply_latency_ms=s.first_reply_latency_ms,
+        speech_end_t=s.speech_end_t, transcripts=list(s.transcripts),
+        send_lateness_ms=dict(s.send_lateness_ms), frames_sent=s.frames_sent,
+        frames_received=s.frames_received)
+
+
+async def drive_calls(load: MediaLoad, speech: np.ndarray, indices: list[int], records: list[CallRecord], *,
+                      progress=None, t_run: float | None = None, concurrency: int | None = None,
+                      rate: float | None = None) -> list[CallRecord]:
+    """Place the calls `indices` at `rate` per second, at most `concurrency` at once, appending a
+    CallRecord per call to `records` as it starts.  Bounded: calls/rate + call timeout + 30 s."""
+    from gateway.client.call import place_call
+
+    concurrency = concurrency or load.concurrency
+    rate = rate or load.rate
+    t_run = time.monotonic() if t_run is None else t_run
+    gate = asyncio.Semaphore(concurrency)
     echo = load.model == "null-echo"
+    speech_s = len(speech) / load.sample_rate
     # null-echo answers every frame, so "the reply has finished" never comes: hang up after the question
     max_duration = speech_s + 2.0 if echo else load.call_timeout_s
 
@@ -207,11 +256,11 @@ async def run_media(load: MediaLoad, run_dir: Path, *, progress=None) -> RunResu
                     f"{load.base_url}/stream/{call_uuid}", speech, rate=load.sample_rate, metadata=metadata,
                     token=load.token, wait_for_greeting=not echo, max_duration=max_duration,
                     reply_timeout=min(15.0, load.call_timeout_s)), timeout=load.call_timeout_s + 10)
-                rec.summary = s
                 rec.jitter = playout_jitter_ms(s.reply_arrivals, load.sample_rate)
                 if echo:
                     rec.frame_latencies = echo_frame_latencies_ms(s.reply_arrivals, speech, load.sample_rate,
                                                                   s.speech_end_t)
+                rec.summary = _light(s)
             except TimeoutError:
                 rec.error = "client timeout"
             except Exception as exc:  # noqa: BLE001 - one broken call must not stop the load
@@ -229,10 +278,10 @@ async def run_media(load: MediaLoad, run_dir: Path, *, progress=None) -> RunResu
     tick = asyncio.create_task(ticker())
     tasks = []
     try:
-        for i in range(load.calls):
+        for i in indices:
             tasks.append(asyncio.create_task(one(i)))
-            await asyncio.sleep(1.0 / load.rate)
-        bound = load.calls / load.rate + load.call_timeout_s + 30
+            await asyncio.sleep(1.0 / rate)
+        bound = len(indices) / rate + load.call_timeout_s + 30
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=bound)
     except TimeoutError:
         pass
@@ -241,25 +290,42 @@ async def run_media(load: MediaLoad, run_dir: Path, *, progress=None) -> RunResu
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         tick.cancel()
-        for task in sampler_tasks:
-            task.cancel()
-        await asyncio.gather(tick, *sampler_tasks, return_exceptions=True)
-    finish = getattr(progress, "finish", None)
-    if finish:
-        finish()
-    step = _media_step(load, records, t_run, speech_s)
-    result.steps.append(step)
-    for name, sampler in samplers.items():
-        summary = sampler.summary()
-        result.resources[name] = summary
-        step.extra[f"{name}_cpu_seconds"] = summary["cpu_seconds"]
-        step.extra[f"{name}_cpu_seconds_per_call"] = round(summary["cpu_seconds"] / max(1, len(records)), 4)
-        step.extra[f"{name}_rss_mb_peak"] = summary["rss_mb_peak"]
-    if "gateway" not in samplers:
-        result.resources["note"] = "gateway pid unknown (pass --gateway-pid); CPU/memory not measured"
-    result.finished = now_iso()
-    _judge_media(result, step, records)
-    return result
+        await asyncio.gather(tick, return_exceptions=True)
+    return records
+
+
+def _drive_part(load_doc: dict, speech: bytes, indices: list[int], concurrency: int, rate: float,
+                t_run: float) -> list[CallRecord]:
+    """One generator process's share of the calls (runs in a spawned process)."""
+    load = MediaLoad.model_validate(load_doc)
+    pcm = np.frombuffer(speech, dtype=np.int16)
+    return asyncio.run(drive_calls(load, pcm, indices, [], t_run=t_run, concurrency=concurrency, rate=rate))
+
+
+async def _drive_in_processes(load: MediaLoad, speech: np.ndarray, progress,
+                              t_run: float) -> list[CallRecord]:
+    """Split the calls over `load.processes` generator processes (round-robin), each with its share
+    of the rate and concurrency, so one Python process's CPU does not cap the load.  CLOCK_MONOTONIC
+    is system-wide, so their timestamps share one axis."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    n = load.processes
+    doc = load.model_dump()
+    loop = asyncio.get_running_loop()
+    with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pcm = speech.astype(np.int16).tobytes()
+        share = -(-load.concurrency // n)
+        futures = [loop.run_in_executor(pool, _drive_part, doc, pcm, list(range(k, load.calls, n)), share,
+                                        load.rate / n, t_run) for k in range(n)]
+        waiter = asyncio.ensure_future(asyncio.gather(*futures))
+        while not waiter.done():
+            await asyncio.wait([waiter], timeout=1.0)
+            if progress is not None and not waiter.done():
+                progress(f"[media] {time.monotonic() - t_run:6.1f}s {n} generator processes placing "
+                         f"{load.calls} calls")
+        parts = waiter.result()
+    return [rec for part in parts for rec in part]
 
 
 def _media_step(load: MediaLoad, records: list[CallRecord], t_run: float, speech_s: float) -> StepResult:
@@ -282,7 +348,7 @@ def _media_step(load: MediaLoad, records: list[CallRecord], t_run: float, speech
         lat = getattr(s, "first_reply_latency_ms", None)
         if lat is not None and getattr(s, "speech_end_t", None):
             reply.append((s.speech_end_t - t_run, lat))
-    step.samples = reply
+    step.samples = thin(reply)
     step.setup_ms = latency_of([ms for _, ms in reply])
     frames = [x for r in finished for x in r.frame_latencies]
     step.frame_latency_ms = latency_of(frames) if frames else None

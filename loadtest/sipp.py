@@ -243,7 +243,7 @@ def collect_step(step_dir: Path, *, index: int, label: str, target_rate: float |
         parsed, skipped = parse_rtt_csv(path.read_text(errors="replace"))
         step.files.setdefault("rtt", str(path))
         samples += [(step.started_at + s.at_ms / 1000, s.response_ms) for s in parsed if s.rtd == 1]
-    step.samples = samples
+    step.samples = thin(samples)
     step.setup_ms = latency_of([ms for _, ms in samples])
     if len(samples) >= 2 and len(samples) >= step.attempted // 2:
         # INVITE->200 completions are spaced like the INVITEs themselves (setup time is steady), and
@@ -259,6 +259,18 @@ def collect_step(step_dir: Path, *, index: int, label: str, target_rate: float |
             # -timeout_error turns the global -timeout into exit -1: calls were still up at the bound
             step.exit_meaning = "global -timeout reached before every call ended"
     return step
+
+
+MAX_SAMPLES_KEPT = 20_000
+
+
+def thin(samples: list[tuple[float, float]], keep: int = MAX_SAMPLES_KEPT) -> list[tuple[float, float]]:
+    """Every n-th sample, so report.json of an hour-long run stays small; percentiles are always
+    computed from all samples before thinning."""
+    if len(samples) <= keep:
+        return samples
+    stride = -(-len(samples) // keep)
+    return samples[::stride]
 
 
 def latency_of(values: list[float]) -> Latency:

@@ -81,3 +81,21 @@ def test_an_unreachable_gateway_is_a_tool_failure_not_a_pass(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["verdict"].startswith("FAIL: could not connect")
     assert report["steps"][0]["failed"] == 2
+
+
+def test_calls_split_over_generator_processes_are_merged_on_one_time_axis(serve, tmp_path):
+    admin = _free_tcp_port()
+    gw = serve("serve", "--media-host", "127.0.0.1", "--admin-host", "127.0.0.1",
+               "--admin-port", str(admin), "--model-backend", "null-echo",
+               port_flag="--media-port", name="gateway")
+    out = tmp_path / "media"
+    code = main(["media", "--url", f"ws://127.0.0.1:{gw.port}", "--ready-url", f"http://127.0.0.1:{admin}/readyz",
+                 "--model", "null-echo", "--calls", "12", "--concurrency", "12", "--rate", "12",
+                 "--processes", "2", "--quiet", "--out", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    (step,) = report["steps"]
+    assert code == 0, report["verdict"]
+    assert (step["attempted"], step["successful"]) == (12, 12)
+    # both processes' calls overlap in time: all 12 were up together at some second
+    assert step["peak_concurrent"] == 12
+    assert step["frame_latency_ms"]["count"] > 0
