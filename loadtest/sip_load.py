@@ -172,12 +172,12 @@ def judge(result: RunResult) -> RunResult:
                               f"({cap.concurrent_at_highest} concurrent) is below 2x peak: {cap.detail}")
         else:
             result.passed = True
-            tail = (f", passes 2x peak: {cap.detail}" if cap.passes_2x_peak
-                    else f" ({cap.detail})")
             limit = (f"; first failing rate {cap.first_failing_rate:g} calls/s ({'; '.join(cap.broke_on)})"
                      if cap.first_failing_rate else "; no threshold broke up to the maximum rate tried")
+            rule = (f"; passes 2x peak: {cap.detail}" if cap.passes_2x_peak
+                    else f"; 2x peak rule not evaluated: {cap.detail}")
             result.verdict = (f"PASS: highest passing rate {cap.highest_passing_rate:g} calls/s with "
-                              f"{cap.concurrent_at_highest} concurrent calls{tail}{limit}")
+                              f"{cap.concurrent_at_highest} concurrent calls{limit}{rule}")
     else:
         failing = [s for s in result.steps if not s.passed]
         result.passed = not failing and bool(result.steps)

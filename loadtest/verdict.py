@@ -64,7 +64,7 @@ def capacity_of(steps: list[StepResult], peak_concurrent: int | None, peak_cps: 
         cap.highest_passing_rate = step.target_rate
         cap.concurrent_at_highest = step.peak_concurrent
     if peak_concurrent is None and peak_cps is None:
-        cap.detail = "no production peak given (--peak-concurrent / --peak-cps): 2x rule not evaluated"
+        cap.detail = "no production peak given (--peak-concurrent / --peak-cps)"
         return cap
     reasons = []
     ok = cap.highest_passing_rate is not None
