@@ -27,8 +27,9 @@ def test_two_dozen_concurrent_calls_against_the_null_echo_gateway(serve, tmp_pat
     assert code == 0, report["verdict"]
     assert (step["attempted"], step["successful"], step["failed"], step["unfinished"]) == (24, 24, 0, 0)
     assert step["peak_concurrent"] == 12
-    # null-echo sends every caller frame back: nearly all of them return, each timed
-    assert step["extra"]["frames_received"] >= 0.9 * step["extra"]["frames_sent"]
+    # null-echo sends every caller frame back: most return before the hang-up (the rest are still in
+    # the gateway's playout when the call ends), and each one that returns is timed
+    assert step["extra"]["frames_received"] >= 0.8 * step["extra"]["frames_sent"]
     assert step["frame_latency_ms"]["count"] >= 0.9 * step["extra"]["frames_received"]
     assert step["jitter_ms"]["count"] > 0 and step["setup_ms"]["count"] == 24
     # the gateway's own CPU and memory, from /proc of the process we started
