@@ -279,13 +279,19 @@ class EslClient:
             )
 
     async def _subscribe_all(self) -> None:
+        frames: list[tuple[bytes, str]] = []
         if self.events or self.custom:
-            await self._command(protocol.event(self.event_format, self.events, self.custom), "event")
+            frames.append((protocol.event(self.event_format, self.events, self.custom), "event"))
         if self.filter_by_uuid:
             # BACKGROUND_JOB must pass once any Unique-ID filter exists, or bgapi never completes (§2.5).
-            await self._command(protocol.filter_add("Event-Name", "BACKGROUND_JOB"), "filter")
-            for unique_id in list(self._by_uuid):
-                await self._command(protocol.filter_add("Unique-ID", unique_id), "filter")
+            frames.append((protocol.filter_add("Event-Name", "BACKGROUND_JOB"), "filter"))
+            frames += [(protocol.filter_add("Unique-ID", u), "filter") for u in list(self._by_uuid)]
+        for frame, label in frames:
+            reply = await self._command(frame, label)
+            if not isinstance(reply, CommandReply) or not reply.ok:
+                # e.g. a userauth login whose esl-allowed-events excludes what we need
+                text = reply.reply_text if isinstance(reply, CommandReply) else type(reply).__name__
+                raise EslConnectionError(f"{label} refused: {text}")
 
     async def _read_loop(self, reader: asyncio.StreamReader, parser: protocol.EslParser) -> None:
         reason: Exception = EslConnectionError(f"ESL {self.name}: connection closed by FreeSWITCH")

@@ -285,3 +285,20 @@ async def _until(predicate, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - p
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
+
+
+async def test_refused_subscription_fails_the_connect_and_is_retried(fake_fs: FakeFreeSwitch) -> None:
+    fake_fs.event_reply = "-ERR no keywords supplied"
+    refused = EslClient(fake_fs.host, fake_fs.port, "ClueCon", reconnect=False)
+    with pytest.raises(EslConnectionError, match="no keywords supplied"):
+        await refused.connect()
+    await refused.close()
+    retrying = EslClient(fake_fs.host, fake_fs.port, "ClueCon", backoff_initial=0.05, backoff_max=0.1)
+    await retrying.start()
+    await _until(lambda: len(fake_fs.auth_attempts) >= 3)
+    assert not retrying.connected
+    fake_fs.event_reply = None
+    try:
+        await retrying.wait_connected(5)
+    finally:
+        await retrying.close()

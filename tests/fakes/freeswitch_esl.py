@@ -259,6 +259,7 @@ class FakeFreeSwitch:
         self.command_headers: list[dict[str, str]] = []
         self.auth_attempts: list[str] = []
         self.bgapi_delay = 0.0
+        self.event_reply: str | None = None  # e.g. "-ERR ..." to refuse `event` subscriptions
         self.api_delay = 0.0
         self._replies: list[tuple[str, ApiReply]] = []
         self._server: asyncio.base_events.Server | None = None
@@ -422,6 +423,8 @@ class FakeFreeSwitch:
             task = asyncio.create_task(self._background_job(rest, job))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        elif verb in ("event", "events") and self.event_reply is not None:
+            await conn.send(frame_reply(self.event_reply))
         elif verb in ("event", "events"):
             parts = rest.split()
             if not parts or parts[0] not in ("plain", "json", "xml"):
