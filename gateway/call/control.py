@@ -45,6 +45,7 @@ from gateway.esl.errors import (
     EslTimeout,
 )
 from gateway.esl.protocol import Event
+from gateway.log import fields, pii
 
 log = logging.getLogger("gateway.control")
 
@@ -159,8 +160,8 @@ class CallControl:
                             self.settings.transfer_context)
         else:
             await self._api(commands.uuid_transfer, self.uuid, target, "XML", self.settings.transfer_context)
-        log.info("call transferred", extra={"call": self.uuid, "worker": self.worker_id,
-                                            "target": target, "headers": sorted(headers or {})})
+        log.info("call transferred", extra=fields(call=self.uuid, worker=self.worker_id,
+                                            target=pii(target), headers=sorted(headers or {})))
 
     async def escalate(self, target: str, reason: str, urgency: str, summary: str) -> None:
         """Transfer to a human with the model's reason and the conversation so far in SIP headers."""
@@ -204,8 +205,8 @@ class CallControl:
         self.coach_uuid = coach_uuid
         caller_member, coach_member = await self._wait_members(name, self.uuid, coach_uuid)
         await self._api(commands.conference_relate, name, coach_member, caller_member, "nospeak")
-        log.info("participant added", extra={"call": self.uuid, "worker": self.worker_id, "target": target,
-                                             "conference": name})
+        log.info("participant added", extra=fields(call=self.uuid, worker=self.worker_id, target=pii(target),
+                                             conference=name))
 
     async def kick(self, member: str) -> None:
         if self.conference is None:
@@ -260,8 +261,8 @@ class CallControl:
             return await self._client.api(command)
         except EslCommandError as exc:
             log.warning("call control refused",
-                        extra={"call": self.uuid, "worker": self.worker_id,
-                               "command": command.split(" ", 1)[0], "reply": exc.reply})
+                        extra=fields(call=self.uuid, worker=self.worker_id,
+                               command=command.split(" ", 1)[0], reply=exc.reply))
             raise CallControlError(exc.reason, status=502, command=command, reply=exc.reply) from None
         except EslTimeout as exc:
             raise CallControlError(f"FreeSWITCH worker {self.worker_id} did not answer in time", status=504,
@@ -311,7 +312,7 @@ class CallControl:
                 raise ValueError("no file in play event")
             commands.uuid_broadcast(self.uuid, path)  # validate now, refuse here rather than in the player
         except (ValueError, KeyError, EslArgumentError) as exc:
-            log.warning("play event refused", extra={"call": self.uuid, "error": str(exc)[:200]})
+            log.warning("play event refused", extra=fields(call=self.uuid, error=str(exc)[:200]))
             return
         self._play_queue.append(path)
         self._play_wakeup.set()
@@ -329,7 +330,7 @@ class CallControl:
                         await self._client.api(commands.uuid_broadcast(self.uuid, path, "aleg"))
                         self.files_played += 1
                     except EslError as exc:
-                        log.warning("file playback failed", extra={"call": self.uuid, "error": str(exc)})
+                        log.warning("file playback failed", extra=fields(call=self.uuid, error=str(exc)))
             self._play_wakeup.clear()
             await self._play_wakeup.wait()
 
@@ -392,12 +393,12 @@ class ControlPlane:
         transfers; the media plane still ends it by closing the stream)."""
         if worker_id is None or worker_id == "":
             if len(self.clients) != 1:
-                log.warning("call control: stream metadata names no worker", extra={"call": uuid})
+                log.warning("call control: stream metadata names no worker", extra=fields(call=uuid))
                 return None
             worker_id = next(iter(self.clients))
         client = self.clients.get(worker_id)
         if client is None:
-            log.warning("call control: unknown worker", extra={"call": uuid, "worker": worker_id})
+            log.warning("call control: unknown worker", extra=fields(call=uuid, worker=worker_id))
             return None
         existing = self.calls.get(uuid)
         if existing is not None and not existing.released:
@@ -407,7 +408,7 @@ class ControlPlane:
                                   playback_mode=self.playback_mode.get(worker_id, "stream"), on_dtmf=on_dtmf,
                                   settings=self.settings, on_release=self._released)
         except EslArgumentError:
-            log.warning("call control: malformed channel uuid", extra={"call": uuid[:80]})
+            log.warning("call control: malformed channel uuid", extra=fields(call=uuid[:80]))
             return None
         self.calls[uuid] = control
         return control
@@ -430,15 +431,15 @@ class ControlPlane:
             why = "audio stream closed on a parked call, hanging up"
         else:
             return
-        log.warning(why, extra={"call": event.unique_id, "worker": worker,
-                                "detail": (event.body or "")[:200]})
+        log.warning(why, extra=fields(call=event.unique_id, worker=worker,
+                                detail=(event.body or "")[:200]))
         self._spawn(self._kill(worker, event.unique_id))
 
     async def _kill(self, worker: str, unique_id: str) -> None:
         try:
             await self.clients[worker].api(commands.uuid_kill(unique_id, "NORMAL_TEMPORARY_FAILURE"))
         except (EslError, ValueError) as exc:
-            log.info("stream-error hangup not done", extra={"call": unique_id, "error": str(exc)})
+            log.info("stream-error hangup not done", extra=fields(call=unique_id, error=str(exc)))
 
     def _spawn(self, coro: Awaitable[object]) -> None:
         task = asyncio.ensure_future(coro)

@@ -45,6 +45,7 @@ from gateway.esl.protocol import (
     InvalidEvent,
     RudeRejection,
 )
+from gateway.log import fields
 
 log = logging.getLogger("gateway.esl")
 
@@ -194,14 +195,14 @@ class EslClient:
             except EslConnectionError as exc:  # includes auth failures: a fixed password may come back
                 log.warning(
                     "esl connect failed",
-                    extra={"worker": self.name, "error": str(exc), "retry_s": round(delay, 2)},
+                    extra=fields(worker=self.name, error=str(exc), retry_s=round(delay, 2)),
                 )
                 # Jitter so a restarted FreeSWITCH is not hit by every gateway at the same instant.
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self.backoff_max)
                 continue
             except EslTimeout as exc:
-                log.warning("esl connect timed out", extra={"worker": self.name, "error": str(exc)})
+                log.warning("esl connect timed out", extra=fields(worker=self.name, error=str(exc)))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff_max)
                 continue
@@ -246,7 +247,7 @@ class EslClient:
             await self._drop(EslConnectionError(f"ESL {self.name}: subscription failed: {exc}"))
             raise EslConnectionError(f"ESL {self.name}: subscription failed: {exc}") from exc
         self._connected.set()
-        log.info("esl connected", extra={"worker": self.name})
+        log.info("esl connected", extra=fields(worker=self.name))
 
     async def _handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, parser: protocol.EslParser
@@ -275,7 +276,7 @@ class EslClient:
             raise EslAuthError(f"ESL {self.name}: authentication refused: {reply.reply_text}")
         if pending:  # nothing is expected before our first command
             log.warning(
-                "esl unexpected frames after auth", extra={"worker": self.name, "count": len(pending)}
+                "esl unexpected frames after auth", extra=fields(worker=self.name, count=len(pending))
             )
 
     async def _subscribe_all(self) -> None:
@@ -304,7 +305,7 @@ class EslClient:
                     self._route(message)
         except EslProtocolError as exc:
             log.error(
-                "esl protocol error, dropping connection", extra={"worker": self.name, "error": str(exc)}
+                "esl protocol error, dropping connection", extra=fields(worker=self.name, error=str(exc))
             )
             reason = EslConnectionError(f"ESL {self.name}: protocol error: {exc}")
         except (OSError, asyncio.IncompleteReadError) as exc:
@@ -320,7 +321,7 @@ class EslClient:
                 writer.close()
                 self._reader = self._writer = None
             if not self._closed:
-                log.warning("esl disconnected", extra={"worker": self.name, "reason": str(reason)})
+                log.warning("esl disconnected", extra=fields(worker=self.name, reason=str(reason)))
 
     async def _drop(self, reason: Exception) -> None:
         self._connected.clear()
@@ -354,7 +355,7 @@ class EslClient:
     def _route(self, message: protocol.EslMessage) -> None:
         if isinstance(message, (CommandReply, ApiResponse)):
             if not self._pending:
-                log.warning("esl reply without a pending command", extra={"worker": self.name})
+                log.warning("esl reply without a pending command", extra=fields(worker=self.name))
                 return
             _, fut = self._pending.popleft()
             if not fut.done():  # a timed-out command's reply still arrives; it is consumed here
@@ -364,12 +365,12 @@ class EslClient:
         elif isinstance(message, InvalidEvent):
             log.warning(
                 "esl event refused",
-                extra={"worker": self.name, "content_type": message.content_type, "reason": message.reason},
+                extra=fields(worker=self.name, content_type=message.content_type, reason=message.reason),
             )
         elif isinstance(message, DisconnectNotice):
-            log.info("esl disconnect notice", extra={"worker": self.name, "body": message.body.strip()[:200]})
+            log.info("esl disconnect notice", extra=fields(worker=self.name, body=message.body.strip()[:200]))
         else:
-            log.debug("esl frame ignored", extra={"worker": self.name, "type": type(message).__name__})
+            log.debug("esl frame ignored", extra=fields(worker=self.name, type=type(message).__name__))
 
     def _dispatch(self, event: Event) -> None:
         if event.name == "BACKGROUND_JOB" and event.job_uuid:
@@ -387,13 +388,13 @@ class EslClient:
                     self._background.add(task)
                     task.add_done_callback(self._handler_done)
             except Exception:
-                log.exception("esl event handler failed", extra={"worker": self.name, "event": event.name})
+                log.exception("esl event handler failed", extra=fields(worker=self.name, event=event.name))
 
     def _handler_done(self, task: asyncio.Task[object]) -> None:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error(
-                "esl async event handler failed", extra={"worker": self.name, "error": repr(task.exception())}
+                "esl async event handler failed", extra=fields(worker=self.name, error=repr(task.exception()))
             )
 
     # ---------------------------------------------------------------- subscriptions
@@ -434,7 +435,7 @@ class EslClient:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning(
-                "esl filter update failed", extra={"worker": self.name, "error": str(task.exception())}
+                "esl filter update failed", extra=fields(worker=self.name, error=str(task.exception()))
             )
 
     # ---------------------------------------------------------------- commands

@@ -181,7 +181,9 @@ async def test_invalid_event_is_refused_and_connection_survives(
     with caplog.at_level(logging.WARNING, logger="gateway.esl"):
         await fake_fs.emit_raw(b"Content-Length: 9\nContent-Type: text/event-json\n\n{not json")
         assert (await esl.api("show calls count")) == "\n0 total.\n"
-    assert "esl event refused" in caplog.text
+    (record,) = [r for r in caplog.records if r.getMessage() == "esl event refused"]
+    # Structured fields, the way gateway.log formats them (static message, details in fields).
+    assert record.fields["content_type"] == "text/event-json" and record.fields["reason"]
 
 
 async def test_garbage_bytes_drop_the_connection_and_it_comes_back(
