@@ -73,6 +73,9 @@ class ControlSettings:
     transfer_uri_extension: str = "ai-transfer-uri"
     conference_extension: str = "ai-conference"
     conference_prefix: str = "ai-"
+    # Extensions the ai-transfer context routes (its ai-transfer-number pattern). Anything else would
+    # find no extension and FreeSWITCH would drop the caller, so it is refused before uuid_transfer.
+    extension_pattern: str = r"[+0-9*#]{1,32}"
     coach_dial: str = "loopback/ai-coach/ai-gateway"
     coach_caller_id_name: str = "AI"
     caller_id_number: str = "0000000000"
@@ -159,6 +162,7 @@ class CallControl:
             await self._api(commands.uuid_transfer, self.uuid, self.settings.transfer_uri_extension, "XML",
                             self.settings.transfer_context)
         else:
+            self._check_extension(target)
             await self._api(commands.uuid_transfer, self.uuid, target, "XML", self.settings.transfer_context)
         log.info("call transferred", extra=fields(call=self.uuid, worker=self.worker_id,
                                             target=pii(target), headers=sorted(headers or {})))
@@ -192,6 +196,7 @@ class CallControl:
             raise CallControlError(f"a conference participant must be a number or SIP URI, not {target!r}",
                                    status=400)
         else:
+            self._check_extension(target)
             human_vars = {"origination_uuid": human_uuid}
             human_dial = f"loopback/{target}/{s.transfer_context}"
         await self._api(commands.uuid_setvar, self.uuid, "ai_conference", name)
@@ -244,6 +249,11 @@ class CallControl:
             self._on_release(self)
 
     # ------------------------------------------------------------------ internals
+
+    def _check_extension(self, target: str) -> None:
+        if not re.fullmatch(self.settings.extension_pattern, target):
+            raise CallControlError(f"no such transfer target {target!r} (not a number or sip: URI)",
+                                   status=400)
 
     @staticmethod
     def _header_var(name: str) -> str:

@@ -102,7 +102,8 @@ async def test_refer_refused_by_freeswitch_is_reported(fake_fs: FakeFreeSwitch, 
         await control.transfer("refer:sip:x@y")
 
 
-@pytest.mark.parametrize("target", ["2001 XML default", "sip:a@b;transport=tcp", "x'y", "", "sip:a b@c"])
+@pytest.mark.parametrize("target", ["2001 XML default", "sip:a@b;transport=tcp", "x'y", "", "sip:a b@c",
+                                    "reception", "2001;x"])
 async def test_hostile_transfer_targets_are_refused(fake_fs: FakeFreeSwitch, control: CallControl,
                                                     target: str) -> None:
     with pytest.raises(CallControlError) as info:

@@ -231,3 +231,21 @@ def test_outbound_legs_leave_through_the_edge(document: ET.Element) -> None:
     assert f"fs_path=<sip:{vars_defined()['kamailio_edge']};lr>" in bridge
     conference = _actions(document, "ai-transfer", "ai-conference")
     assert ("conference", "$1@" + vars_defined()["conference_profile"] + "+flags{endconf}") in conference
+
+
+def test_transfer_context_matches_what_call_control_sends(document: ET.Element) -> None:
+    from gateway.call.control import ControlSettings
+
+    settings = ControlSettings()
+    (ctx,) = [c for c in document.iter("context") if c.get("name") == settings.transfer_context]
+    extensions = {e.get("name"): e for e in ctx.iter("extension")}
+    number = extensions["ai-transfer-number"].find("condition").get("expression")
+    assert number == f"^({settings.extension_pattern})$"
+    assert settings.transfer_uri_extension in extensions and settings.conference_extension in extensions
+    # A target that slips through anyway goes back to park instead of being dropped.
+    last = list(ctx.iter("extension"))[-1]
+    assert [a.get("application") for a in last.iter("action")][-1] == "park"
+    (gw_ctx,) = [c for c in document.iter("context") if c.get("name") == "ai-gateway"]
+    app, dest, context = settings.coach_dial.split("/")
+    assert app == "loopback" and context == "ai-gateway"
+    assert dest in {e.get("name") for e in gw_ctx.iter("extension")}
