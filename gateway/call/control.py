@@ -199,17 +199,24 @@ class CallControl:
             self._check_extension(target)
             human_vars = {"origination_uuid": human_uuid}
             human_dial = f"loopback/{target}/{s.transfer_context}"
-        await self._api(commands.uuid_setvar, self.uuid, "ai_conference", name)
-        await self._api(commands.uuid_transfer, self.uuid, s.conference_extension, "XML", s.transfer_context)
-        self.conference = name
-        await self._api(commands.conference_dial, name, human_dial, s.caller_id_number, "Caller", human_vars)
-        coach_vars = {"origination_uuid": coach_uuid, "ai_parent_uuid": self.uuid,
-                      "loopback_export": "ai_parent_uuid"}
-        await self._api(commands.conference_dial, name, s.coach_dial, s.caller_id_number,
-                        s.coach_caller_id_name, coach_vars)
-        self.coach_uuid = coach_uuid
-        caller_member, coach_member = await self._wait_members(name, self.uuid, coach_uuid)
-        await self._api(commands.conference_relate, name, coach_member, caller_member, "nospeak")
+        if self.conference is not None:
+            # Already in the conference with its coach: just dial one more human in.
+            await self._api(commands.conference_dial, name, human_dial, s.caller_id_number, "Caller",
+                            human_vars)
+        else:
+            await self._api(commands.uuid_setvar, self.uuid, "ai_conference", name)
+            await self._api(commands.uuid_transfer, self.uuid, s.conference_extension, "XML",
+                            s.transfer_context)
+            self.conference = name
+            await self._api(commands.conference_dial, name, human_dial, s.caller_id_number, "Caller",
+                            human_vars)
+            coach_vars = {"origination_uuid": coach_uuid, "ai_parent_uuid": self.uuid,
+                          "loopback_export": "ai_parent_uuid"}
+            await self._api(commands.conference_dial, name, s.coach_dial, s.caller_id_number,
+                            s.coach_caller_id_name, coach_vars)
+            self.coach_uuid = coach_uuid
+            caller_member, coach_member = await self._wait_members(name, self.uuid, coach_uuid)
+            await self._api(commands.conference_relate, name, coach_member, caller_member, "nospeak")
         log.info("participant added", extra=fields(call=self.uuid, worker=self.worker_id, target=pii(target),
                                              conference=name))
 

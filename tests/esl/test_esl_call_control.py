@@ -149,6 +149,15 @@ async def test_add_participant_conference_dial_and_coach(fake_fs: FakeFreeSwitch
     assert fake_fs.conferences[conf].relations == ["3 1 nospeak"]
 
 
+async def test_second_participant_is_only_dialled_in(fake_fs: FakeFreeSwitch, control: CallControl) -> None:
+    await control.add_participant("2001")
+    start = len(fake_fs.commands)
+    await control.add_participant("2002")
+    (only,) = sent(fake_fs, start)
+    assert only.startswith(f"conference ai-{CALL} bgdial {{origination_uuid=")
+    assert only.endswith("}loopback/2002/ai-transfer 0000000000 Caller")
+
+
 async def test_add_participant_sip_uri_exports_the_target_to_the_loopback_leg(fake_fs: FakeFreeSwitch,
                                                                                control: CallControl) -> None:
     await control.add_participant("sip:+15550199@trunk")
