@@ -296,6 +296,8 @@ class CallSession:
                         self._in_receive = False
                     if self._out:
                         await self._pump()
+                        if self._out:  # more than the lead arrived at once (a burst): let the timer pace it
+                            self._out_ready.set()
                 elif msg.type == WSMsgType.TEXT:
                     # `uuid_audio_stream stop <text>` sends one final text frame; anything else is logged.
                     log.info("stream text", extra=fields(call=self.uuid, text=pii(msg.data[:200])))
