@@ -10,6 +10,7 @@ transfers to the profile's human queue (a SIP URI that leaves through the Kamail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -67,13 +68,13 @@ class Stack:
         return f"ws://127.0.0.1:{self.media_port}/stream/{call_uuid}"
 
 
-@pytest.fixture
-async def stack(fake_fs: FakeFreeSwitch, tmp_path: Path) -> AsyncIterator[Stack]:
+@contextlib.asynccontextmanager
+async def run_stack(fake_fs: FakeFreeSwitch, tmp_path: Path, **env_extra: str) -> AsyncIterator[Stack]:
     engine_port, media_port, admin_port = _free_port(), _free_port(), _free_port()
     procs: list[asyncio.subprocess.Process] = []
     logs = {"model": tmp_path / "model.log", "serve": tmp_path / "serve.log"}
     env = dict(os.environ, GATEWAY_ESL_WORKERS=json.dumps({"fs1": fake_fs.address}),
-               GATEWAY_AUTH_TOKENS=TOKEN, GATEWAY_LOG_LEVEL="INFO")
+               GATEWAY_AUTH_TOKENS=TOKEN, GATEWAY_LOG_LEVEL="INFO", **env_extra)
     try:
         with logs["model"].open("wb") as out:
             model = await asyncio.create_subprocess_exec(
@@ -103,6 +104,22 @@ async def stack(fake_fs: FakeFreeSwitch, tmp_path: Path) -> AsyncIterator[Stack]
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+@pytest.fixture
+async def stack(fake_fs: FakeFreeSwitch, tmp_path: Path) -> AsyncIterator[Stack]:
+    async with run_stack(fake_fs, tmp_path) as running:
+        yield running
+
+
+async def _wait_call_control(stack: Stack, call_uuid: str) -> None:
+    """Until the admin API shows the call live with its CallControl (events now reach it)."""
+    async with aiohttp.ClientSession() as http, asyncio.timeout(30):
+        while True:
+            async with http.get(f"http://127.0.0.1:{stack.admin_port}/calls/{call_uuid}") as r:
+                if r.status == 200 and (await r.json()).get("call_control"):
+                    return
+            await asyncio.sleep(0.1)
 
 
 def speech(tmp_path: Path, text: str) -> Path:
@@ -160,13 +177,8 @@ async def test_admin_hangup_reaches_freeswitch_through_esl(stack: Stack, tmp_pat
         metadata=metadata(), token=TOKEN, reply_timeout=20, greeting_timeout=30, max_duration=60))
     admin = f"http://127.0.0.1:{stack.admin_port}"
     try:
+        await _wait_call_control(stack, call_uuid)
         async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(30):
-                while True:
-                    async with http.get(f"{admin}/calls/{call_uuid}") as r:
-                        if r.status == 200 and (await r.json()).get("call_control"):
-                            break
-                    await asyncio.sleep(0.1)
             bad = {"target": "unknown target"}
             async with http.post(f"{admin}/calls/{call_uuid}/transfer", json=bad) as r:
                 assert r.status >= 400  # refused before FreeSWITCH: spaces cannot be an extension
@@ -176,3 +188,29 @@ async def test_admin_hangup_reaches_freeswitch_through_esl(stack: Stack, tmp_pat
             f"api uuid_kill {call_uuid} NORMAL_CLEARING"
     finally:
         await asyncio.wait_for(call, 60)
+
+
+async def test_file_mode_worker_plays_returned_files_and_breaks_on_barge_in(fake_fs: FakeFreeSwitch,
+                                                                           tmp_path: Path) -> None:
+    """GATEWAY_PLAYBACK_MODE={"fs1":"file"} (upstream MIT module): play events become uuid_broadcast in
+    order, and the caller talking over the greeting becomes uuid_break all."""
+    async with run_stack(fake_fs, tmp_path, GATEWAY_PLAYBACK_MODE=json.dumps({"fs1": "file"})) as stack:
+        call_uuid = str(uuidlib.uuid4())
+        fake_fs.add_channel(call_uuid)
+        # The caller starts talking at once, over the greeting (no waiting for it): a barge-in.
+        call = asyncio.create_task(place_call(
+            stack.stream_url(call_uuid), speech(tmp_path, "what are your opening hours"), rate=8000,
+            metadata=metadata(), token=TOKEN, wait_for_greeting=False, reply_timeout=20, max_duration=60))
+        try:
+            await _wait_call_control(stack, call_uuid)
+            # What the upstream module fires for each streamAudio message the gateway sent.
+            for n in range(3):
+                await fake_fs.emit(call_uuid, "CUSTOM", subclass="mod_audio_stream::play",
+                                   body=json.dumps({"audioDataType": "raw", "sampleRate": 8000,
+                                                    "file": f"/tmp/{call_uuid}_{n}.tmp.r8"}))
+            for n in range(3):
+                expected = f"api uuid_broadcast {call_uuid} /tmp/{call_uuid}_{n}.tmp.r8 aleg"
+                await fake_fs.wait_for_command(expected, timeout=10)
+            await fake_fs.wait_for_command(f"api uuid_break {call_uuid} all", timeout=30)
+        finally:
+            await asyncio.wait_for(call, 60)
