@@ -96,7 +96,7 @@ def session_update(silence_ms: int) -> dict:
 
 
 class EngineProcess:
-    def __init__(self, *extra: str) -> None:
+    def __init__(self, *extra: str, log_level: str = "WARNING") -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -142,6 +142,12 @@ class EngineProcess:
         t = self.ps.cpu_times()
         return t.user + t.system
 
+    def asr_cpu_ms(self) -> list[float]:
+        """CPU the engine spent recognising each caller turn (from its `caller turn` log lines)."""
+        import re
+
+        return [float(m) for m in re.findall(r"asr_cpu_ms=([0-9.]+)", Path(self.log.name).read_text())]
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
@@ -149,10 +155,19 @@ class EngineProcess:
 
 
 class Caller:
-    """One simulated call: real-time 20 ms frames out, events in, latency per turn."""
+    """One simulated call: real-time 20 ms frames out, events in, latency per turn.
+
+    A lean client on purpose (raw aiohttp WebSocket, frames serialised once, events recognised by their
+    leading bytes): an SDK-based client parsing every audio delta saturated before the engine did. The
+    SDK path itself is exercised by tests/model."""
 
     def __init__(self, url: str, phrases: dict[str, list[bytes]], silence_ms: int, offset: int = 0) -> None:
-        self.url, self.phrases, self.silence_ms, self.offset = url, phrases, silence_ms, offset
+        self.url, self.silence_ms, self.offset = url, silence_ms, offset
+        self.turns = [
+            ([append_msg(f) for f in frames], max(i for i, f in enumerate(frames) if is_speech(f)))
+            for frames in phrases.values()
+        ]
+        self.silence = append_msg(SILENCE)
         self.latencies: list[float] = []  # end of speech -> first delta, seconds
         self.server_part: list[float] = []  # speech_stopped arrival -> first delta
         self.endpointing: list[float] = []  # end of speech -> speech_stopped arrival
@@ -162,75 +177,73 @@ class Caller:
         self._waiting = False
         self.replied = asyncio.Event()
 
-    async def run(self, seconds: float, sdk: bool = False) -> None:
-        from openai import AsyncOpenAI
+    async def run(self, seconds: float) -> None:
+        import aiohttp
 
-        client = AsyncOpenAI(api_key="x", websocket_base_url=self.url, max_retries=0)
-        async with client.realtime.connect(
-            model="gpt-realtime", extra_query={"profile": "front-desk"}
-        ) as conn:
-            await conn.send(session_update(self.silence_ms))
-            reader = asyncio.create_task(self._read(conn))
+        url = self.url.replace("/v1", "/v1/realtime") + "?model=gpt-realtime&profile=front-desk"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(url, headers={"Authorization": "Bearer x"}, max_msg_size=0) as ws,
+        ):
+            await ws.send_str(json.dumps(session_update(self.silence_ms)))
+            reader = asyncio.create_task(self._read(ws))
             try:
-                await self._speak_loop(conn, seconds)
+                await self._speak_loop(ws, seconds)
             finally:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
 
-    async def _read(self, conn) -> None:
-        while True:
-            event = json.loads(await conn.recv_bytes())
+    async def _read(self, ws) -> None:
+        async for msg in ws:
+            data = msg.data
+            if not isinstance(data, str):
+                continue
             now = time.monotonic()
-            etype = event["type"]
-            if etype == "input_audio_buffer.speech_stopped":
+            head = data[:60]
+            if head.startswith('{"type":"input_audio_buffer.speech_stopped"'):
                 self._stopped_at = now
                 if self._speech_end is not None and self._waiting:
                     self.endpointing.append(now - self._speech_end)
-            elif etype == "response.output_audio.delta" and self._waiting:
+            elif head.startswith('{"type":"response.output_audio.delta"') and self._waiting:
                 self._waiting = False
                 if self._speech_end is not None:
                     self.latencies.append(now - self._speech_end)
                 if self._stopped_at is not None:
                     self.server_part.append(now - self._stopped_at)
-            elif etype == "response.done":
+            elif head.startswith('{"type":"response.done"'):
                 self.replied.set()
 
-    async def _speak_loop(self, conn, seconds: float) -> None:
+    async def _speak_loop(self, ws, seconds: float) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
         t = start
         n = self.offset
-        names = list(self.phrases)
+
+        async def tick(message: str) -> None:
+            nonlocal t
+            t += 0.02
+            delay = t - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.02:
+                self.late_frames += 1
+            await ws.send_str(message)
+
         while loop.time() - start < seconds:
-            frames = self.phrases[names[n % len(names)]]
+            frames, last_speech = self.turns[n % len(self.turns)]
             n += 1
             self.replied.clear()
             self._waiting = True
             self._stopped_at = None
-            last_speech = max(i for i, f in enumerate(frames) if is_speech(f))
             for i, f in enumerate(frames):
-                t += 0.02
-                delay = t - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                elif delay < -0.02:
-                    self.late_frames += 1
-                await conn.send_raw(append_msg(f))
+                await tick(f)
                 if i == last_speech:
                     self._speech_end = time.monotonic()
             # keep streaming silence (a live call never stops sending) until the reply has finished
             while not self.replied.is_set() and loop.time() - start < seconds + 15:
-                t += 0.02
-                delay = t - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await conn.send_raw(append_msg(SILENCE))
+                await tick(self.silence)
             for _ in range(25):  # half a second of pause before the next sentence
-                t += 0.02
-                delay = t - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await conn.send_raw(append_msg(SILENCE))
+                await tick(self.silence)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -241,7 +254,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def bench_latency(phrases, turns: int, silence_ms: int) -> dict:
-    engine = EngineProcess()
+    engine = EngineProcess(log_level="INFO")
     try:
         caller = Caller(engine.url, phrases, silence_ms)
         task = asyncio.create_task(caller.run(3600))
@@ -266,6 +279,10 @@ async def bench_latency(phrases, turns: int, silence_ms: int) -> dict:
                 "max": round(max(ept), 1),
             },
             "late_client_frames": caller.late_frames,
+            "engine_asr_cpu_ms_per_turn": {
+                "p50": round(statistics.median(engine.asr_cpu_ms() or [0]), 1),
+                "max": round(max(engine.asr_cpu_ms() or [0]), 1),
+            },
             "speech_stopped_event_to_first_audio_ms": {
                 "p50": round(statistics.median(srv), 1),
                 "max": round(max(srv), 1),
@@ -276,32 +293,43 @@ async def bench_latency(phrases, turns: int, silence_ms: int) -> dict:
 
 
 async def bench_memory(phrases, n: int) -> dict:
-    engine = EngineProcess()
-    try:
-        idle = engine.rss_mb()
-        callers = [Caller(engine.url, phrases, 500, offset=i) for i in range(n)]
-        tasks = [asyncio.create_task(c.run(4)) for c in callers]
-        await asyncio.gather(*tasks, return_exceptions=True)
-        # sessions closed; now hold n sessions open after one turn each and measure
-        from openai import AsyncOpenAI
+    """RSS growth per held session: n sessions, each after session.update and one spoken turn answered,
+    against the same engine after one such call has come and gone (so one-off allocations such as the
+    decoder's working buffers are already in the baseline)."""
+    import aiohttp
 
-        conns = []
-        for _ in range(n):
-            client = AsyncOpenAI(api_key="x", websocket_base_url=engine.url, max_retries=0)
-            conn = await client.realtime.connect(
-                model="gpt-realtime", extra_query={"profile": "front-desk"}
-            ).enter()
-            await conn.send(session_update(500))
-            conns.append(conn)
-        await asyncio.sleep(1.0)
-        held = engine.rss_mb()
-        for c in conns:
-            await c.close()
+    engine = EngineProcess()
+    url = engine.url.replace("/v1", "/v1/realtime") + "?model=gpt-realtime&profile=front-desk"
+    audio = b"".join(next(iter(phrases.values())))
+    msg = json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode()})
+
+    async def one_turn(http):
+        ws = await http.ws_connect(url, headers={"Authorization": "Bearer x"}, max_msg_size=0)
+        await ws.send_str(json.dumps(session_update(500)))
+        await ws.send_str(msg)
+        async for m in ws:
+            if isinstance(m.data, str) and m.data.startswith('{"type":"response.done"'):
+                break
+        return ws
+
+    try:
+        fresh = engine.rss_mb()
+        async with aiohttp.ClientSession() as http:
+            ws = await one_turn(http)
+            await ws.close()
+            await asyncio.sleep(1.0)
+            baseline = engine.rss_mb()
+            held = await asyncio.gather(*(one_turn(http) for _ in range(n)))
+            await asyncio.sleep(1.0)
+            live = engine.rss_mb()
+            for ws in held:
+                await ws.close()
         return {
             "sessions": n,
-            "rss_idle_mb": round(idle, 1),
-            "rss_with_sessions_mb": round(held, 1),
-            "per_session_kb": round((held - idle) * 1024 / n, 1),
+            "rss_fresh_mb": round(fresh, 1),
+            "rss_after_one_call_mb": round(baseline, 1),
+            "rss_with_sessions_mb": round(live, 1),
+            "per_session_kb": round((live - baseline) * 1024 / n, 1),
         }
     finally:
         engine.stop()
@@ -344,7 +372,7 @@ async def main() -> None:
     p.add_argument("--turns", type=int, default=10)
     p.add_argument("--levels", default="5,10,20,40")
     p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--memory-sessions", type=int, default=20)
+    p.add_argument("--memory-sessions", type=int, default=100)
     p.add_argument("--latency-only", action="store_true")
     args = p.parse_args()
     phrases = {t: frames_of(b"\xff" * 8 * 300 + speak(t) + b"\xff" * 8 * 1200) for t in PHRASES}

@@ -96,12 +96,13 @@ class _AudioItem:
     chunk_ms: int
     out_rate: int
     sent: int = 0  # chunks sent
+    sent_bytes: int = 0
     sent_text: str = ""
     done: bool = False
 
     @property
     def sent_ms(self) -> int:
-        return sum(len(c) for c in self.chunks[: self.sent]) * 1000 // (self.out_rate * self._width)
+        return self.sent_bytes * 1000 // (self.out_rate * self._width)
 
     @property
     def _width(self) -> int:
@@ -334,6 +335,7 @@ class RealtimeSession:
                 break
             chunk = sp.chunks[sp.sent]
             sp.sent += 1
+            sp.sent_bytes += len(chunk)
             base = {
                 "response_id": r.id,
                 "item_id": sp.item["id"],
@@ -870,6 +872,7 @@ class RealtimeSession:
         sp = r.speaking
         assert sp is not None
         sp.done = True
+        sp.chunks = []  # the wire audio is out; keep only what truncate needs (sent_ms, word timing)
         heard = sp.heard_text()
         base = {
             "response_id": r.id,

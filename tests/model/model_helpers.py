@@ -45,8 +45,8 @@ class Conversation:
     async def send(self, event: dict[str, Any]) -> None:
         await self.conn.send(event)
 
-    async def send_raw(self, text: str) -> None:
-        await self.conn.send_raw(text)
+    async def send_raw(self, data: str | bytes) -> None:
+        await self.conn.send_raw(data)
 
     async def append(self, audio: bytes, chunk: int = 1600) -> None:
         for i in range(0, len(audio), chunk):

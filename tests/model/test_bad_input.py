@@ -122,8 +122,8 @@ async def test_malformed_events_get_errors_and_the_session_survives(connect):
     )
     assert err["param"] == "item.call_id"
 
-    err = await errors_for(conv, conv.send_raw(b"\x00\x01binary".decode("latin-1")))
-    assert err["code"] == "invalid_json"
+    err = await errors_for(conv, conv.send_raw(b"\x00\x01binary"))  # a binary frame
+    assert err["code"] == "invalid_message"
 
     await still_talks(conv, "Nothing was dropped.")
     assert conv.events[0]["type"] == "session.created"
