@@ -112,6 +112,7 @@ class KamailioEdge:
         self.sip_port = free_port()
         self.private_port = free_port()
         self.rpc_port = free_port()
+        self.tls_port = free_port()  # only listened on with WITH_TLS; never the fixed 5061
         self.cfg = self.workdir / "kamailio.cfg"
         self.local_cfg = self.workdir / "kamailio-local.cfg"
         self.dispatcher_list = self.workdir / "dispatcher.list"
@@ -133,6 +134,7 @@ class KamailioEdge:
         values: dict[str, str | int | None] = {
             "EDGE_PUBLIC_ADDR": "127.0.0.1",
             "EDGE_SIP_PORT": self.sip_port,
+            "EDGE_TLS_PORT": self.tls_port,
             "EDGE_PRIVATE_ADDR": "127.0.0.1",
             "EDGE_PRIVATE_PORT": self.private_port,
             "RPC_ADDR": "127.0.0.1",
@@ -237,10 +239,14 @@ class SippStats:
     incoming: int
     auto_answered: int
     retransmissions: int
+    invites: int | None = None
 
     @property
     def calls_answered(self) -> int:
-        """INVITEs a UAS stand-in took (its OPTIONS auto-answers are counted as calls by SIPp)."""
+        """INVITEs a UAS stand-in received (from -trace_counts: SIPp also counts OPTIONS probes as
+        incoming calls, auto-answered or, when one races a call, failed)."""
+        if self.invites is not None:
+            return self.invites
         return self.incoming - self.auto_answered
 
 
@@ -261,6 +267,18 @@ def read_stats(csv_path: Path, returncode: int | None = None) -> SippStats:
                      get("AutoAnswered(C)"), get("Retransmissions(C)"))
 
 
+def read_invites(counts_path: Path) -> int:
+    """INVITEs received, from the last row of a SIPp -trace_counts file (0 if it never wrote one)."""
+    if not counts_path.exists():
+        return 0
+    rows = list(csv.reader(counts_path.open(newline=""), delimiter=";"))
+    if len(rows) < 2:
+        return 0
+    header, last = rows[0], rows[-1]
+    return sum(int(last[i]) for i, name in enumerate(header)
+               if name.endswith("_INVITE_Recv") and i < len(last) and last[i].isdigit())
+
+
 class SippUas:
     """A SIPp UAS in the foreground (no -bg), so it can be killed and restarted on the same port."""
 
@@ -275,6 +293,7 @@ class SippUas:
         self.scenario = scenario
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
+        self.pids: list[int] = []
 
     @property
     def uri(self) -> str:
@@ -288,11 +307,12 @@ class SippUas:
         self.runs += 1
         cmd = [SIPP, "-sf", str(scenario_path(self.scenario)), "-i", self.host, "-p", str(self.port),
                "-mp", str(self.media_port), *(["-aa"] if self.auto_answer else []), "-nostdin",
-               "-trace_stat", "-stf", str(self.csv_path),
+               "-trace_stat", "-stf", str(self.csv_path), "-trace_counts",
                "-fd", "1", "-max_socket", "2048", *self.extra]
         log = (self.workdir / f"{self.name}.log").open("ab")
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pids.append(self.proc.pid)
         log.close()
         # SIPp binds within a few ms; give it a moment so the first probe finds it.
         time.sleep(0.2)
@@ -309,14 +329,17 @@ class SippUas:
 
     def stats(self) -> SippStats:
         """Cumulative over every run of this stand-in (it may have been killed and restarted)."""
-        total = SippStats(None, 0, 0, 0, 0, 0)
+        total = SippStats(None, 0, 0, 0, 0, 0, 0)
         for run in range(1, self.runs + 1):
             path = self.workdir / f"{self.name}-{run}.csv"
             if path.exists():
                 s = read_stats(path)
                 total = SippStats(None, total.successful + s.successful, total.failed + s.failed,
                                   total.incoming + s.incoming, total.auto_answered + s.auto_answered,
-                                  total.retransmissions + s.retransmissions)
+                                  total.retransmissions + s.retransmissions, total.invites)
+        for pid in self.pids:
+            counts = self.workdir / f"{Path(self.scenario).stem}_{pid}_counts.csv"
+            total.invites = (total.invites or 0) + read_invites(counts)
         return total
 
 

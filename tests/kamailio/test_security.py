@@ -172,11 +172,8 @@ def make_self_signed(directory: Path) -> tuple[Path, Path]:
 @pytest.mark.slow
 def test_tls_listener_answers_a_trunk_over_tls(edge, tmp_path: Path) -> None:
     cert, key = make_self_signed(tmp_path)
-    from kamailio_harness import free_port
-
-    tls_port = free_port()
-    edge([], defines={"WITH_TLS": None, "EDGE_TLS_PORT": tls_port, "TLS_CERTIFICATE": f'"{cert}"',
-                      "TLS_PRIVATE_KEY": f'"{key}"'})
+    e = edge([], defines={"WITH_TLS": None, "TLS_CERTIFICATE": f'"{cert}"', "TLS_PRIVATE_KEY": f'"{key}"'})
+    tls_port = e.tls_port
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     with socket.create_connection(("127.0.0.1", tls_port), timeout=5) as raw, \
