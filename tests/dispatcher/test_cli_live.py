@@ -16,6 +16,7 @@ from kamailio_harness import (
 )
 
 from dispatcher.listfile import read_list
+from dispatcher.rpc import KamailioRefused, KamailioRpc
 
 
 async def test_status_shows_state_probing_and_calls_from_esl(cli_env, live_edge, run_cli, fake_fs) -> None:
@@ -192,3 +193,15 @@ async def test_add_refuses_an_invalid_uri_and_a_duplicate_without_touching_the_f
     dup = await run_cli("add", f"sip:{WORKER_IPS[0]}:5080", "--duid", "fs7", env=env)
     assert dup.returncode == 1 and "already in set 1 as 'fs1'" in dup.stderr
     assert edge.dispatcher_list.read_text() == before
+
+
+async def test_reload_waits_out_kamailios_rate_limit_instead_of_failing(live_edge) -> None:
+    edge = live_edge(1, sipp=False)
+    async with KamailioRpc(edge.rpc_url) as rpc:
+        await rpc.reload(reload_delta=1)
+        # Kamailio itself refuses a second reload within reload_delta...
+        with pytest.raises(KamailioRefused, match="Ongoing reload"):
+            await rpc.call("dispatcher.reload")
+        # ...the client waits it out.
+        await rpc.reload(reload_delta=1)
+        assert [d["URI"] for d in await rpc.dispatcher_list()] == [f"sip:{WORKER_IPS[0]}:5080"]
