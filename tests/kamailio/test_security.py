@@ -114,6 +114,7 @@ def test_flood_is_banned_while_the_trunk_keeps_100_percent_success(edge, workers
     assert 0 < len(answered) < 100
     assert set(answered) == {"SIP/2.0 403 Forbidden"}
     assert FLOODER_IP in str(e.rpc("htable.dump", "ipban"))
+    assert f"flood: banning source for 4 s src={FLOODER_IP}:" in e.log()
     assert sip_request(("127.0.0.1", e.sip_port), "INVITE", src=FLOODER_IP, timeout=0.5) is None
     # The ban lasts FLOOD_BAN_SECONDS; a quiet source is then judged again (403, not silence).
     time.sleep(6)
