@@ -22,6 +22,7 @@ import contextlib
 import math
 import os
 import platform
+import re
 import sys
 import time
 import uuid as uuidlib
@@ -357,7 +358,8 @@ def _media_step(load: MediaLoad, records: list[CallRecord], t_run: float, speech
     errors: dict[str, int] = {}
     for r in finished:
         for e in ([r.error] if r.error else []) + list(getattr(r.summary, "errors", []) or []):
-            key = e.split(":")[0][:80]
+            # e.g. "upgrade: no response (TimeoutError)"; numbers masked so one kind counts once
+            key = re.sub(r"\d+", "N", e)[:100]
             errors[key] = errors.get(key, 0) + 1
         if not r.error and not getattr(r.summary, "errors", None) and getattr(r.summary, "reply_s", 0) <= 0:
             errors["no reply audio"] = errors.get("no reply audio", 0) + 1
