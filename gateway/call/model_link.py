@@ -8,7 +8,6 @@ hands it to the call's dispatch table. Either task ending ends the link; the cal
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 from collections import deque
@@ -146,30 +145,20 @@ class NullLink:
     """In-process stand-in for the benchmark and for tests of the media path alone.
 
     `echo`: every caller chunk comes straight back as agent audio; `silence`: the same amount of silence.
-    Events carry base64 like a real model's, so the gateway's decode/pace/encode path is fully exercised;
-    what is skipped is the model socket and JSON parsing."""
+    The audio goes to the call directly (no JSON, no base64): what is measured is the media plane, not a
+    model socket. A real link adds one JSON parse and one base64 decode per delta (~100 ms of audio)."""
 
-    def __init__(self, *, mode: str, dispatch: Dispatch, silence_byte: int = 0xFF) -> None:
+    def __init__(self, *, mode: str, audio_sink: Callable[[str | None, str | None, bytes], None],
+                 silence_byte: int = 0xFF) -> None:
         self._mode = mode
-        self._dispatch = dispatch
+        self._sink = audio_sink
         self._silence_byte = silence_byte
         self._closed = asyncio.Event()
-        self._n = 0
 
     def append_audio(self, payload: bytes) -> None:
         if self._mode == "silence":
             payload = bytes([self._silence_byte]) * len(payload)
-        self._n += 1
-        self._dispatch(
-            {
-                "type": "response.output_audio.delta",
-                "response_id": "resp_null",
-                "item_id": "item_null",
-                "output_index": 0,
-                "content_index": 0,
-                "delta": base64.b64encode(payload).decode("ascii"),
-            }
-        )
+        self._sink("item_null", "resp_null", payload)
 
     def send(self, event: dict[str, Any]) -> None:
         pass  # nothing to greet with, nothing to cancel

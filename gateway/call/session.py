@@ -326,7 +326,7 @@ class CallSession:
         s = self.settings
         if s.model_backend.startswith("null"):
             silence = g711.ULAW_SILENCE if self.rate == 8000 else 0
-            return NullLink(mode=s.model_backend.removeprefix("null-"), dispatch=self.dispatch,
+            return NullLink(mode=s.model_backend.removeprefix("null-"), audio_sink=self.model_audio,
                             silence_byte=silence)
         assert self.profile is not None
         pending_frames = max(1, s.max_pending_input_ms // FRAME_MS)
@@ -370,12 +370,14 @@ class CallSession:
         self._out_ready.set()  # flush a partial last frame
 
     def _on_audio_delta(self, event: dict[str, Any]) -> None:
+        self.model_audio(event.get("item_id"), event.get("response_id"), base64.b64decode(event["delta"]))
+
+    def model_audio(self, item_id: str | None, response_id: str | None, payload: bytes) -> None:
+        """Agent audio in the session's model format (mu-law 8 kHz or PCM16 24 kHz)."""
         if self.state != "active":
             return
-        item_id = event.get("item_id")
-        if event.get("response_id") in self._dropped_responses or item_id in self._dropped_items:
+        if response_id in self._dropped_responses or item_id in self._dropped_items:
             return  # audio of a reply the caller interrupted, still in flight from the model
-        payload = base64.b64decode(event["delta"])
         if self.rate == 8000:
             pcm = g711.ulaw_to_pcm16(payload)
         else:
