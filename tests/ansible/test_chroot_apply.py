@@ -9,6 +9,7 @@ what gets rendered. Run alone with `pytest -m chroot tests/ansible` (several min
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -28,7 +29,14 @@ SECRETS = {
 
 
 def _inventory(tmp: Path, root: Path, wheel: Path, house: Path) -> Path:
+    # Snapshots of the inputs other people edit in the shared work tree, so both applies see the same.
+    inputs = tmp / "inputs"
+    shutil.copytree(ANSIBLE_DIR.parent / "kamailio-conf", inputs / "kamailio-conf")
+    shutil.copy2(ANSIBLE_DIR.parent / "requirements" / "lock.txt", inputs / "lock.txt")
     host = {
+        "kamailio_conf_src": str(inputs / "kamailio-conf"),
+        "gateway_constraints_file": str(inputs / "lock.txt"),
+        "dispatcher_constraints_file": str(inputs / "lock.txt"),
         "ansible_connection": "community.general.chroot",
         "ansible_host": str(root),
         "ansible_become": False,
@@ -89,13 +97,17 @@ def applied(debian_root: Path, project_wheel: Path, wheelhouse: Path, collection
     first = _apply(tmp, inventory)
     first_seconds = time.monotonic() - started
     assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
+    # An operator drains fs2 with the dispatcher CLI, which sets the disabled flag (4) in the list file.
+    listed = debian_root / "etc" / "kamailio" / "dispatcher.list"
+    drained = listed.read_text().replace("sip:10.0.0.22:5080 0 0", "sip:10.0.0.22:5080 4 0")
+    listed.write_text(drained)
     started = time.monotonic()
     second = _apply(tmp, inventory)
     second_seconds = time.monotonic() - started
     assert second.returncode == 0, second.stdout[-6000:] + second.stderr[-3000:]
     # Durations go to the log for docs/ansible.md; nothing asserts on them.
     print(f"chroot apply: first {first_seconds:.0f}s, second {second_seconds:.0f}s")
-    return {"root": debian_root, "first": first, "second": second}
+    return {"root": debian_root, "first": first, "second": second, "drained_list": drained}
 
 
 def test_second_apply_changes_nothing(applied: dict[str, object]) -> None:
@@ -105,10 +117,17 @@ def test_second_apply_changes_nothing(applied: dict[str, object]) -> None:
     assert recap["failed"] == 0
 
 
+def test_a_worker_drained_with_the_cli_stays_drained_when_ansible_runs_again(
+        applied: dict[str, object]) -> None:
+    listed = Path(applied["root"]) / "etc" / "kamailio" / "dispatcher.list"
+    assert listed.read_text() == applied["drained_list"]
+    assert re.search(r"^1 sip:10\.0\.0\.22:5080 4 0 duid=fs2$", listed.read_text(), re.M)
+
+
 def test_packages_are_installed(applied: dict[str, object]) -> None:
     root = applied["root"]
     for package in ("kamailio", "kamailio-extra-modules", "kamailio-utils-modules", "nftables", "chrony",
-                    "python3-venv", "libespeak-ng1"):
+                    "python3-venv", "espeak-ng", "libespeak-ng1"):
         got = _in_root(root, "dpkg-query", "-W", "-f=${Status}", package)
         assert got.stdout == "install ok installed", f"{package}: {got.stdout} {got.stderr}"
 
@@ -128,7 +147,8 @@ def test_dispatcher_and_address_lists_come_from_the_inventory(applied: dict[str,
     etc = Path(applied["root"]) / "etc" / "kamailio"
     dispatcher = (etc / "dispatcher.list").read_text()
     assert re.search(r"^1 sip:10\.0\.0\.21:5080 0 0 duid=fs1$", dispatcher, re.M), dispatcher
-    assert re.search(r"^1 sip:10\.0\.0\.22:5080 0 0 duid=fs2$", dispatcher, re.M), dispatcher
+    # fs2 was drained between the two applies (see the fixture): flag 4.
+    assert re.search(r"^1 sip:10\.0\.0\.22:5080 4 0 duid=fs2$", dispatcher, re.M), dispatcher
     addresses = (etc / "address.list").read_text()
     assert re.search(r"^1 54\.172\.60\.0 30 0 trunk$", addresses, re.M), addresses
     assert re.search(r"^2 10\.0\.0\.21 32 0 worker$", addresses, re.M), addresses

@@ -166,3 +166,81 @@ def test_each_worker_gets_its_own_values_and_the_shared_secrets(rendered_freeswi
         assert values["gateway_stream_url"] == "ws://10.0.0.31:8090/stream"
         # No loopback default survives into a deployment.
         assert not [k for k, v in values.items() if "127.0.0.1" in v], values
+
+
+def test_every_module_freeswitch_conf_loads_has_a_package_in_the_freeswitch_role() -> None:
+    modules_conf = ANSIBLE_DIR.parent / "freeswitch-conf" / "autoload_configs" / "modules.conf.xml"
+    if not modules_conf.exists():
+        pytest.skip("freeswitch-conf/ has not landed yet")
+    text = re.sub(r"<!--.*?-->", "", modules_conf.read_text(), flags=re.S)
+    loaded = set(re.findall(r'<load\s+module="(mod_[a-z0-9_]+)"', text))
+    defaults = yaml.safe_load((ANSIBLE_DIR / "roles" / "freeswitch" / "defaults" / "main.yml").read_text())
+    packaged = {p.removeprefix("freeswitch-").replace("-", "_") for p in defaults["freeswitch_packages"]}
+    # mod_audio_stream comes from the operator's .deb (mod_audio_stream role), never from SignalWire.
+    missing = loaded - packaged - {"mod_audio_stream"}
+    assert not missing, f"modules.conf.xml loads {sorted(missing)} but freeswitch_packages lacks them"
+
+
+_PRE = re.compile(r'<X-PRE-PROCESS\s+cmd="(?P<cmd>[a-z_-]+)"\s+data="(?P<data>[^"]*)"\s*/>')
+
+
+def _preprocess(path: Path, variables: dict[str, str]) -> str:
+    """What FreeSWITCH's XML pre-processor makes of a file: includes resolved beside the including file
+    (the <include> wrapper dropped, comments and XML declarations removed), `set` lines defining
+    $${vars}, and $${vars} substituted in the text that follows."""
+    text = re.sub(r"<\?xml[^>]*\?>", "", path.read_text())
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+    out: list[str] = []
+    pos = 0
+    for match in _PRE.finditer(text):
+        out.append(_expand(text[pos:match.start()], variables))
+        pos = match.end()
+        if match["cmd"] == "set":
+            name, _, value = match["data"].partition("=")
+            variables[name] = _expand(value, variables)
+        elif match["cmd"] == "include":
+            for included in sorted(path.parent.glob(match["data"])):
+                body = _preprocess(included, variables)
+                out.append(re.sub(r"^\s*<include>|</include>\s*$", "", body.strip()))
+    out.append(_expand(text[pos:], variables))
+    return "".join(out)
+
+
+def _expand(text: str, variables: dict[str, str]) -> str:
+    return re.sub(r"\$\$\{([A-Za-z0-9_]+)\}", lambda m: variables.get(m[1], m[0]), text)
+
+
+def test_freeswitch_reads_one_well_formed_document_with_every_variable_resolved(
+        rendered_freeswitch_conf: Path, tmp_path: Path) -> None:
+    for worker, address in (("fs1", "10.0.0.21"), ("fs2", "10.0.0.22")):
+        document = _preprocess(rendered_freeswitch_conf / worker / "freeswitch.xml", {})
+        assert "$${" not in document, re.findall(r"\$\$\{[^}]*\}", document)
+        expanded = tmp_path / f"{worker}.fsxml"
+        expanded.write_text(document)
+        got = run(["xmllint", "--noout", str(expanded)], cwd=tmp_path)
+        assert got.returncode == 0, got.stderr
+        # The worker's own address is what its event socket and SIP profile bind to.
+        assert f'name="listen-ip" value="{address}"' in document
+
+
+def test_scrape_jobs_cover_every_node_gateway_and_edge_of_the_inventory(
+        tmp_path: Path, collections_ready: None) -> None:
+    snippet = tmp_path / "aivg-scrape.yml"
+    play = [{
+        "name": "Write the scrape jobs on the controller only.",
+        "hosts": "all",
+        "connection": "local",
+        "gather_facts": False,
+        "vars": {"monitoring_node_exporter_enabled": False, "monitoring_prometheus_enabled": False,
+                 "monitoring_scrape_snippet_dest": str(snippet)},
+        "tasks": [{"name": "Configure.", "ansible.builtin.include_role": {
+            "name": "monitoring", "tasks_from": "configure"}}],
+    }]
+    rc, output = _local_play(tmp_path, play)
+    assert rc == 0, output[-4000:]
+    jobs = {job["job_name"]: job for job in yaml.safe_load(snippet.read_text())["scrape_configs"]}
+    targets = {name: job["static_configs"][0]["targets"] for name, job in jobs.items()}
+    assert sorted(targets["node"]) == sorted(
+        f"10.0.0.{n}:9100" for n in (10, 21, 22, 31, 40))
+    assert targets["gateway"] == ["10.0.0.31:8091"]
+    assert targets["kamailio"] == ["10.0.0.10:5080"]
