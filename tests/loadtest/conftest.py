@@ -13,19 +13,11 @@ from pathlib import Path
 
 import pytest
 
-# pytest puts tests/ on sys.path (rootdir conftest, no __init__.py), where tests/loadtest/ would
-# shadow the real package as a namespace package under `.venv/bin/pytest`; the repo root goes first.
-_ROOT = str(Path(__file__).resolve().parents[2])
-if sys.path[:1] != [_ROOT]:
-    sys.path.insert(0, _ROOT)
-if getattr(sys.modules.get("loadtest"), "__file__", "") is None:  # a namespace `loadtest` got in first
-    for _name in [n for n in sys.modules if n == "loadtest" or n.startswith("loadtest.")]:
-        del sys.modules[_name]
+from loadtest import scenario_path
+from loadtest.audio import DEFAULT_QUESTION, speak_ulaw
+from loadtest.ports import free_udp_port
 
-from loadtest import scenario_path  # noqa: E402
-from loadtest.audio import DEFAULT_QUESTION, speak_ulaw  # noqa: E402
-from loadtest.ports import free_udp_port  # noqa: E402
-
+REPO = Path(__file__).resolve().parents[2]
 TEST_SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 SIPP = shutil.which("sipp")
 
@@ -147,7 +139,7 @@ def serve(tmp_path: Path) -> Iterator:
         with log.open("wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "gateway", *args, port_flag, str(port)],
                                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=_ROOT)
+                                    cwd=REPO)
         served = Served(proc, port, log)
         running.append(served)
         _wait_listening(port, proc)
