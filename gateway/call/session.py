@@ -424,7 +424,7 @@ class CallSession:
         if not playing or self._model is None:
             return
         item_id = self.playout.item_id
-        queued_items = {seg.item_id for seg in self._out if seg.item_id}
+        queued_items = [seg.item_id for seg in self._out if seg.item_id]
         self._out.clear()  # control jumps the queue: nothing more goes to FreeSWITCH from this reply
         heard = self.playout.interrupt()
         if self._response_active:
@@ -432,11 +432,17 @@ class CallSession:
             if self._response_id:
                 self._dropped_responses.add(self._response_id)
             self._response_active = False
+        if not item_id and queued_items:
+            # The reply was queued but not a sample of it played yet: the caller heard 0 ms of it.
+            item_id = queued_items[0]
+            heard = 0
         if item_id:
             heard = int(min(heard, self._generated_ms.get(item_id, 0.0)))
             self._model.send(rt.item_truncate(item_id, heard))
             self._dropped_items.add(item_id)
-        self._dropped_items.update(queued_items - {item_id})
+        self._dropped_items.update(i for i in queued_items if i != item_id)
+        if self._down is not None:  # no filter memory of the interrupted reply in the next one
+            self._down = StreamResampler(rt.MODEL_PCM_RATE, 16000)
         self.stats.barge_ins += 1
         m.BARGE_INS.inc()
         log.info("barge-in", extra=fields(call=self.uuid, item=item_id, heard_ms=heard))
@@ -501,6 +507,8 @@ class CallSession:
         self.playout.interrupt()
         assert self.profile is not None
         self._response_active = False
+        if self._model is not None:  # no more model audio or events for this call
+            self._spawn(self._model.close(), "model-close")
         self._enqueue("fallback", self._fallback_audio(self.profile.name, self.rate))
         self._spawn(self._finish_after_playback("fallback"), "fallback")
 
