@@ -113,13 +113,12 @@ class EngineProcess:
                 "--port",
                 str(self.port),
                 "--log-level",
-                "WARNING",
+                log_level,
                 *extra,
             ],
             cwd=ROOT,
             stderr=self.log,
             stdout=subprocess.DEVNULL,
-            env={**os.environ, "GATEWAY_MODEL_LOG_LEVEL": "WARNING"},
         )
         while True:
             try:
