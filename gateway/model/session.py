@@ -312,6 +312,17 @@ class RealtimeSession:
             out = handler(self, data, now)
         except ClientError as exc:
             out = [self._error(exc.code, exc.message, exc.param, event_id)]
+        except Exception:  # a bug must cost this one event, not the call: report it and carry on
+            log.exception("event failed", extra={"fields": {"session": self.session_id, "type": etype}})
+            out = [
+                self._error(
+                    "internal_error",
+                    f"the engine failed to handle {etype}",
+                    None,
+                    event_id,
+                    type_="server_error",
+                )
+            ]
         return out + self.poll(now)
 
     def next_deadline(self) -> float | None:

@@ -30,7 +30,7 @@ def transcript_deltas(conv, response_id: str) -> str:
     )
 
 
-@pytest.mark.parametrize("fmt", ["audio/pcmu", "audio/pcm"])
+@pytest.mark.parametrize("fmt", ["audio/pcmu", "audio/pcma", "audio/pcm"])
 async def test_front_desk_call_greeting_question_bargein_transfer_goodbye(connect, say, fmt):
     conv = await connect()
     created = await conv.expect("session.created")
@@ -253,4 +253,24 @@ async def test_manual_turns_without_server_vad(connect, say):
     ]
     await conv.send({"type": "response.create"})
     done = await conv.expect("response.done")
+    assert done["response"]["output"][0]["content"][0]["transcript"] == HOURS
+
+
+async def test_speech_does_not_interrupt_or_answer_when_turn_detection_says_so(connect, say):
+    conv = await connect()
+    await conv.send(front_desk_update(interrupt_response=False, create_response=False))
+    await conv.expect("session.updated")
+    await conv.send({"type": "response.create", "response": {"instructions": f'Say exactly: "{GREETING}"'}})
+    created = await conv.expect("response.created")
+    await conv.expect("response.output_audio.delta")
+    await conv.append(say("when are you open"))  # caller talks over the greeting
+    await conv.expect("input_audio_buffer.speech_started")
+    heard = await conv.expect("conversation.item.input_audio_transcription.completed")
+    assert heard["transcript"] == "when are you open"
+    done = await conv.expect("response.done")
+    assert done["response"]["id"] == created["response"]["id"]
+    assert done["response"]["status"] == "completed"  # not interrupted
+    assert [e for e in conv.events if e["type"] == "response.created"] == [created]  # and not answered
+    await conv.send({"type": "response.create"})  # the client decides when to answer
+    done = await conv.expect("response.done", lambda e: e["response"]["id"] != created["response"]["id"])
     assert done["response"]["output"][0]["content"][0]["transcript"] == HOURS
