@@ -9,7 +9,7 @@ import uuid as uuidlib
 
 import aiohttp
 import pytest
-from conftest import tone
+from gw_helpers import tone
 
 from gateway.client.call import place_call
 

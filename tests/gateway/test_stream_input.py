@@ -9,7 +9,7 @@ import os
 import uuid as uuidlib
 
 import pytest
-from conftest import FIXTURES, RawStream, fixture_request, tone
+from gw_helpers import FIXTURES, RawStream, fixture_request, tone
 
 from gateway.client.call import place_call
 from gateway.client.wsframe import OP_BINARY, OP_TEXT, encode_frame
