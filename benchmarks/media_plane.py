@@ -343,6 +343,43 @@ def run_load(server_cmd: list[str], env: dict[str, str], port: int, calls: int, 
             server.wait(5)
 
 
+def session_path_cost(frames: int = 50000) -> float:
+    """The gateway's own work per frame pair (validate, u-law, null model, playout, streamAudio), with a
+    socket stand-in whose send costs nothing: what the media plane adds on top of the WebSocket stack."""
+    from gateway.call.session import CallSession
+    from gateway.profiles import load_profiles
+    from gateway.proto import audio_stream as wire
+    from gateway.settings import Settings
+
+    class _NoSocket:
+        closed = False
+
+        async def send_str(self, text: str) -> None:
+            return None
+
+    now = [0.0]
+    settings = Settings(model_backend="null-echo")
+    profiles = load_profiles(settings.profiles_dir, settings.default_profile)
+    call = CallSession("bench", _NoSocket(), settings=settings, profiles=profiles,  # type: ignore[arg-type]
+                       fallback_audio=lambda p, r: b"", clock=lambda: now[0])
+
+    async def run() -> float:
+        call.state, call._frame_len = "active", 320  # noqa: SLF001 - set up what _run() would
+        call._model = call._make_model()  # noqa: SLF001
+        frame = bytes(320)
+        t0 = time.perf_counter()
+        for _ in range(frames):
+            now[0] += 0.02
+            wire.check_audio_frame(frame, 8000)
+            call._in_receive = True  # noqa: SLF001 - as the receive loop does
+            call._on_caller_audio(frame)  # noqa: SLF001
+            call._in_receive = False  # noqa: SLF001
+            await call._pump()  # noqa: SLF001
+        return (time.perf_counter() - t0) / frames
+
+    return round(asyncio.run(run()) * 1e6, 2)
+
+
 def kernel_costs() -> dict[str, float]:
     import numpy as np
 
@@ -365,6 +402,7 @@ def kernel_costs() -> dict[str, float]:
         "streamAudio JSON + base64, 20 ms 8 kHz": lambda: build_stream_audio(pcm8, 8000),
     }
     out = {}
+    out["CallSession echo path, one frame in + one out, no sockets"] = session_path_cost()
     for name, fn in cases.items():
         n = 20000
         best = min(timeit.repeat(fn, number=n, repeat=5)) / n
@@ -399,7 +437,7 @@ def main() -> int:
                      "command": " ".join([Path(PY).name, *sys.argv]), "kernels_us": kernel_costs()}
     print("kernels (best of 5 x 20000, us per call):")
     for k, v in results["kernels_us"].items():
-        print(f"  {k:<50} {v:>7.2f}")
+        print(f"  {k:<60} {v:>7.2f}")
     results["gateway"] = []
     for calls in args.calls:
         port, admin = free_port(), free_port()
