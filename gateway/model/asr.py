@@ -106,6 +106,10 @@ class PhoneDecoder:
 
     def phones(self, pcm16k: np.ndarray) -> list[str]:
         dec = self._decoder
+        # Feature state (cepstral mean and friends) adapts from one utterance to the next, which would make
+        # what one caller said depend on what another said before (measured: different phones for the same
+        # audio; resetting only the CMN is not enough). A fresh front end per utterance costs nothing.
+        dec.reinit_feat()
         dec.start_utt()
         dec.process_raw(pcm16k.astype("<i2").tobytes(), full_utt=True)
         dec.end_utt()

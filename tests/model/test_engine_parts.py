@@ -97,3 +97,14 @@ def test_synthesiser_word_timing_cuts_the_transcript():
     assert speech.text_until(text, len(speech.pcm)) == text
     half = speech.text_until(text, len(speech.pcm) // 2)
     assert text.startswith(half) and 0 < len(half) < len(text)
+
+
+def test_recognition_does_not_depend_on_what_was_heard_before(say):
+    rec = _engine_defaults().engines.recognizers["front-desk"]
+    pcm = audio.resample(audio.decode("audio/pcmu", say("transfer me to billing", tail_ms=300)), 8000, 16000)
+    before = rec.recognise(pcm)
+    noise = np.random.default_rng(0).normal(0, 8000, 16000).astype(np.int16)
+    for _ in range(3):
+        rec.recognise(noise)
+    after = rec.recognise(pcm)
+    assert after.phones == before.phones and after.transcript == "transfer me to billing"
