@@ -96,3 +96,66 @@ def test_engine_needs_no_network_under_unshare():
     assert result["heard"] == "what are your opening hours"
     assert result["reply"].startswith("We are open Monday to Friday")
     assert result["reply_audio_bytes"] > 3 * 8000  # over three seconds of μ-law
+
+
+async def test_profiles_dir_from_env_selects_profiles_and_skips_a_broken_file(tmp_path):
+    from openai import AsyncOpenAI
+
+    (tmp_path / "front-desk.yaml").write_text((ROOT / "gateway/profiles/front-desk.yaml").read_text())
+    (tmp_path / "pizza.yaml").write_text(
+        "name: pizza\ngreeting: Pizza Palace, what can I get you?\n"
+        "dialogue:\n  fallback_reply: Pardon?\n  intents:\n"
+        "    - name: order\n      examples: [i would like a large pizza]\n"
+        "      reply: One large pizza coming up.\n"
+    )
+    (tmp_path / "broken.yaml").write_text("dialogue: {intents: [{name: x, bogus_key: 1}]}\n")
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "model",
+        "--port",
+        str(port),
+        cwd=ROOT,
+        env={**os.environ, "GATEWAY_PROFILES_DIR": str(tmp_path)},
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        lines = []
+        async with asyncio.timeout(90):
+            while not lines or b"listening" not in lines[-1]:
+                lines.append(await proc.stderr.readline())
+                assert lines[-1], b"".join(lines).decode()
+        log = b"".join(lines).decode()
+        assert "profile skipped" in log and "broken.yaml" in log
+        assert 'profiles=["front-desk","pizza"]' in log
+
+        client = AsyncOpenAI(api_key="x", websocket_base_url=f"ws://127.0.0.1:{port}/v1", max_retries=0)
+        async with client.realtime.connect(model="gpt-realtime", extra_query={"profile": "pizza"}) as conn:
+            await conn.send(
+                {"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"]}}
+            )
+            await conn.send({"type": "response.create"})  # nothing said yet: the profile's greeting
+            await conn.send(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "I would like a large pizza"}],
+                    },
+                }
+            )
+            await conn.send({"type": "response.create"})
+            replies = []
+            async for event in conn:
+                if event.type == "response.done":
+                    replies.append(event.response.output[0].content[0].text)
+                    if len(replies) == 2:
+                        break
+        assert replies == ["Pizza Palace, what can I get you?", "One large pizza coming up."]
+    finally:
+        proc.terminate()
+        await proc.wait()
