@@ -19,6 +19,7 @@ import binascii
 import copy
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ log = logging.getLogger("gateway.model.session")
 MAX_BUFFER_MS = 120_000  # uncommitted input audio kept at most (a caller monologue, 2 minutes)
 MIN_COMMIT_MS = 100  # the real API refuses to commit less than this
 MAX_ITEMS = 2_000  # conversation items kept; the oldest go first on very long calls
+MAX_PREFIX_MS = 2_000  # prefix padding honoured at most (it sets how much idle audio a session keeps)
 
 
 def _client_event_models() -> dict[str, type[BaseModel]]:
@@ -243,6 +245,10 @@ class RealtimeSession:
             vad.frames = self._vad.frames  # the session's audio clock never goes back
         return vad
 
+    @staticmethod
+    def _prefix_ms(td: dict[str, Any]) -> int:
+        return max(0, min(MAX_PREFIX_MS, int(td.get("prefix_padding_ms") or 0)))
+
     @property
     def _frame_samples(self) -> int:
         return audio.FORMATS[self.in_format][0] * FRAME_MS // 1000
@@ -422,6 +428,13 @@ class RealtimeSession:
                     }
                 )
                 merged.update({k: v for k, v in td.items() if v is not None})
+                threshold = merged.get("threshold", 0.5)
+                if isinstance(threshold, float) and not math.isfinite(threshold):
+                    raise ClientError(
+                        "invalid_value",
+                        "threshold must be a number between 0 and 1",
+                        "session.audio.input.turn_detection.threshold",
+                    )
                 cfg["audio"]["input"]["turn_detection"] = merged
         for key in ("transcription", "noise_reduction"):
             if key in ain:
@@ -473,14 +486,12 @@ class RealtimeSession:
         out: list[dict[str, Any]] = []
         if ev is None and not self._vad.in_speech:
             # Keep only what prefix padding (plus the onset window) can reach back to.
-            keep = td.get("prefix_padding_ms", 300) // FRAME_MS + 8
+            keep = self._prefix_ms(td) // FRAME_MS + 8
             if len(self._frames) > keep:
                 del self._frames[: len(self._frames) - keep]
             self._buffer_start_frame = self._vad.frames - len(self._frames)
         elif ev is not None and ev.kind == "start":
-            start_ms = max(
-                0, ev.ms - int(td.get("prefix_padding_ms") or 0), self._buffer_start_frame * FRAME_MS
-            )
+            start_ms = max(0, ev.ms - self._prefix_ms(td), self._buffer_start_frame * FRAME_MS)
             self._turn_start_ms = start_ms
             self._turn_item = self._id("item")
             out.append(

@@ -8,6 +8,7 @@ floor so that line hiss below the floor never opens a turn.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -27,21 +28,29 @@ class VadEvent:
     ms: int  # start: first voiced frame (before prefix padding); stop: end of the silence that ended it
 
 
+def _unit(threshold: float) -> float:
+    # JSON from a client may carry Infinity or NaN (json.loads accepts both): fall back to the default.
+    t = float(threshold)
+    return min(1.0, max(0.0, t)) if math.isfinite(t) else 0.5
+
+
 def mode_for(threshold: float) -> int:
     """Realtime's 0..1 `threshold` -> webrtcvad aggressiveness 0..3 (0.5, the default, -> 2)."""
-    return max(0, min(3, int(threshold * 4)))
+    return min(3, int(_unit(threshold) * 4))
 
 
 def floor_dbfs(threshold: float) -> float:
     """Energy floor below which a frame is never speech: -60 dBFS at threshold 0, -30 at 1."""
-    return -60.0 + 30.0 * max(0.0, min(1.0, threshold))
+    return -60.0 + 30.0 * _unit(threshold)
 
 
 class TurnDetector:
     def __init__(self, threshold: float = 0.5, silence_duration_ms: int = 500) -> None:
         self._vad = webrtcvad.Vad(mode_for(threshold))
         self._floor = floor_dbfs(threshold)
-        self.silence_frames = max(1, -(-int(silence_duration_ms) // FRAME_MS))
+        silence = float(silence_duration_ms)
+        silence = min(silence, 60_000.0) if math.isfinite(silence) else 500.0
+        self.silence_frames = max(1, -(-int(silence) // FRAME_MS))
         self.frames = 0  # frames seen since the session started
         self.in_speech = False
         self._recent: deque[bool] = deque(maxlen=_ONSET_WINDOW)

@@ -157,3 +157,44 @@ def test_core_survives_any_event_sequence(sequence):
     if session.response is not None or not any(e["type"] == "response.done" for e in out):
         out += session.receive(json.dumps({"type": "response.cancel"}), now)
     assert any(e["type"] in ("response.done", "error") for e in out)
+
+
+def test_non_finite_and_huge_turn_settings_are_refused_or_bounded():
+    engine = _engine_defaults()
+    session = RealtimeSession(engine.profiles["front-desk"], engine.engines, pace=0)
+    session.open(0.0)
+    for raw in (
+        '{"type":"session.update","session":{"type":"realtime","audio":{"input":{"turn_detection":'
+        '{"type":"server_vad","threshold":NaN}}}}}',
+        '{"type":"session.update","session":{"type":"realtime","audio":{"input":{"turn_detection":'
+        '{"type":"server_vad","threshold":Infinity}}}}}',
+    ):
+        (out,) = session.receive(raw, 0.0)
+        assert out["type"] == "error" and out["error"]["code"] == "invalid_value"
+    # A prefix padding of hours is accepted but bounded: an idle session keeps ~2 s of audio, not hours.
+    (out,) = session.receive(
+        json.dumps(
+            {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {
+                        "input": {
+                            "format": {"type": "audio/pcmu"},
+                            "turn_detection": {"type": "server_vad", "prefix_padding_ms": 10_000_000},
+                        }
+                    },
+                },
+            }
+        ),
+        0.0,
+    )
+    assert out["type"] == "session.updated"
+    silence = base64.b64encode(b"\xff" * 8000).decode()  # 1 s
+    for _ in range(30):
+        session.receive(json.dumps({"type": "input_audio_buffer.append", "audio": silence}), 0.0)
+    session.receive(json.dumps({"type": "input_audio_buffer.append", "audio": silence}), 0.0)
+    (committed, *_rest) = session.receive(json.dumps({"type": "input_audio_buffer.commit"}), 0.0)
+    assert committed["type"] == "input_audio_buffer.committed"
+    transcribed = [e for e in _rest if e["type"].endswith("transcription.completed")]
+    assert transcribed and transcribed[0]["usage"]["seconds"] <= 2.5
