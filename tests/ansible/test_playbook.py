@@ -4,6 +4,7 @@ vault secret it uses, and refuses bad inventories before it changes anything."""
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -244,3 +245,50 @@ def test_scrape_jobs_cover_every_node_gateway_and_edge_of_the_inventory(
         f"10.0.0.{n}:9100" for n in (10, 21, 22, 31, 40))
     assert targets["gateway"] == ["10.0.0.31:8091"]
     assert targets["kamailio"] == ["10.0.0.10:5080"]
+
+
+@pytest.mark.parametrize(
+    ("switches", "expected"),
+    [
+        ({}, ["[198.51.100.10]:5060 name carrier_udp", "[10.0.0.10]:5062 name workers"]),
+        ({"kamailio_tls_enabled": True, "kamailio_topoh_enabled": True,
+          "kamailio_topoh_mask_key": "edge-mask-key-0123", "kamailio_advertise_address": "203.0.113.7"},
+         ["[198.51.100.10]:5061 name carrier_tls advertise 203.0.113.7:5061"]),
+    ],
+    ids=["plain", "tls-topoh-nat"],
+)
+def test_rendered_kamailio_local_cfg_passes_kamailio_check_with_the_repository_cfg(
+        tmp_path: Path, collections_ready: None, switches: dict, expected: list[str]) -> None:
+    kamailio_cfg = ANSIBLE_DIR.parent / "kamailio-conf" / "kamailio.cfg"
+    if not shutil.which("kamailio"):
+        pytest.skip("kamailio is not installed (requirements/apt.txt)")
+    if switches.get("kamailio_tls_enabled"):
+        made = run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=edge", "-keyout", str(tmp_path / "edge.key"),
+                    "-out", str(tmp_path / "edge.pem")], cwd=tmp_path)
+        assert made.returncode == 0, made.stderr
+        switches = {**switches, "kamailio_tls_certificate_src": str(tmp_path / "edge.pem"),
+                    "kamailio_tls_private_key_src": str(tmp_path / "edge.key")}
+    rendered = tmp_path / "kamailio-local.cfg"
+    play = [{
+        "name": "Render kamailio-local.cfg for the example edge.",
+        "hosts": "edge",
+        "connection": "local",
+        "gather_facts": False,
+        "vars": switches,
+        "tasks": [
+            {"name": "Load the role's defaults and build the worker list.",
+             "ansible.builtin.include_role": {"name": "kamailio", "tasks_from": "preflight", "public": True}},
+            {"name": "Render.", "ansible.builtin.template": {
+                "src": str(ANSIBLE_DIR / "roles" / "kamailio" / "templates" / "kamailio-local.cfg.j2"),
+                "dest": str(rendered), "mode": "0644"}},
+        ],
+    }]
+    rc, output = _local_play(tmp_path, play)
+    assert rc == 0, output[-4000:]
+    checker = ANSIBLE_DIR / "roles" / "kamailio" / "files" / "kamailio-cfg-check"
+    got = run(["sh", str(checker), str(rendered), "kamailio-local.cfg", str(kamailio_cfg.parent)],
+              cwd=tmp_path)
+    assert got.returncode == 0, got.stdout + got.stderr
+    for listen in expected:
+        assert listen in got.stdout + got.stderr
