@@ -45,7 +45,7 @@ def speak(text: str) -> bytes:
         ["espeak-ng", "-v", "en-us", "--stdout", text], capture_output=True, check=True
     ).stdout
     return subprocess.run(
-        ["sox", "-t", "wav", "-", "-r", "8000", "-e", "u-law", "-t", "raw", "-"],
+        ["sox", "-D", "-t", "wav", "-", "-r", "8000", "-e", "u-law", "-t", "raw", "-"],
         input=wav,
         capture_output=True,
         check=True,

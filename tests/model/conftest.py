@@ -28,7 +28,7 @@ def _speak(text: str, fmt: str) -> bytes:
         ["espeak-ng", "-v", "en-us", "--stdout", text], capture_output=True, check=True
     ).stdout
     return subprocess.run(
-        ["sox", "-t", "wav", "-", *SOX_OUT[fmt]], input=wav, capture_output=True, check=True
+        ["sox", "-D", "-t", "wav", "-", *SOX_OUT[fmt]], input=wav, capture_output=True, check=True
     ).stdout
 
 

@@ -31,7 +31,7 @@ def caller_audio() -> bytes:
         check=True,
     ).stdout
     ulaw = subprocess.run(
-        ["sox", "-t", "wav", "-", "-r", "8000", "-e", "u-law", "-t", "raw", "-"],
+        ["sox", "-D", "-t", "wav", "-", "-r", "8000", "-e", "u-law", "-t", "raw", "-"],
         input=wav,
         capture_output=True,
         check=True,
