@@ -34,7 +34,15 @@ def _inventory(tmp: Path, root: Path, wheel: Path, house: Path) -> Path:
     inputs = tmp / "inputs"
     shutil.copytree(ANSIBLE_DIR.parent / "kamailio-conf", inputs / "kamailio-conf")
     shutil.copy2(ANSIBLE_DIR.parent / "requirements" / "lock.txt", inputs / "lock.txt")
+    # The operator's agent profiles: the packaged ones plus a custom "sales" desk.
+    profiles = inputs / "profiles"
+    shutil.copytree(ANSIBLE_DIR.parent / "gateway" / "profiles", profiles,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    sales = yaml.safe_load((profiles / "front-desk.yaml").read_text())
+    sales.update(name="sales", numbers=["+15550199"], greeting="Sales, how can I help?")
+    (profiles / "sales.yaml").write_text(yaml.safe_dump(sales, sort_keys=False))
     host = {
+        "gateway_profiles_src": str(profiles),
         "kamailio_conf_src": str(inputs / "kamailio-conf"),
         "gateway_constraints_file": str(inputs / "lock.txt"),
         "dispatcher_constraints_file": str(inputs / "lock.txt"),
@@ -166,6 +174,15 @@ def test_gateway_venv_imports_and_cli_runs(applied: dict[str, object]) -> None:
     helped = _in_root(root, "/opt/aivg/venv/bin/gateway", "--help")
     assert helped.returncode == 0, helped.stderr
     assert "serve" in helped.stdout
+
+
+def test_operator_profiles_are_installed_and_load_in_the_gateway(applied: dict[str, object]) -> None:
+    root = Path(applied["root"])
+    assert "GATEWAY_PROFILES_DIR='/etc/aivg/profiles'" in (root / "etc/aivg/gateway.env").read_text()
+    loaded = _in_root(str(root), "/opt/aivg/venv/bin/python", "-c",
+                      "from pathlib import Path; from gateway.profiles import load_profiles; "
+                      "print(sorted(load_profiles(Path('/etc/aivg/profiles'), 'front-desk').profiles))")
+    assert loaded.stdout.strip() == "['coach', 'front-desk', 'sales']", loaded.stderr
 
 
 def test_gateway_settings_and_units(applied: dict[str, object]) -> None:

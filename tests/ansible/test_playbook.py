@@ -292,3 +292,17 @@ def test_rendered_kamailio_local_cfg_passes_kamailio_check_with_the_repository_c
     assert got.returncode == 0, got.stdout + got.stderr
     for listen in expected:
         assert listen in got.stdout + got.stderr
+
+
+def test_profile_checker_refuses_a_broken_agent_profile_and_accepts_the_packaged_ones(tmp_path: Path) -> None:
+    checker = ANSIBLE_DIR / "roles" / "gateway" / "files" / "gateway-profile-check.py"
+    for good in sorted((ANSIBLE_DIR.parent / "gateway" / "profiles").glob("*.yaml")):
+        got = run([sys.executable, str(checker), str(good)], cwd=tmp_path)
+        assert got.returncode == 0, (good.name, got.stderr[-2000:])
+    broken = tmp_path / "broken.yaml"
+    profile = yaml.safe_load((ANSIBLE_DIR.parent / "gateway" / "profiles" / "front-desk.yaml").read_text())
+    profile["turn_detection"] = {"threshold": "loud"}
+    broken.write_text(yaml.safe_dump(profile))
+    got = run([sys.executable, str(checker), str(broken)], cwd=tmp_path)
+    assert got.returncode != 0
+    assert "threshold" in got.stderr
