@@ -60,7 +60,7 @@ class Engine:
             raise SystemExit(
                 f"gateway model: default profile {settings.default_profile!r} not found in "
                 f"{directory} (have: {', '.join(sorted(self.profiles)) or 'none'}); set "
-                "GATEWAY_MODEL_DEFAULT_PROFILE or --default-profile"
+                "GATEWAY_ENGINE_DEFAULT_PROFILE or --default-profile"
             )
         decoder = PhoneDecoder()
         self.engines = Engines(
@@ -222,7 +222,7 @@ def build_app(engine: Engine) -> web.Application:
 def parse_args(argv: list[str]) -> dict[str, Any]:
     p = argparse.ArgumentParser(
         prog="gateway model",
-        description="Embedded offline Realtime-protocol engine (env GATEWAY_MODEL_*; flags override).",
+        description="Embedded offline Realtime-protocol engine (env GATEWAY_ENGINE_*; flags override).",
     )
     p.add_argument("--host")
     p.add_argument("--port", type=int)

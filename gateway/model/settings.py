@@ -1,4 +1,4 @@
-"""Settings of `gateway model`: environment `GATEWAY_MODEL_*`, then command-line flags on top."""
+"""Settings of `gateway model`: environment `GATEWAY_ENGINE_*`, then command-line flags on top."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ModelSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_MODEL_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_ENGINE_", extra="ignore")
 
     host: str = "127.0.0.1"
     port: int = Field(8092, ge=0, le=65535)
@@ -17,9 +17,9 @@ class ModelSettings(BaseSettings):
     # (the SDK always sends one, so the gateway's dummy key works).
     token: str | None = None
     default_profile: str = "front-desk"
-    # Shared with the gateway: GATEWAY_PROFILES_DIR (GATEWAY_MODEL_PROFILES_DIR wins if both are set).
+    # Shared with the gateway: GATEWAY_PROFILES_DIR (GATEWAY_ENGINE_PROFILES_DIR wins if both are set).
     profiles_dir: Path | None = Field(
-        None, validation_alias=AliasChoices("GATEWAY_MODEL_PROFILES_DIR", "GATEWAY_PROFILES_DIR")
+        None, validation_alias=AliasChoices("GATEWAY_ENGINE_PROFILES_DIR", "GATEWAY_PROFILES_DIR")
     )
     # Output audio is sent as `chunk_ms` deltas, the first `lead_ms` at once and the rest at `pace` x real
     # time (0 = all at once). Real time keeps a response "in progress" while it plays, so barge-in can
