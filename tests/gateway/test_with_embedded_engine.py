@@ -17,17 +17,20 @@ pytest.importorskip("gateway.model.server")
 
 
 @pytest.fixture(scope="module")
-def engine_url():
+def engine_url(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "gateway", "model", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The engine logs every turn: to a file, since an unread pipe would fill and stall it.
+    log_path = tmp_path_factory.mktemp("engine") / "engine.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"gateway model exited: {proc.stderr.read().decode()[-2000:]}")
+                pytest.fail(f"gateway model exited: {log_path.read_text(errors='replace')[-2000:]}")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
@@ -39,6 +42,7 @@ def engine_url():
     finally:
         proc.terminate()
         proc.wait(10)
+        log.close()
 
 
 @pytest.mark.parametrize("rate", [8000, 16000])
