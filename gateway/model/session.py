@@ -858,16 +858,8 @@ class RealtimeSession:
                 self._ev("response.output_text.delta", **base, delta=text),
                 self._ev("response.output_text.done", **base, text=text),
                 self._ev("response.content_part.done", **base, part={"type": "text", "text": text}),
-                self._ev(
-                    "response.output_item.done",
-                    response_id=r.id,
-                    output_index=index,
-                    item=copy.deepcopy(item),
-                ),
             ]
-            if r.conversation:
-                out.append(self._ev("conversation.item.done", item=copy.deepcopy(item)))
-            return out
+            return out + self._item_done(r, index, item)
         fmt = r.out_format["type"]
         out_rate, width = audio.FORMATS[fmt]
         speech = self.engines.synth.synthesize(
@@ -914,16 +906,8 @@ class RealtimeSession:
             self._ev("response.output_audio.done", **base),
             self._ev("response.output_audio_transcript.done", **base, transcript=heard),
             self._ev("response.content_part.done", **base, part={"type": "audio", "transcript": heard}),
-            self._ev(
-                "response.output_item.done",
-                response_id=r.id,
-                output_index=sp.output_index,
-                item=copy.deepcopy(sp.item),
-            ),
         ]
-        if r.conversation:
-            out.append(self._ev("conversation.item.done", item=copy.deepcopy(sp.item)))
-        return out
+        return out + self._item_done(r, sp.output_index, sp.item)
 
     def _continue(self, r: _Response, now: float) -> list[dict[str, Any]]:
         """After the spoken part (or instead of it): the tool call, then response.done."""
@@ -967,15 +951,8 @@ class RealtimeSession:
             out += [
                 self._ev("response.function_call_arguments.delta", **base, delta=args),
                 self._ev("response.function_call_arguments.done", **base, name=tool.name, arguments=args),
-                self._ev(
-                    "response.output_item.done",
-                    response_id=r.id,
-                    output_index=index,
-                    item=copy.deepcopy(item),
-                ),
             ]
-            if r.conversation:
-                out.append(self._ev("conversation.item.done", item=copy.deepcopy(item)))
+            out += self._item_done(r, index, item)
         out.append(self._done(r, "completed", None))
         return out
 
@@ -985,6 +962,15 @@ class RealtimeSession:
             out += self._finish_audio(r, "incomplete")
         # A tool call not yet emitted is dropped: a cancelled "goodbye" must not hang up the call.
         out.append(self._done(r, "cancelled", {"type": "cancelled", "reason": reason}))
+        return out
+
+    def _item_done(self, r: _Response, index: int, item: dict[str, Any]) -> list[dict[str, Any]]:
+        """Close an output item: `response.output_item.done`, and `conversation.item.done` when the
+        response writes to the conversation (an out-of-band response does not)."""
+        done = copy.deepcopy(item)
+        out = [self._ev("response.output_item.done", response_id=r.id, output_index=index, item=done)]
+        if r.conversation:
+            out.append(self._ev("conversation.item.done", item=copy.deepcopy(item)))
         return out
 
     def _done(self, r: _Response, status: str, details: dict[str, Any] | None) -> dict[str, Any]:
