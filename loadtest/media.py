@@ -106,34 +106,31 @@ def playout_jitter_ms(arrivals: list[tuple[float, int]], rate: int) -> list[floa
     return out
 
 
-def echo_frame_latencies_ms(arrivals: list[tuple[float, int]], speech: np.ndarray, rate: int,
-                            speech_end_t: float | None) -> list[float]:
-    """Per-frame latency with the null-echo model: echoed frame k arrives at cumulative reply byte
-    (k+1)*frame_bytes; it was sent at t0 + max(0, k-1)*20 ms (the client sends the first two frames
-    together, as mod_audio_stream does).  t0 is recovered from the send time of the last voiced
-    frame, which the client records."""
-    from gateway.client.call import SPEECH_RMS
-
-    if speech_end_t is None or not arrivals:
-        return []
-    frame_len = rate * 20 // 1000
-    n = max(1, -(-len(speech) // frame_len))
-    padded = np.zeros(n * frame_len, dtype=np.int16)
-    padded[: len(speech)] = speech
-    rms = np.sqrt((padded.reshape(n, frame_len).astype(np.float64) ** 2).mean(axis=1))
-    voiced = np.nonzero(rms > SPEECH_RMS)[0]
-    if not voiced.size:
-        return []
-    last = int(voiced[-1])
-    t0 = speech_end_t - max(0, last - 1) * FRAME_S
-    frame_bytes = frame_len * 2
+def echo_frame_latencies_ms(arrivals: list[tuple[float, int]], send_times: list[float],
+                            rate: int) -> list[float]:
+    """Per-frame latency with the null-echo model: echoed frame k completes at cumulative reply byte
+    (k+1)*frame_bytes and was handed to the socket at send_times[k] (the client records every send).
+    Earlier versions rebuilt the send times from the end-of-speech time and the nominal 20 ms schedule,
+    which shifted every frame of a call by however late that one send was."""
+    frame_bytes = rate * 20 // 1000 * 2
     out, received, k = [], 0, 0
     for t, nbytes in arrivals:
         received += nbytes
-        while (k + 1) * frame_bytes <= received:
-            out.append((t - (t0 + max(0, k - 1) * FRAME_S)) * 1000.0)
+        while (k + 1) * frame_bytes <= received and k < len(send_times):
+            out.append((t - send_times[k]) * 1000.0)
             k += 1
     return out
+
+
+def echo_delay_added_ms(latencies: list[float], window: int = 10) -> float | None:
+    """How much later the echo runs at the end of a call than at its start (median of the last
+    `window` frames minus median of the first).  The echo is a continuous real-time stream and the
+    gateway keeps at most its playout lead in flight, so every stall of either process longer than
+    the spare lead (about 40 ms) delays the rest of the call's echo for good: this is the sum of those
+    steps, as opposed to the gateway's per-frame pass-through time (the start-of-call figure)."""
+    if len(latencies) < 2 * window:
+        return None
+    return round(float(np.median(latencies[-window:]) - np.median(latencies[:window])), 2)
 
 
 def _prepare_dir(run_dir: Path) -> None:
@@ -259,8 +256,8 @@ async def drive_calls(load: MediaLoad, speech: np.ndarray, indices: list[int], r
                     reply_timeout=min(15.0, load.call_timeout_s)), timeout=load.call_timeout_s + 10)
                 rec.jitter = playout_jitter_ms(s.reply_arrivals, load.sample_rate)
                 if echo:
-                    rec.frame_latencies = echo_frame_latencies_ms(s.reply_arrivals, speech, load.sample_rate,
-                                                                  s.speech_end_t)
+                    rec.frame_latencies = echo_frame_latencies_ms(s.reply_arrivals, s.send_times,
+                                                                  load.sample_rate)
                 rec.summary = _light(s)
             except TimeoutError:
                 rec.error = "client timeout"
@@ -353,6 +350,15 @@ def _media_step(load: MediaLoad, records: list[CallRecord], t_run: float, speech
     step.setup_ms = latency_of([ms for _, ms in reply])
     frames = [x for r in finished for x in r.frame_latencies]
     step.frame_latency_ms = latency_of(frames) if frames else None
+    if frames:
+        # split the echo latency into the gateway's pass-through time (first frames of each call) and
+        # what stalls added on top for the rest of the call (see echo_delay_added_ms)
+        start = [x for r in finished for x in r.frame_latencies[:10]]
+        step.extra["echo_latency_call_start_p50_ms"] = round(float(np.median(start)), 2)
+        added = [a for a in (echo_delay_added_ms(r.frame_latencies) for r in finished) if a is not None]
+        if added:
+            step.extra["echo_delay_added_by_stalls_p50_ms"] = round(float(np.median(added)), 2)
+            step.extra["echo_delay_added_by_stalls_max_ms"] = round(float(np.max(added)), 2)
     jit = [x for r in finished for x in r.jitter]
     step.jitter_ms = latency_of(jit) if jit else None
     errors: dict[str, int] = {}

@@ -59,11 +59,14 @@ class CallSummary:
     # Not in the JSON: raw material for tests and the recorder.
     reply_pcm: bytes = field(default=b"", repr=False)
     reply_arrivals: list[tuple[float, int]] = field(default_factory=list, repr=False)  # (t, bytes)
-    speech_end_t: float | None = field(default=None, repr=False)
+    # When each binary frame was handed to the socket, in order: a measure of latency against the real
+    # send times, not a schedule reconstructed afterwards (which a late send would skew).
+    send_times: list[float] = field(default_factory=list, repr=False)
+    speech_end_t: float | None = field(default=None, repr=False)  # send time of the last voiced frame
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
-        for key in ("reply_pcm", "reply_arrivals", "speech_end_t"):
+        for key in ("reply_pcm", "reply_arrivals", "send_times", "speech_end_t"):
             doc.pop(key)
         return doc
 
@@ -246,6 +249,7 @@ async def place_call(
             if conn.server_closed.is_set() or conn.eof.is_set():
                 return False
             conn.send(wsf.OP_BINARY, payload)
+            s.send_times.append(time.monotonic())
             index += 1
             s.frames_sent += 1
             if index % 25 == 0:
@@ -273,8 +277,9 @@ async def place_call(
             if not alive:
                 break
             alive = await send_frame(frames[i].astype("<i2").tobytes())
-            if i == last_voiced:
-                s.speech_end_t = time.monotonic()
+            if i == last_voiced and alive:
+                # the send time itself: time.monotonic() here would also count the drain awaited after it
+                s.speech_end_t = s.send_times[-1]
         if s.speech_end_t is None:
             s.speech_end_t = time.monotonic()
         # 3) listen (streaming silence) until the answer has finished
