@@ -86,3 +86,40 @@ async def test_echo_latency_from_a_real_gateway_is_causal_for_every_frame(serve)
         assert len(latencies) == s.frames_received > 0
         # an echo cannot come back before its frame was sent
         assert min(latencies) >= 0.0
+
+
+@pytest.mark.slow
+async def test_during_a_media_run_a_full_collection_would_not_walk_the_generators_start_up_heap(
+        serve, tmp_path):
+    """A full (generation 2) collection stops the event loop, and so every call's sending at once, for
+    as long as it walks the objects in generation 2; the generator's start-up heap (numpy, pydantic,
+    httpx, ...) must not be among them while calls run."""
+    import gc
+
+    from loadtest.media import MediaLoad, run_media
+
+    admin = _free_tcp_port()
+    gw = serve("serve", "--media-host", "127.0.0.1", "--admin-host", "127.0.0.1",
+               "--admin-port", str(admin), "--model-backend", "null-echo",
+               port_flag="--media-port", name="gateway")
+    gc.collect()
+    start_up = len(gc.get_objects(generation=2))
+    assert start_up > 20000  # this process has the start-up heap the generator has
+    walked: list[int] = []
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            walked.append(len(gc.get_objects(generation=2)))
+
+    watcher = asyncio.create_task(watch())
+    load = MediaLoad(url=f"ws://127.0.0.1:{gw.port}", calls=4, concurrency=4, rate=8, model="null-echo",
+                     ready_url=f"http://127.0.0.1:{admin}/readyz")
+    result = await run_media(load, tmp_path / "run")
+    watcher.cancel()
+    assert result.steps[0].successful == 4, result.verdict
+    assert len(walked) >= 4
+    # while the calls ran, generation 2 held only what the run itself had promoted there
+    assert max(walked[1:-1] or walked) < start_up / 4
+    # and after the run the process collects as before (nothing left frozen)
+    assert gc.get_freeze_count() == 0
