@@ -28,6 +28,7 @@ from gateway.fallback import FallbackPrompts
 from gateway.log import fields, setup_logging
 from gateway.profiles import ProfileError, ProfileSet, load_profiles
 from gateway.proto import audio_stream as wire
+from gateway.runtime import freeze_startup_heap
 from gateway.settings import Settings, load_settings
 
 log = logging.getLogger("gateway.serve")
@@ -247,6 +248,7 @@ async def run_server(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await gateway.start()
+    freeze_startup_heap()
     await stop.wait()
     await gateway.shutdown()
     return 0

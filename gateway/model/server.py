@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from ..runtime import freeze_startup_heap
 from .asr import PhoneDecoder, PhraseRecognizer
 from .profiles import EngineProfile, load_profiles, profiles_dir
 from .session import Engines, RealtimeSession
@@ -242,6 +243,7 @@ async def serve(settings: ModelSettings, ready: asyncio.Event | None = None) -> 
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
+    freeze_startup_heap()
     sockets = site._server.sockets if site._server else []  # noqa: SLF001 - the bound port when port=0
     port = sockets[0].getsockname()[1] if sockets else settings.port
     log.info(
