@@ -10,7 +10,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-DEFAULT_QUESTION = "Hello, I would like to book a table for two people tomorrow evening at seven."
+# A question the shipped front-desk profile answers, so a media load against the embedded engine
+# exercises recognition and a real reply, not only the "did not catch that" fallback.
+DEFAULT_QUESTION = "What are your opening hours?"
 
 
 class AudioToolMissing(RuntimeError):

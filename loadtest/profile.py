@@ -13,6 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from loadtest.audio import DEFAULT_QUESTION
+
 # SIPp -t modes: one socket for all calls (u1/t1) or one per call (un/tn).  TLS is absent from the
 # Debian sipp build ("To use a TLS transport you must compile SIPp with OpenSSL").
 TRANSPORTS = {"udp": "u1", "tcp": "t1", "udp-per-call": "un", "tcp-per-call": "tn"}
@@ -58,8 +60,7 @@ class Profile(BaseModel):
     media_ip: str | None = None
     inf: str | None = Field(None, description="-inf CSV; default: generated callers with X-Twilio-CallSid")
     dialled: str = Field("+18005550100", description="dialled number in the generated CSV")
-    question: str = Field("Hello, I would like to book a table for two people tomorrow evening at seven.",
-                          description="spoken with espeak-ng into question.ulaw for rtp_stream")
+    question: str = Field(DEFAULT_QUESTION, description="spoken by espeak-ng for rtp_stream")
     audio: str | None = Field(None, description="headerless 8 kHz mu-law file instead of `question`")
     extra_args: list[str] = Field(default_factory=list, description="passed to sipp as they are")
     thresholds: Thresholds = Field(default_factory=Thresholds)
