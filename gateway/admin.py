@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from gateway import __version__
+from gateway.call.control import CallControlError
 from gateway.metrics import REGISTRY
 
 if TYPE_CHECKING:
@@ -42,13 +43,10 @@ def make_admin_app(gateway: Gateway) -> FastAPI:
     async def _verb(coro: Any) -> None:
         try:
             await coro
-        except Exception as exc:
-            if type(exc).__name__ == "CallControlError":
-                # FreeSWITCH's own -ERR text; 400 when the verb refused the target before sending it
-                status = getattr(exc, "status", 502)
-                status = status if status in (400, 404, 409, 502, 503, 504) else 502
-                raise HTTPException(status, str(exc)) from None
-            raise
+        except CallControlError as exc:
+            # FreeSWITCH's own -ERR text; 400 when the verb refused the target before sending it
+            status = exc.status if exc.status in (400, 404, 409, 502, 503, 504) else 502
+            raise HTTPException(status, str(exc)) from None
 
     @app.get("/healthz", summary="the process is alive")
     async def healthz() -> dict[str, str]:

@@ -16,13 +16,13 @@ import logging
 import signal
 import socket
 import sys
-from typing import Any
 
 import uvicorn
 from aiohttp import web
 from pydantic import ValidationError
 
 from gateway import metrics as m
+from gateway.call.control import ControlPlane
 from gateway.call.session import CallSession
 from gateway.fallback import FallbackPrompts
 from gateway.log import fields, setup_logging
@@ -47,7 +47,7 @@ class Gateway:
         self.calls: dict[str, CallSession] = {}
         self.draining = False
         self.started = False
-        self.control_plane: Any = None
+        self.control_plane: ControlPlane | None = None
         self.control_error: str | None = None
         self._tokens = [t.encode() for t in settings.auth_tokens]
         self._runner: web.AppRunner | None = None
@@ -200,13 +200,8 @@ class _AdminServer(uvicorn.Server):
         yield
 
 
-async def _start_control_plane(s: Settings) -> Any:
+async def _start_control_plane(s: Settings) -> ControlPlane | None:
     if not s.esl_workers:
-        return None
-    try:
-        from gateway.call.control import ControlPlane  # ESL helper's module; optional until it lands
-    except ImportError as exc:
-        log.warning("GATEWAY_ESL_WORKERS set but call control is not available", extra=fields(error=str(exc)))
         return None
     try:
         plane = ControlPlane.from_settings(dict(s.esl_workers), dict(s.playback_mode) or None)
