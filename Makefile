@@ -13,6 +13,7 @@ demo: deps
 	$(PY) -m gateway.demo
 
 test: deps
+	$(VENV)/bin/ruff check gateway dispatcher loadtest tests benchmarks
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 # The Ansible roles applied for real into a debootstrapped Debian 12 root (needs root and the Debian
@@ -41,7 +42,7 @@ lock:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > requirements/lock.txt
 
 lint: deps
-	$(VENV)/bin/ruff check gateway dispatcher loadtest tests
+	$(VENV)/bin/ruff check gateway dispatcher loadtest tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -5,7 +5,8 @@ import sys
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=60)
+    cmd = [sys.executable, "-m", "gateway", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
 def test_help_lists_every_subcommand():
