@@ -52,7 +52,8 @@ def live_edge(tmp_path: Path, stand_ins: list[SippUas]) -> Iterator[Callable[...
         pytest.skip("kamailio is installed by `make test`")
     edges: list[KamailioEdge] = []
 
-    def make(n_workers: int = 2, *, sipp: bool = True, attrs: dict[str, str] | None = None) -> KamailioEdge:
+    def make(n_workers: int = 2, *, sipp: bool = True, attrs: dict[str, str] | None = None,
+             defines: dict[str, object] | None = None) -> KamailioEdge:
         attrs = attrs or {}
         workers = []
         for i in range(n_workers):
@@ -62,7 +63,7 @@ def live_edge(tmp_path: Path, stand_ins: list[SippUas]) -> Iterator[Callable[...
                 workers.append(Worker(f"fs{i + 1}", uas.host, uas.port, attrs.get(f"fs{i + 1}", "")))
             else:
                 workers.append(Worker(f"fs{i + 1}", WORKER_IPS[i], 5080 + i, attrs.get(f"fs{i + 1}", "")))
-        edge = KamailioEdge(tmp_path / "edge", workers=workers)
+        edge = KamailioEdge(tmp_path / "edge", workers=workers, defines=defines or {})
         edge.start()
         edges.append(edge)
         return edge

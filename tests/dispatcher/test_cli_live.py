@@ -196,12 +196,14 @@ async def test_add_refuses_an_invalid_uri_and_a_duplicate_without_touching_the_f
 
 
 async def test_reload_waits_out_kamailios_rate_limit_instead_of_failing(live_edge) -> None:
-    edge = live_edge(1, sipp=False)
+    # Kamailio compares whole seconds: with a 1 s delta the refusal window can shrink to nothing when the
+    # first reload lands at the end of a second, so this test gives it 3 s.
+    edge = live_edge(1, sipp=False, defines={"DS_RELOAD_DELTA": 3})
     async with KamailioRpc(edge.rpc_url) as rpc:
-        await rpc.reload(reload_delta=1)
+        await rpc.reload(reload_delta=3)
         # Kamailio itself refuses a second reload within reload_delta...
         with pytest.raises(KamailioRefused, match="Ongoing reload"):
             await rpc.call("dispatcher.reload")
         # ...the client waits it out.
-        await rpc.reload(reload_delta=1)
+        await rpc.reload(reload_delta=3)
         assert [d["URI"] for d in await rpc.dispatcher_list()] == [f"sip:{WORKER_IPS[0]}:5080"]
