@@ -92,24 +92,34 @@ class ProfileSet:
         return self.profiles[self.default]
 
 
+def read_profile_file(path: Path) -> dict[str, Any]:
+    """One profile file as a mapping, `name` defaulting to the file's stem. The gateway and the embedded
+    engine each validate their own part of it, but read it the same way."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ProfileError(f"{path}: cannot read YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: a profile must be a mapping")
+    data.setdefault("name", path.stem)
+    return data
+
+
+def load_profile(path: Path) -> Profile:
+    try:
+        return Profile.model_validate(read_profile_file(path))
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ProfileError(f"{path}: {fields}") from None
+
+
 def load_profiles(directory: Path, default: str) -> ProfileSet:
     profiles: dict[str, Profile] = {}
     files = sorted(Path(directory).glob("*.yaml")) + sorted(Path(directory).glob("*.yml"))
     if not files:
         raise ProfileError(f"no profile files (*.yaml) in {directory}")
     for path in files:
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise ProfileError(f"{path}: cannot read YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ProfileError(f"{path}: a profile must be a mapping")
-        data.setdefault("name", path.stem)
-        try:
-            profile = Profile.model_validate(data)
-        except ValidationError as exc:
-            fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ProfileError(f"{path}: {fields}") from None
+        profile = load_profile(path)
         if profile.name in profiles:
             raise ProfileError(f"{path}: duplicate profile name {profile.name!r}")
         profiles[profile.name] = profile

@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.profiles import ProfileError, read_profile_file
 
 log = logging.getLogger("gateway.model.profiles")
 
@@ -55,9 +56,6 @@ class EngineProfile(BaseModel):
         return [ex for intent in self.dialogue.intents for ex in intent.examples]
 
 
-class ProfileError(ValueError):
-    """A profile file that cannot be used; the message names the file and the field."""
-
 
 def profiles_dir(configured: str | os.PathLike[str] | None = None) -> Path:
     if configured:
@@ -67,13 +65,7 @@ def profiles_dir(configured: str | os.PathLike[str] | None = None) -> Path:
 
 
 def load_profile(path: Path) -> EngineProfile:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ProfileError(f"{path}: cannot read profile: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ProfileError(f"{path}: a profile must be a YAML mapping")
-    data.setdefault("name", path.stem)
+    data = read_profile_file(path)
     try:
         return EngineProfile.model_validate(data)
     except ValidationError as exc:

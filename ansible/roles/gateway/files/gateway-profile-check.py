@@ -7,15 +7,12 @@ load it at start-up. Installed by the gateway role; used by its `validate:` step
 import sys
 from pathlib import Path
 
-import yaml
-
-from gateway.model.profiles import load_profile
-from gateway.profiles import Profile
+from gateway.model.profiles import load_profile as load_engine_profile
+from gateway.profiles import ProfileError, load_profile
 
 path = Path(sys.argv[1])
-data = yaml.safe_load(path.read_text(encoding="utf-8"))
-if not isinstance(data, dict):
-    sys.exit(f"{path}: a profile must be a YAML mapping")
-data.setdefault("name", path.stem)
-Profile.model_validate(data)
-load_profile(path)
+try:
+    load_profile(path)
+    load_engine_profile(path)
+except ProfileError as exc:
+    sys.exit(str(exc))
