@@ -12,22 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from lt_helpers import SIPP, TEST_SCENARIOS, free_tcp_port, need_sipp, run_uac  # noqa: F401 - re-exported to fixtures
 
 from loadtest import scenario_path
 from loadtest.audio import DEFAULT_QUESTION, speak_ulaw
 from loadtest.ports import free_udp_port
 
 REPO = Path(__file__).resolve().parents[2]
-TEST_SCENARIOS = Path(__file__).resolve().parent / "scenarios"
-SIPP = shutil.which("sipp")
-
-
-def need_sipp() -> str:
-    if SIPP is None:
-        pytest.skip("sipp (Debian package sip-tester) is not installed; `make test` installs it")
-    return SIPP
-
-
 @dataclass
 class Uas:
     """A background SIPp UAS (worker stand-in) on 127.0.0.1."""
@@ -90,19 +81,6 @@ def start_uas(tmp_path: Path) -> Iterator:
             uas.proc.stderr.close()
 
 
-def run_uac(workdir: Path, target: str, scenario: str | Path, *extra: str,
-            timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run a SIPp UAC to completion (bounded by -timeout and a hard subprocess timeout)."""
-    sipp = need_sipp()
-    path = Path(scenario) if Path(scenario).is_file() else scenario_path(str(scenario))
-    workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [sipp, target, "-sf", str(path), "-i", "127.0.0.1", "-p", str(free_udp_port()),
-           "-mp", str(free_udp_port(span=2, step=2, even=True)), "-nostdin",
-           "-timeout", f"{int(timeout)}s", "-trace_stat", "-stf", "stat.csv", "-fd", "1",
-           "-trace_err", "-error_file", "err.log", "-trace_screen", "-screen_file", "screen.log", *extra]
-    return subprocess.run(cmd, cwd=workdir, capture_output=True, timeout=timeout + 30)
-
-
 def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
     import socket
 
@@ -134,7 +112,7 @@ def serve(tmp_path: Path) -> Iterator:
     running: list[Served] = []
 
     def _start(*args: str, port_flag: str, name: str) -> Served:
-        port = _free_tcp_port()
+        port = free_tcp_port()
         log = tmp_path / f"{name}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "gateway", *args, port_flag, str(port)],
@@ -154,11 +132,3 @@ def serve(tmp_path: Path) -> Iterator:
             except subprocess.TimeoutExpired:
                 served.proc.kill()
                 served.proc.wait()
-
-
-def _free_tcp_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -8,7 +8,7 @@ import uuid
 
 import numpy as np
 import pytest
-from conftest import _free_tcp_port
+from lt_helpers import free_tcp_port
 
 from gateway.client.call import place_call
 from loadtest.media import echo_delay_added_ms, echo_frame_latencies_ms, wait_ready
@@ -60,7 +60,7 @@ def test_a_stall_longer_than_the_spare_lead_delays_the_rest_of_the_echo_and_is_r
 
 @pytest.mark.slow
 async def test_echo_latency_from_a_real_gateway_is_causal_for_every_frame(serve):
-    admin = _free_tcp_port()
+    admin = free_tcp_port()
     gw = serve("serve", "--media-host", "127.0.0.1", "--admin-host", "127.0.0.1",
                "--admin-port", str(admin), "--model-backend", "null-echo",
                port_flag="--media-port", name="gateway")
@@ -98,7 +98,7 @@ async def test_during_a_media_run_a_full_collection_would_not_walk_the_generator
 
     from loadtest.media import MediaLoad, run_media
 
-    admin = _free_tcp_port()
+    admin = free_tcp_port()
     gw = serve("serve", "--media-host", "127.0.0.1", "--admin-host", "127.0.0.1",
                "--admin-port", str(admin), "--model-backend", "null-echo",
                port_flag="--media-port", name="gateway")

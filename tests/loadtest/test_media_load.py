@@ -6,7 +6,7 @@ import json
 
 import matplotlib.image as mpimg
 import pytest
-from conftest import _free_tcp_port
+from lt_helpers import free_tcp_port
 
 from loadtest.cli import main
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_dozen_concurrent_calls_against_the_null_echo_gateway(serve, tmp_path):
-    admin = _free_tcp_port()
+    admin = free_tcp_port()
     gw = serve("serve", "--media-host", "127.0.0.1", "--admin-host", "127.0.0.1",
                "--admin-port", str(admin), "--model-backend", "null-echo",
                port_flag="--media-port", name="gateway")
@@ -43,7 +43,7 @@ def test_two_dozen_concurrent_calls_against_the_null_echo_gateway(serve, tmp_pat
 
 def test_calls_against_the_embedded_engine_measure_end_of_speech_to_first_reply(serve, tmp_path):
     engine = serve("model", "--host", "127.0.0.1", port_flag="--port", name="engine")
-    admin = _free_tcp_port()
+    admin = free_tcp_port()
     gw = serve("serve", "--media-host", "127.0.0.1", "--admin-host", "127.0.0.1",
                "--admin-port", str(admin), "--model-url", f"ws://127.0.0.1:{engine.port}/v1",
                port_flag="--media-port", name="gateway")
@@ -67,8 +67,8 @@ def test_calls_against_the_embedded_engine_measure_end_of_speech_to_first_reply(
 
 def test_a_gateway_that_never_gets_ready_is_a_tool_failure(tmp_path):
     out = tmp_path / "media"
-    code = main(["media", "--url", f"ws://127.0.0.1:{_free_tcp_port()}", "--ready-url",
-                 f"http://127.0.0.1:{_free_tcp_port()}/readyz", "--model", "null-echo", "--calls", "2",
+    code = main(["media", "--url", f"ws://127.0.0.1:{free_tcp_port()}", "--ready-url",
+                 f"http://127.0.0.1:{free_tcp_port()}/readyz", "--model", "null-echo", "--calls", "2",
                  "--quiet", "--out", str(out), "--ready-timeout", "1"])
     assert code == 3
     assert "not ready" in json.loads((out / "report.json").read_text())["verdict"]
@@ -76,7 +76,7 @@ def test_a_gateway_that_never_gets_ready_is_a_tool_failure(tmp_path):
 
 def test_an_unreachable_gateway_is_a_tool_failure_not_a_pass(tmp_path):
     out = tmp_path / "media"
-    code = main(["media", "--url", f"ws://127.0.0.1:{_free_tcp_port()}", "--model", "null-echo",
+    code = main(["media", "--url", f"ws://127.0.0.1:{free_tcp_port()}", "--model", "null-echo",
                  "--calls", "2", "--concurrency", "2", "--rate", "10", "--quiet", "--out", str(out)])
     assert code == 3
     report = json.loads((out / "report.json").read_text())
@@ -85,7 +85,7 @@ def test_an_unreachable_gateway_is_a_tool_failure_not_a_pass(tmp_path):
 
 
 def test_calls_split_over_generator_processes_are_merged_on_one_time_axis(serve, tmp_path):
-    admin = _free_tcp_port()
+    admin = free_tcp_port()
     gw = serve("serve", "--media-host", "127.0.0.1", "--admin-host", "127.0.0.1",
                "--admin-port", str(admin), "--model-backend", "null-echo",
                port_flag="--media-port", name="gateway")

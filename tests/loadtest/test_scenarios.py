@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import TEST_SCENARIOS, run_uac
+from lt_helpers import TEST_SCENARIOS, run_uac
 
 from loadtest import SCENARIO_DIR
 from loadtest.sippstat import parse_stat_csv, summarize_errors

@@ -10,11 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 import pytest
-from aiohttp import web
-from model_helpers import SOX_OUT, Conversation, silence
-
-from gateway.model.server import Engine, build_app
-from gateway.model.settings import ModelSettings
+from model_helpers import SOX_OUT, Conversation, silence, start_engine
 
 
 def _need(tool: str) -> None:
@@ -43,26 +39,6 @@ def say() -> Callable[..., bytes]:
         return silence(fmt, lead_ms) + _speak(text, fmt) + silence(fmt, tail_ms)
 
     return make
-
-
-@lru_cache(maxsize=1)
-def _engine_defaults() -> Engine:
-    # Loading the phone decoder and synthesiser once per test run keeps the suite quick.
-    return Engine(ModelSettings())
-
-
-async def start_engine(**settings: Any) -> tuple[web.AppRunner, int, Engine]:
-    base = _engine_defaults()
-    engine = Engine.__new__(Engine)
-    engine.__dict__.update(base.__dict__)
-    engine.settings = ModelSettings(**settings)
-    engine.sessions = 0
-    runner = web.AppRunner(build_app(engine), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - the port bound for port 0
-    return runner, port, engine
 
 
 @pytest.fixture

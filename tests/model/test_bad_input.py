@@ -6,8 +6,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from conftest import start_engine
-from model_helpers import front_desk_update
+from model_helpers import front_desk_update, start_engine
 
 
 async def errors_for(conv, send, event_id: str | None = None) -> dict:

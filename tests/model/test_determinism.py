@@ -6,8 +6,7 @@ from __future__ import annotations
 import base64
 import json
 
-from conftest import _engine_defaults, start_engine
-from model_helpers import Conversation, front_desk_update
+from model_helpers import Conversation, _engine_defaults, front_desk_update, start_engine
 
 from gateway.model.session import RealtimeSession
 

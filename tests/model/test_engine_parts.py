@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import _engine_defaults
+from model_helpers import _engine_defaults
 
 from gateway.model import audio
 from gateway.model.dialogue import DialogueEngine, say_exactly

@@ -6,9 +6,9 @@ from __future__ import annotations
 import base64
 import json
 
-from conftest import _engine_defaults
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from model_helpers import _engine_defaults
 
 from gateway.model.session import CLIENT_EVENT_MODELS, RealtimeSession
 from gateway.model.validate import validate_server_event
