@@ -31,7 +31,8 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_KAMAILIO, EXIT_WORKER, EXIT_TIMEOUT = 0,
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dispatcher", description=__doc__.split("\n\n")[0],
                                 epilog="Settings: DISPATCHER_* environment variables (docs/dispatcher.md).")
-    p.add_argument("--rpc-url", help="Kamailio JSON-RPC URL (DISPATCHER_RPC_URL, default http://127.0.0.1:5080/RPC)")
+    p.add_argument("--rpc-url", help="Kamailio JSON-RPC: unix:/path or http://host:port/RPC "
+                   "(DISPATCHER_RPC_URL, default unix:/run/kamailio/kamailio_rpc.sock)")
     p.add_argument("--list-file", type=Path, help="dispatcher.list Kamailio loads (DISPATCHER_LIST_FILE)")
     p.add_argument("--setid", type=int, help="dispatcher set of the workers (DISPATCHER_SETID)")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -146,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     overrides = {k: v for k, v in (("rpc_url", args.rpc_url), ("list_file", args.list_file),
                                    ("setid", args.setid)) if v is not None}
-    settings = settings.model_copy(update=overrides)
+    try:
+        settings = DispatcherSettings.model_validate(settings.model_dump() | overrides)
+    except ValidationError as exc:
+        _say(f"error: invalid setting: {exc}")
+        return EXIT_USAGE
     try:
         return asyncio.run(_run(args, settings))
     except KamailioUnreachable as exc:

@@ -43,6 +43,14 @@ class UnknownWorker(DispatcherError):
     pass
 
 
+class NoEslPassword(DispatcherError):
+    """No usable ESL password for a worker: there is deliberately no default (FreeSWITCH ships ClueCon)."""
+
+
+# Shipped sample values that must never authenticate anything.
+PLACEHOLDER_SECRETS = frozenset({"clucon", "cluecon", "change-me", "changeme"})
+
+
 class NotActiveInTime(DispatcherError):
     """enable: the worker's OPTIONS probes kept failing until the timeout."""
 
@@ -120,6 +128,16 @@ class EdgeControl:
         return found
 
     def esl_address(self, worker: WorkerStatus) -> tuple[str, int, str]:
+        host, port, password = self._esl_address(worker)
+        if not password:
+            raise NoEslPassword(f"{worker.name}: no ESL password set: set DISPATCHER_ESL_PASSWORD (or "
+                                f"host:port:password in DISPATCHER_ESL_WORKERS); there is no default")
+        if password.lower() in PLACEHOLDER_SECRETS:
+            raise NoEslPassword(f"{worker.name}: the ESL password is the placeholder {password!r}: set "
+                                f"DISPATCHER_ESL_PASSWORD to the event socket password FreeSWITCH uses")
+        return host, port, password
+
+    def _esl_address(self, worker: WorkerStatus) -> tuple[str, int, str]:
         configured = self.settings.esl_workers.get(worker.duid or "")
         if configured:
             host, _, rest = configured.partition(":")

@@ -91,7 +91,7 @@ async def fake_fs() -> AsyncIterator[Callable[..., object]]:
     started = []
 
     async def make(host: str = "127.0.0.1", calls: int = 0):
-        fs = fakes_mod.FakeFreeSwitch(password="ClueCon", host=host)
+        fs = fakes_mod.FakeFreeSwitch(password="dispatch-test-secret", host=host)
         await fs.start()
         fs.calls = calls
         started.append(fs)

@@ -43,7 +43,8 @@ async def test_status_exits_4_and_names_the_worker_whose_esl_is_down(cli_env, li
     edge = live_edge(2, sipp=False)
     fs1 = await fake_fs(WORKER_IPS[0], calls=1)
     # fs2's event socket: a port nobody listens on.
-    env = cli_env(edge, {"fs1": fs1.address, "fs2": f"{WORKER_IPS[1]}:{free_port(WORKER_IPS[1])}:ClueCon"})
+    fs2 = f"{WORKER_IPS[1]}:{free_port(WORKER_IPS[1])}:dispatch-test-secret"
+    env = cli_env(edge, {"fs1": fs1.address, "fs2": fs2})
     run = await run_cli("status", env=env)
     assert run.returncode == 4
     assert "fs2" in run.stderr and "unreachable" in run.stdout
@@ -124,7 +125,7 @@ async def test_drain_wait_times_out_with_exit_5_and_the_worker_stays_drained(cli
 
 async def test_drain_wait_with_freeswitch_unreachable_is_exit_4(cli_env, live_edge, run_cli) -> None:
     edge = live_edge(1, sipp=False)
-    env = cli_env(edge, {"fs1": f"{WORKER_IPS[0]}:{free_port(WORKER_IPS[0])}:ClueCon"})
+    env = cli_env(edge, {"fs1": f"{WORKER_IPS[0]}:{free_port(WORKER_IPS[0])}:dispatch-test-secret"})
     run = await run_cli("drain", "fs1", "--wait", "--timeout", "5", env=env)
     assert run.returncode == 4
     assert "ESL" in run.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.control import DrainTimeout, EdgeControl, WorkerStatus
+from dispatcher.control import DrainTimeout, EdgeControl, NoEslPassword, WorkerStatus
 from dispatcher.esl import WorkerUnreachable
 from dispatcher.settings import DispatcherSettings
 
@@ -34,6 +34,7 @@ class Clock:
 
 
 def control(script: Script, **settings: object) -> EdgeControl:
+    settings.setdefault("esl_password", "unit-test-secret")
     return EdgeControl(DispatcherSettings(poll_interval=0.001, **settings), rpc=None, count_calls=script)  # type: ignore[arg-type]
 
 
@@ -74,3 +75,21 @@ async def test_esl_address_comes_from_settings_then_attrs_then_the_uri() -> None
     await ctl.count_calls(worker())
     assert script.asked == [("192.0.2.5", 9021, "s3cret"), ("10.0.0.99", 8022, "pw"),
                             ("10.0.0.11", 8021, "pw")]
+
+
+@pytest.mark.parametrize("password", ["", "ClueCon", "change-me"])
+async def test_no_esl_password_or_a_placeholder_is_refused_before_any_connection(password: str,
+                                                                                  monkeypatch) -> None:
+    monkeypatch.delenv("DISPATCHER_ESL_PASSWORD", raising=False)
+    script = Script(0)
+    ctl = control(script, esl_password=password)
+    with pytest.raises(NoEslPassword, match="DISPATCHER_ESL_PASSWORD"):
+        await ctl.count_calls(worker())
+    # Nothing was sent to the worker: no guess at FreeSWITCH's stock password.
+    assert script.asked == []
+
+
+def test_rpc_address_defaults_to_the_unix_socket_and_rejects_other_schemes() -> None:
+    assert DispatcherSettings().rpc_url == "unix:/run/kamailio/kamailio_rpc.sock"
+    with pytest.raises(ValueError, match="unix:/path"):
+        DispatcherSettings(rpc_url="ftp://10.0.0.2/RPC")

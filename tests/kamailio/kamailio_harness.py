@@ -8,18 +8,18 @@ rendered ``kamailio-local.cfg`` (random ports, test paths), ``dispatcher.list`` 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import httpx
 
 REPO = Path(__file__).resolve().parents[2]
 KAMAILIO_CFG = REPO / "kamailio-conf" / "kamailio.cfg"
@@ -104,15 +104,20 @@ class KamailioEdge:
     shm_mb: int = 256
     log_level: int = 2
     extra_args: tuple[str, ...] = ()
+    # Address of every listener (public, private, HTTP RPC); tests in tests/security use their own.
+    host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.rundir = self.workdir / "run"
         self.rundir.mkdir(exist_ok=True)
-        self.sip_port = free_port()
-        self.private_port = free_port()
-        self.rpc_port = free_port()
-        self.tls_port = free_port()  # only listened on with WITH_TLS; never the fixed 5061
+        # A UNIX socket path must stay under 108 bytes: pytest's tmp paths can be longer.
+        self.sockdir = Path(tempfile.mkdtemp(prefix="kam-", dir="/tmp"))
+        self.rpc_socket = self.sockdir / "rpc.sock"
+        self.sip_port = free_port(self.host)
+        self.private_port = free_port(self.host)
+        self.rpc_port = free_port(self.host)  # only listened on with WITH_HTTP_RPC / WITH_PROMETHEUS
+        self.tls_port = free_port(self.host)  # only listened on with WITH_TLS; never the fixed 5061
         self.cfg = self.workdir / "kamailio.cfg"
         self.local_cfg = self.workdir / "kamailio-local.cfg"
         self.dispatcher_list = self.workdir / "dispatcher.list"
@@ -123,23 +128,38 @@ class KamailioEdge:
 
     @property
     def rpc_url(self) -> str:
-        return f"http://127.0.0.1:{self.rpc_port}/RPC"
+        """The JSON-RPC address the `dispatcher` CLI takes (the default transport: UNIX socket)."""
+        return f"unix:{self.rpc_socket}"
+
+    @property
+    def http_rpc_url(self) -> str:
+        """JSON-RPC over HTTP, served only with WITH_HTTP_RPC."""
+        return f"http://{self.host}:{self.rpc_port}/RPC"
 
     @property
     def sip_target(self) -> str:
-        return f"127.0.0.1:{self.sip_port}"
+        return f"{self.host}:{self.sip_port}"
+
+    @property
+    def sip_addr(self) -> tuple[str, int]:
+        return self.host, self.sip_port
+
+    @property
+    def private_addr(self) -> tuple[str, int]:
+        return self.host, self.private_port
 
     def render(self) -> None:
         shutil.copy(KAMAILIO_CFG, self.cfg)
         values: dict[str, str | int | None] = {
-            "EDGE_PUBLIC_ADDR": "127.0.0.1",
+            "EDGE_PUBLIC_ADDR": self.host,
             "EDGE_SIP_PORT": self.sip_port,
             "EDGE_TLS_PORT": self.tls_port,
-            "EDGE_PRIVATE_ADDR": "127.0.0.1",
+            "EDGE_PRIVATE_ADDR": self.host,
             "EDGE_PRIVATE_PORT": self.private_port,
-            "RPC_ADDR": "127.0.0.1",
+            "RPC_ADDR": self.host,
             "RPC_PORT": self.rpc_port,
-            "CTL_SOCKET": f'"unix:{self.rundir}/kamailio_ctl"',
+            "RPC_SOCKET": f'"{self.rpc_socket}"',
+            "CTL_SOCKET": f'"unix:{self.sockdir}/kamailio_ctl"',
             "DISPATCHER_LIST": f'"{self.dispatcher_list}"',
             "ADDRESS_LIST": f'"{self.address_list}"',
             "DS_PING_INTERVAL": 1,
@@ -171,7 +191,7 @@ class KamailioEdge:
         return subprocess.run(self.command("-c"), cwd=self.workdir, capture_output=True, text=True,
                               timeout=30)
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 30.0) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(self.command("-DD", "-E"), cwd=self.workdir, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -181,9 +201,9 @@ class KamailioEdge:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"kamailio exited {self.proc.returncode}:\n{self.log()[-3000:]}")
             try:
-                self.rpc("core.uptime")
+                self.rpc("core.uptime", timeout=0.5)
                 return
-            except (httpx.HTTPError, OSError):
+            except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"kamailio RPC did not come up:\n{self.log()[-3000:]}")
 
@@ -191,6 +211,12 @@ class KamailioEdge:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
+        try:
+            self._stop()
+        finally:
+            shutil.rmtree(self.sockdir, ignore_errors=True)
+
+    def _stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
@@ -203,9 +229,14 @@ class KamailioEdge:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def rpc(self, method: str, *params: object) -> object:
-        body = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}
-        reply = httpx.post(self.rpc_url, json=body, timeout=5.0).json()
+    def rpc(self, method: str, *params: object, timeout: float = 5.0) -> object:
+        """One JSON-RPC call over the edge's UNIX datagram socket (jsonrpcs dgram transport)."""
+        body = json.dumps({"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}).encode()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.bind("")  # Linux autobind: an abstract address Kamailio replies to
+            s.settimeout(timeout)
+            s.sendto(body, str(self.rpc_socket))
+            reply = json.loads(s.recv(1 << 17))
         if "error" in reply:
             raise RuntimeError(f"{method}: {reply['error']}")
         return reply.get("result")

@@ -19,7 +19,9 @@ SWITCH_SETS = {
     "behind_nat": {"EDGE_ADVERTISE_ADDR": "198.51.100.7"},
     "nat_and_tls": {"EDGE_ADVERTISE_ADDR": "198.51.100.7", "WITH_TLS": None},
     "call_load": {"DS_ALG": 10},
-    "everything": {"WITH_TLS": None, "WITH_TOPOH": None, "WITH_PROMETHEUS": None, "DS_ALG": 11},
+    "with_http_rpc": {"WITH_HTTP_RPC": None},
+    "everything": {"WITH_TLS": None, "WITH_TOPOH": None, "TOPOH_MASK_KEY": '"test-key"',
+                   "WITH_PROMETHEUS": None, "WITH_HTTP_RPC": None, "DS_ALG": 11},
 }
 
 

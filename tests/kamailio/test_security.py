@@ -152,11 +152,26 @@ def test_malformed_sip_is_refused_and_the_edge_stays_up(edge, workers) -> None:
     assert (stats.successful, stats.failed) == (2, 0)
 
 
-def test_json_rpc_is_served_only_on_the_rpc_listener(edge) -> None:
+def test_json_rpc_is_served_only_on_its_unix_socket_by_default(edge) -> None:
     e = edge([])
+    assert "uptime" in e.rpc("core.uptime")
+    # No HTTP listener at all unless WITH_HTTP_RPC / WITH_PROMETHEUS.
+    with pytest.raises(httpx.ConnectError):
+        httpx.post(f"http://127.0.0.1:{e.rpc_port}/RPC",
+                   json={"jsonrpc": "2.0", "method": "core.uptime", "id": 1}, timeout=5)
+    # The carrier-facing TCP port speaks SIP only: an HTTP request there gets no JSON-RPC answer.
+    try:
+        reply = httpx.post(f"http://127.0.0.1:{e.sip_port}/RPC",
+                           json={"jsonrpc": "2.0", "method": "core.uptime", "id": 1}, timeout=2)
+        assert "uptime" not in reply.text
+    except httpx.HTTPError:
+        pass
+
+
+def test_json_rpc_over_http_is_opt_in_and_refused_on_other_sockets(edge) -> None:
+    e = edge([], defines={"WITH_HTTP_RPC": None})
     body = {"jsonrpc": "2.0", "method": "core.uptime", "id": 1}
-    assert "uptime" in httpx.post(e.rpc_url, json=body, timeout=5).json()["result"]
-    # The carrier-facing TCP port speaks SIP only: an HTTP request there is refused.
+    assert "uptime" in httpx.post(e.http_rpc_url, json=body, timeout=5).json()["result"]
     reply = httpx.post(f"http://127.0.0.1:{e.sip_port}/RPC", json=body, timeout=5)
     assert reply.status_code == 403
     assert "uptime" not in reply.text
