@@ -58,8 +58,9 @@ def test_example_files_in_the_repository_are_accepted(tmp_path: Path) -> None:
     edge = KamailioEdge(tmp_path / "edge", defines={"WITH_TLS": None, "TLS_CONFIG": f'"{tls_cfg}"'})
     shutil.copy(conf / "dispatcher.list", edge.dispatcher_list)
     shutil.copy(conf / "address.list", edge.address_list)
-    # -c does not load the lists; a real start does, and fails loudly on a bad line.
-    edge.start()
+    # -c does not load the lists; a real start does, and fails loudly on a bad line. Every process loads
+    # the system CA bundle of tls.cfg's client profile: tens of seconds on a loaded 2-core machine.
+    edge.start(timeout=90)
     try:
         flags = edge.worker_flags()
         assert set(flags) == {"sip:10.0.0.11:5080", "sip:10.0.0.12:5080"}

@@ -63,6 +63,9 @@ def test_idle_stranger_connections_are_closed_while_trunk_calls_over_tcp_succeed
             gone = closed_by_peer(still_open)
             still_open = [c for c in still_open if c not in gone]
         closed = len(idle) - len(still_open)
+        print(f"\ntcp: {closed}/{len(idle)} idle stranger connections closed "
+              f"{time.monotonic() - deadline + IDLE + 8:.1f} s after the trunk calls; "
+              f"trunk {trunk.successful}/40 calls over TCP")
         assert closed == len(idle), f"{closed}/{len(idle)} idle stranger connections closed by the edge"
     finally:
         for c in idle:
