@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -92,3 +93,13 @@ def test_prometheus_metrics_on_the_rpc_listener(edge) -> None:
     metrics = httpx.get(f"http://127.0.0.1:{e.rpc_port}/metrics", timeout=5)
     assert metrics.status_code == 200
     assert "kamailio_" in metrics.text
+
+
+def test_topology_hiding_without_a_mask_key_is_refused(tmp_path: Path) -> None:
+    # No shipped secret: WITH_TOPOH and no TOPOH_MASK_KEY must not start with a guessable key.
+    edge = KamailioEdge(tmp_path / "edge", defines={"WITH_TOPOH": None})
+    run = edge.check()
+    assert run.returncode != 0
+    cfg_lines = edge.cfg.read_text().splitlines()
+    failing = [int(n) for n in re.findall(r"kamailio\.cfg, line (\d+)", run.stderr)]
+    assert failing and "TOPOH_MASK_KEY" in cfg_lines[failing[0] - 1]
