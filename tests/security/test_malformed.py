@@ -35,9 +35,16 @@ def test_only_valid_requests_reach_the_worker(sec_edge, counting_workers) -> Non
             except BlockingIOError:
                 pass
 
-        for _, raw, _ in cases:
+        # The hostile cases first, then (once the edge has caught up) the valid controls, so a loaded
+        # machine dropping a datagram cannot pass for a refusal.
+        for _, raw, _ in [c for c in cases if not c[2]]:
             s.sendto(raw, e.sip_addr)
             time.sleep(0.004)
+            drain()
+        time.sleep(1.0)
+        for _, raw, _ in [c for c in cases if c[2]]:
+            s.sendto(raw, e.sip_addr)
+            time.sleep(0.05)
             drain()
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
