@@ -48,7 +48,7 @@ class NoEslPassword(DispatcherError):
 
 
 # Shipped sample values that must never authenticate anything.
-PLACEHOLDER_SECRETS = frozenset({"clucon", "cluecon", "change-me", "changeme"})
+PLACEHOLDER_SECRETS = frozenset({"cluecon", "change-me", "changeme"})
 
 
 class NotActiveInTime(DispatcherError):

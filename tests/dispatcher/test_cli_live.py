@@ -98,16 +98,17 @@ async def test_drain_wait_returns_when_freeswitch_reports_zero_calls(cli_env, li
     fs1 = await fake_fs(WORKER_IPS[0], calls=2)
     env = cli_env(edge, {"fs1": fs1.address})
     task = asyncio.create_task(run_cli("drain", "fs1", "--wait", "--timeout", "30", env=env))
-    await asyncio.sleep(1.0)
+    # Change the count only after the CLI has seen it (a loaded machine can take seconds to start it).
+    await fs1.wait_for_command("api show calls count", timeout=30)
     assert not task.done()  # still 2 calls on fs1
     fs1.calls = 1
-    await asyncio.sleep(0.8)
+    await fs1.wait_for_command("api show calls count", timeout=30, start=len(fs1.commands))
     assert not task.done()
     fs1.calls = 0
     run = await asyncio.wait_for(task, 10)
     assert run.returncode == 0, run.stderr
     lines = run.stderr.splitlines()
-    assert any("2 call(s) left" in line for line in lines)
+    assert any("2 call(s) left" in line for line in lines), run.stderr
     assert any("1 call(s) left" in line for line in lines)
     assert lines[-1] == "fs1: no calls left, safe to stop"
     assert edge.worker_flags()[f"sip:{WORKER_IPS[0]}:5080"] == "DX"
