@@ -99,3 +99,38 @@ def test_a_strangers_tcp_request_gets_403_and_the_connection_closes(sec_edge) ->
             raise AssertionError("the edge kept a stranger's TCP connection open after its 403") from None
         except ConnectionResetError:
             pass
+
+
+def test_a_stranger_flooding_over_tcp_is_banned_like_over_udp(sec_edge) -> None:
+    e = sec_edge([], defines={"FLOOD_BAN_SECONDS": 30})
+    answered = 0
+    silent_at = None
+    for n in range(1, 201):  # bounded: 200 connections, one request each
+        with socket.socket() as c:
+            c.bind((TCP_ATTACKER_IP, 0))
+            c.settimeout(2)
+            c.connect(e.sip_addr)
+            try:
+                line = _quick_options(c, n)
+            except (TimeoutError, ConnectionResetError):
+                line = b""
+        if line == b"SIP/2.0 403 Forbidden":
+            answered += 1
+        elif not line:
+            silent_at = n
+            break
+    assert silent_at is not None, "200 requests over TCP and never banned"
+    assert 0 < answered < 100
+    assert TCP_ATTACKER_IP in str(e.rpc("htable.dump", "ipban"))
+    print(f"\ntcp flood: {answered} requests answered (403) before the ban")
+
+
+def _quick_options(conn: socket.socket, n: int) -> bytes:
+    """One OPTIONS with a short wait: a banned source gets silence."""
+    conn.settimeout(0.5)
+    host, port = conn.getsockname()
+    conn.sendall((f"OPTIONS sip:{EDGE_IP} SIP/2.0\r\n"
+                  f"Via: SIP/2.0/TCP {host}:{port};branch=z9hG4bKq{n}\r\n"
+                  f"From: <sip:x@{host}>;tag=q{n}\r\nTo: <sip:{EDGE_IP}>\r\nCall-ID: q-{n}-{port}\r\n"
+                  f"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode())
+    return conn.recv(65535).split(b"\r\n", 1)[0]
