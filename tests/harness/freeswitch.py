@@ -275,4 +275,5 @@ class FreeSwitch:
     def log_tail(self, chars: int = 6000) -> str:
         out = self.workdir / "stdout.log"
         text = self.log() or (out.read_text(errors="replace") if out.exists() else "")
-        return text[-chars:]
+        cut = text.find("Clean up modules.")  # the shutdown's module unloading says nothing useful
+        return text[:cut if cut > 0 else len(text)][-chars:]
