@@ -228,7 +228,8 @@ def test_outbound_legs_leave_through_the_edge(document: ET.Element) -> None:
     assert bridges and all("sofia/gateway/kamailio-edge/" in b for b in bridges)
     uri = _actions(document, "ai-transfer", "ai-transfer-uri")
     (bridge,) = [d for app, d in uri if app == "bridge"]
-    assert f"fs_path=<sip:{vars_defined()['kamailio_edge']};lr>" in bridge
+    # The edge is the next hop (Route), the target stays the R-URI (fs_path= made it sip:EDGE;lr).
+    assert f"sip_route_uri=sip:{vars_defined()['kamailio_edge']};lr}}" in bridge and "fs_path" not in bridge
     conference = _actions(document, "ai-transfer", "ai-conference")
     assert ("conference", "$1@" + vars_defined()["conference_profile"] + "+flags{endconf}") in conference
 
