@@ -110,7 +110,8 @@ class CallPath:
             esl_workers={fs.values["worker_id"]: fs.esl_address for fs in self.workers},
             playback_mode={fs.values["worker_id"]: mode for fs in self.workers}, env=gateway_env)
         for fs in self.workers:
-            fs.set_vars(gateway_stream_url=self.gateway.stream_url, gateway_ready_urls=self.gateway.admin_url)
+            fs.set_vars(playback_mode=mode)
+            fs.set_vars(gateway_stream_urls=self.gateway.stream_url, gateway_ready_urls=self.gateway.ready_url)
         self.human_rtp = RtpEndpoint(addrs.human, name="human")
         self.human_sip_port: int | None = None
         self.edge = None

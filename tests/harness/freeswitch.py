@@ -125,7 +125,9 @@ class FreeSwitch:
             "kamailio_edge": f"{self.host}:5062",
             "rtp_start_port": str(self.rtp_start),
             "rtp_end_port": str(self.rtp_start + 399),
-            "gateway_stream_url": "ws://127.0.0.1:9/stream",
+            # Nothing listens on the discard port: set these to a gateway (GatewayServe.stream_url etc.).
+            "gateway_stream_urls": f"ws://{self.host}:9/stream",
+            "gateway_ready_urls": f"http://{self.host}:9/readyz",
             "stream_token": self.stream_token,
             "esl_port": str(self.esl_port),
             "esl_password": self.esl_password,

@@ -87,7 +87,11 @@ class GatewayModel(Process):
                      *self.extra], {})
 
     def wait_ready(self, timeout: float = 90.0) -> GatewayModel:
-        if not wait_tcp(self.host, self.port, timeout) or not self.alive():
+        # It binds early and logs "listening" once its voice and recogniser are loaded.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive() and "listening" not in self.log():
+            time.sleep(0.1)
+        if not wait_tcp(self.host, self.port, max(0.5, deadline - time.monotonic())) or not self.alive():
             raise RuntimeError(f"gateway model did not listen on {self.host}:{self.port}:\n"
                                f"{self.log()[-3000:]}")
         return self
@@ -120,8 +124,13 @@ class GatewayServe(Process):
 
     @property
     def stream_url(self) -> str:
-        """What freeswitch-conf's gateway_stream_url holds (/<uuid> is appended by the dialplan)."""
+        """What freeswitch-conf's gateway_stream_urls holds (/<uuid> is appended by the dialplan)."""
         return f"ws://{self.host}:{self.media_port}/stream"
+
+    @property
+    def ready_url(self) -> str:
+        """What freeswitch-conf's gateway_ready_urls holds for this gateway."""
+        return f"{self.admin_url}/readyz"
 
     @property
     def admin_url(self) -> str:
