@@ -111,7 +111,8 @@ class CallPath:
             playback_mode={fs.values["worker_id"]: mode for fs in self.workers}, env=gateway_env)
         for fs in self.workers:
             fs.set_vars(playback_mode=mode)
-            fs.set_vars(gateway_stream_urls=self.gateway.stream_url, gateway_ready_urls=self.gateway.ready_url)
+            fs.set_vars(gateway_stream_urls=self.gateway.stream_url,
+                        gateway_ready_urls=self.gateway.ready_url)
         self.human_rtp = RtpEndpoint(addrs.human, name="human")
         self.human_sip_port: int | None = None
         self.edge = None
