@@ -1,10 +1,11 @@
 -- Start a call's audio fork and wait until the gateway has accepted it.
 --
 -- `uuid_audio_stream start` answers +OK before the WebSocket connects, so the dialplan alone cannot
--- tell a working stream from a gateway that is down or draining (503 on the upgrade). This script
--- starts the stream and waits for mod_audio_stream's own verdict (CUSTOM mod_audio_stream::connect or
--- ::error for this channel). On error it tries the next gateway: the ready ones first
--- (ai_gateways_ready, kept by ai_gateway_watchdog.lua), then the rest of gateway_stream_urls.
+-- tell a working stream from a gateway that is down or draining (503 on the upgrade). For each gateway
+-- (the ready ones first, from ai_gateways_ready kept by ai_gateway_watchdog.lua, then the rest of
+-- gateway_stream_urls) this script asks its readiness URL, starts the stream and waits for
+-- mod_audio_stream's own verdict (CUSTOM mod_audio_stream::connect or ::error for this channel); on
+-- a refusal it tries the next gateway.
 -- Result in the channel variable ai_stream_result: "+OK <url>" or "-ERR <why>".
 --
 -- Two ways to run it:
@@ -47,6 +48,29 @@ local function split(text, into, seen)
   end
 end
 
+-- The readiness URL of each gateway (gateway_ready_urls, same order as gateway_stream_urls).
+local ready_url = {}
+do
+  local streams, probes = {}, {}
+  split(freeswitch.getGlobalVariable("gateway_stream_urls"), streams, {})
+  split(freeswitch.getGlobalVariable("gateway_ready_urls"), probes, {})
+  for i, stream in ipairs(streams) do
+    ready_url[stream] = probes[i]
+  end
+end
+
+-- Asked per call, right before the start: the voxcom edition answers the channel in `start` (the
+-- upstream one pre-answers), so a gateway that would refuse the stream (down, draining) must be
+-- skipped before, or the caller is answered and then dropped.
+local function ready(url)
+  local probe = ready_url[url]
+  if probe == nil then
+    return true
+  end
+  local reply = api:execute("curl", probe .. " json connect-timeout 1 timeout 1")
+  return string.match(reply or "", '"status_code":"(%d+)"') == "200"
+end
+
 local candidates, seen = {}, {}
 split(freeswitch.getGlobalVariable("ai_gateways_ready"), candidates, seen)
 split(freeswitch.getGlobalVariable("gateway_stream_urls"), candidates, seen)
@@ -59,6 +83,11 @@ local wait_ms = tonumber(freeswitch.getGlobalVariable("gateway_connect_timeout_m
 
 local why = "no gateway configured (gateway_stream_urls)"
 for _, url in ipairs(candidates) do
+  if not ready(url) then
+    why = url .. ": not ready (" .. ready_url[url] .. ")"
+    freeswitch.consoleLog("WARNING", "ai_stream_start.lua: " .. uuid .. " skipping gateway, " .. why .. "\n")
+    goto next_gateway
+  end
   local events = freeswitch.EventConsumer()
   events:bind("CUSTOM", "mod_audio_stream::connect")
   events:bind("CUSTOM", "mod_audio_stream::error")
@@ -93,6 +122,7 @@ for _, url in ipairs(candidates) do
     api:execute("uuid_audio_stream", uuid .. " stop")
   end
   freeswitch.consoleLog("WARNING", "ai_stream_start.lua: " .. uuid .. " gateway failed, " .. why .. "\n")
+  ::next_gateway::
 end
 setvar("ai_stream_result", "-ERR " .. why)
 setvar("ai_stream_state", "none")

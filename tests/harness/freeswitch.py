@@ -271,6 +271,17 @@ class FreeSwitch:
             n = self.channels()
         return n
 
+    def global_var(self, name: str) -> str:
+        return self.api(f"global_getvar {name}").strip()
+
+    def wait_global(self, name: str, wanted: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        value = self.global_var(name)
+        while value != wanted and time.monotonic() < deadline:
+            time.sleep(0.1)
+            value = self.global_var(name)
+        return value
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
