@@ -84,6 +84,12 @@ class Call:
         assert self.rtp.speech_end is not None
         return self.rtp.speech_end
 
+    def hangup(self) -> str | None:
+        """The caller hangs up now (BYE); returns the answer's status line."""
+        status = sipp.send_bye(self.sipp)
+        self.sipp.stop()
+        return status
+
     def finished(self, timeout: float) -> int | None:
         return self.sipp.wait(timeout)
 
