@@ -92,7 +92,7 @@ def test_conference_human_hears_the_coach_the_caller_does_not(callpath):
 
 def test_model_killed_mid_call_caller_hears_fallback_then_reaches_the_human(callpath):
     # Item 3: the fallback prompt plays, then the transfer to reception reaches the human and stays.
-    path = callpath("voxcom")
+    path = callpath("voxcom", own_model=True)
     call = path.call(wait_bye_s=90)
     assert call.wait_answered(15)
     assert call.wait_speech(since=call.answered, min_s=2.5, timeout=25, quiet_s=1.0) is not None
