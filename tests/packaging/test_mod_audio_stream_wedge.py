@@ -1,0 +1,121 @@
+"""Issue 10 item 1 on the real FreeSWITCH: a channel must end when the caller hangs up, the call is transferred
+or killed while more `streamAudio` reply audio is queued than the module's 20 ms write buffer holds.
+
+The gateway's side is a WebSocket server that answers the module's stream with several seconds of reply
+audio at once (what a model that talks faster than real time produces when nothing paces it). The stock
+voxcom build keeps the channel for good; the build from packaging/mod_audio_stream must not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+
+import pytest
+from conftest import Rig, needs_freeswitch
+
+from fsmod_support import StreamSession, sipp_call, stop_process, stream_audio_message, tone
+
+pytestmark = [pytest.mark.freeswitch, pytest.mark.slow, needs_freeswitch]
+
+QUEUED_SECONDS = 6.0  # reply audio sent at once: 300 messages of 20 ms, 15 s of buffer-fulls for the module
+
+
+async def flood(session: StreamSession) -> None:
+    pcm = tone(QUEUED_SECONDS)
+    for i in range(0, len(pcm), 320):
+        await session.ws.send(stream_audio_message(pcm[i:i + 320]))  # type: ignore[attr-defined]
+
+
+async def wait_calls(rig: Rig, count: int, within: float) -> float | None:
+    """Seconds until `show calls count` is `count`, or None if it is not within `within` seconds."""
+    start = time.monotonic()
+    while time.monotonic() - start < within:
+        if await asyncio.to_thread(rig.fs.calls_count) == count:
+            return time.monotonic() - start
+        await asyncio.sleep(0.1)
+    return None
+
+
+async def caller_bye_while_queued(rig: Rig, name: str) -> tuple[int | None, float | None]:
+    """Call in, let the flood start, hang up from the caller; return (SIPp exit code, s until 0 calls)."""
+    rig.behave(flood)
+    sipp = sipp_call(rig.workdir, name, rig.fs, scenario="uac-call-bye-expect-200.xml", rtp_port=rig.rtp_port,
+                     hold_ms=2000)
+    try:
+        session = await asyncio.wait_for(rig.server.sessions.get(), 15)
+        assert session.metadata.get("callee") == "1000"
+        # Reply audio is playing (the caller hears it) before the BYE leaves.
+        await asyncio.sleep(1.0)
+        assert any(len(s) > 10 for s in rig.caller.streams.values()), "no RTP reached the caller"
+        code = await asyncio.to_thread(sipp.wait, 20)
+        cleared = await wait_calls(rig, 0, 2.0)
+        return code, cleared
+    finally:
+        stop_process(sipp)
+
+
+async def test_stock_voxcom_build_keeps_the_channel_after_the_bye(rig_factory) -> None:
+    """Documents the defect the patch fixes (and that the flood reproduces it): sofia answers the BYE, but
+    the channel never hangs up, and only SIGKILL stops FreeSWITCH."""
+    rig: Rig = await rig_factory("voxcom")
+    _, cleared = await caller_bye_while_queued(rig, "stock-bye")
+    assert cleared is None
+    assert await asyncio.to_thread(rig.fs.calls_count) == 1
+    # An idle FreeSWITCH stops in about 4 s here.
+    assert not await asyncio.to_thread(rig.fs.terminate, 12.0), "stock FreeSWITCH stopped on SIGTERM"
+
+
+async def test_patched_build_answers_the_bye_and_clears_the_channel(rig_factory) -> None:
+    rig: Rig = await rig_factory("patched")
+    code, cleared = await caller_bye_while_queued(rig, "patched-bye")
+    assert code == 0, f"SIPp failed (BYE not answered 200?): {(rig.workdir / 'patched-bye.log').read_text()[-1500:]}"
+    assert cleared is not None, "a channel survived the BYE"
+    assert await asyncio.to_thread(rig.fs.terminate, 15.0), "FreeSWITCH did not stop on SIGTERM"
+
+
+async def _call_with_flood(rig: Rig, name: str) -> tuple[subprocess.Popen[bytes], StreamSession, str]:
+    rig.behave(flood)
+    sipp = sipp_call(rig.workdir, name, rig.fs, scenario="uac-call-expect-bye.xml", rtp_port=rig.rtp_port)
+    session = await asyncio.wait_for(rig.server.sessions.get(), 15)
+    uuid = session.path.rsplit("/", 1)[-1]
+    await asyncio.sleep(1.0)
+    return sipp, session, uuid
+
+
+async def test_patched_build_lets_esl_hang_up_while_audio_is_queued(rig_factory) -> None:
+    rig: Rig = await rig_factory("patched")
+    sipp, session, uuid = await _call_with_flood(rig, "patched-kill")
+    try:
+        assert "+OK" in await asyncio.to_thread(rig.fs.api_sync, f"uuid_kill {uuid}")
+        assert await wait_calls(rig, 0, 2.0) is not None, "uuid_kill left the channel up"
+        assert await asyncio.to_thread(sipp.wait, 10) == 0, "the caller got no BYE"
+        await asyncio.wait_for(session.closed.wait(), 5)
+    finally:
+        stop_process(sipp)
+    assert await asyncio.to_thread(rig.fs.terminate, 15.0), "FreeSWITCH did not stop on SIGTERM"
+
+
+async def test_patched_build_lets_a_transfer_stop_the_stream_while_audio_is_queued(rig_factory) -> None:
+    """The project's transfer to a conference runs `uuid_audio_stream <uuid> stop` on the channel's own
+    thread (dialplan ai-conference): with the stock build that is where the channel wedges."""
+    rig: Rig = await rig_factory("patched")
+    sipp, session, uuid = await _call_with_flood(rig, "patched-transfer")
+    try:
+        await asyncio.to_thread(rig.fs.api_sync, f"uuid_setvar {uuid} ai_conference ai-fsmod-{uuid[:8]}")
+        assert "+OK" in await asyncio.to_thread(rig.fs.api_sync, f"uuid_transfer {uuid} ai-conference XML ai-transfer")
+        await asyncio.wait_for(session.closed.wait(), 5)  # the stream stopped: the module let go of it
+
+        async def in_conference() -> bool:
+            return f"ai-fsmod-{uuid[:8]}" in await asyncio.to_thread(rig.fs.api_sync, "conference list")
+        deadline = time.monotonic() + 3
+        while not await in_conference():
+            assert time.monotonic() < deadline, "the transferred caller never reached the conference"
+            await asyncio.sleep(0.1)
+        assert "+OK" in await asyncio.to_thread(rig.fs.api_sync, f"uuid_kill {uuid}")
+        assert await wait_calls(rig, 0, 2.0) is not None
+        assert await asyncio.to_thread(sipp.wait, 10) == 0, "the caller got no BYE"
+    finally:
+        stop_process(sipp)
+    assert await asyncio.to_thread(rig.fs.terminate, 15.0), "FreeSWITCH did not stop on SIGTERM"
