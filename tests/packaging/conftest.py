@@ -1,5 +1,6 @@
 """Fixtures for the mod_audio_stream build: the patched .so (built once into a cache outside the tree) and a
-FreeSWITCH + caller + gateway-side stream server rig on this folder's loopback addresses."""
+rig of the real FreeSWITCH (tests/harness) with a chosen build, a caller's RTP endpoint and the gateway's
+end of the module's WebSocket, on this folder's loopback addresses."""
 
 from __future__ import annotations
 
@@ -10,23 +11,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fsmod_support import StreamServer, StreamSession, have_freeswitch, patched_module_so
+from harness.freeswitch import FreeSwitch
+from harness.rtp import RtpEndpoint
+from harness.sipp import Sipp, caller
 
-from fsmod_support import (FreeSwitch, RtpCaller, StreamServer, StreamSession, edition_so, have_freeswitch,
-                           open_rtp_caller, patched_module_so)
-
-# 127.0.0.120-139 belong to these tests and benchmarks/freeswitch_worker.py (130-139).
+# 127.0.0.120-129 belong to these tests, 130-139 to benchmarks/freeswitch_worker.py.
 CALLER_IP = "127.0.0.120"
 FS_IPS = {"voxcom": "127.0.0.121", "patched": "127.0.0.122", "upstream": "127.0.0.123"}
-RTP_RANGES = {"voxcom": (21000, 21099), "patched": (21100, 21199), "upstream": (21200, 21299)}
-
-needs_freeswitch = pytest.mark.skipif(not have_freeswitch(), reason="no FreeSWITCH build under FREESWITCH_PREFIX "
-                                      "(/opt/fs: ../shared/freeswitch/install.sh)")
 
 
 @pytest.fixture(scope="session")
 def patched_so() -> Path:
     if not have_freeswitch():
-        pytest.skip("no FreeSWITCH headers to build against")
+        pytest.skip("no FreeSWITCH build with headers under /opt/fs (../shared/freeswitch/install.sh)")
     for tool in ("cmake", "g++", "pkg-config", "dpkg-deb"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} missing: `make deps` installs requirements/apt.txt")
@@ -37,12 +35,16 @@ def patched_so() -> Path:
 class Rig:
     fs: FreeSwitch
     server: StreamServer
-    caller: RtpCaller
-    rtp_port: int
+    rtp: RtpEndpoint
     workdir: Path
 
     def behave(self, behaviour: Callable[[StreamSession], object]) -> None:
         self.server.behaviour = behaviour
+
+    def call(self, name: str, **kwargs: object) -> Sipp:
+        """The carrier calls 1000 straight at this worker (the SIP profile's ACL admits 127.0.0.0/8)."""
+        return caller(self.workdir, name, CALLER_IP, f"{self.fs.host}:{self.fs.sip_port}", self.rtp,
+                      **kwargs).start()  # type: ignore[arg-type]
 
 
 async def _idle(session: StreamSession) -> None:
@@ -50,27 +52,29 @@ async def _idle(session: StreamSession) -> None:
 
 
 @pytest.fixture
-async def rig_factory(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., object]]:
+async def rig_factory(tmp_path: Path, freeswitch_factory: Callable[..., FreeSwitch],
+                      request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., object]]:
+    """``await make(edition)``: 'patched' (packaging/mod_audio_stream), or 'voxcom' / 'upstream' (the
+    shared build's editions)."""
     made: list[Rig] = []
 
     async def make(edition: str) -> Rig:
-        so = request.getfixturevalue("patched_so") if edition == "patched" else edition_so(edition)
+        so = request.getfixturevalue("patched_so") if edition == "patched" else None
         server = StreamServer(CALLER_IP, _idle)
         await server.start()
-        caller, rtp_port = await open_rtp_caller(CALLER_IP)
-        workdir = tmp_path / edition
-        workdir.mkdir()
-        fs = FreeSwitch(FS_IPS[edition], so, CALLER_IP, server.url, workdir, rtp_ports=RTP_RANGES[edition])
-        rig = Rig(fs, server, caller, rtp_port, workdir)
+        kwargs: dict[str, object] = {"vars": {"gateway_stream_url": server.url, "log_level": "info"}}
+        if so is not None:
+            kwargs["audio_stream_so"] = so
+        else:
+            kwargs["edition"] = edition
+        fs = await asyncio.to_thread(freeswitch_factory, FS_IPS[edition], **kwargs)
+        rig = Rig(fs, server, RtpEndpoint(CALLER_IP, name="caller").start(), tmp_path / f"sipp-{edition}")
         made.append(rig)
-        await asyncio.to_thread(fs.start)
         return rig
 
     try:
         yield make
     finally:
         for rig in made:
-            await asyncio.to_thread(rig.fs.kill)
+            rig.rtp.close()
             await rig.server.close()
-            if rig.caller.transport is not None:
-                rig.caller.transport.close()
