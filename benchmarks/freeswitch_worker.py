@@ -63,12 +63,14 @@ def loadavg() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+OTHERS_CORE: int | None = 1  # --others-anywhere: None (the gateway, SIPp and the callers float)
 NICE = 0  # --nice: FreeSWITCH, the gateway, SIPp and the callers run at this nice level (root may go < 0)
 
 
-def pin(pid: int, core: int) -> None:
+def pin(pid: int, core: int | None) -> None:
     """Every thread of pid onto core (threads created later inherit it), at the --nice level."""
-    subprocess.run(["taskset", "-a", "-p", "-c", str(core), str(pid)], check=True, capture_output=True)
+    if core is not None:
+        subprocess.run(["taskset", "-a", "-p", "-c", str(core), str(pid)], check=True, capture_output=True)
     if NICE:
         for task in Path(f"/proc/{pid}/task").iterdir():
             os.setpriority(os.PRIO_PROCESS, int(task.name), NICE)
@@ -177,7 +179,7 @@ async def capacity_step(workdir: Path, fs: FreeSwitch, gateway: GatewayServe, ca
                       [f"{fs.host}:{fs.sip_port}", "-m", str(calls), "-l", str(calls), "-r", "10",
                        "-timeout", f"{int(hold_ms / 1000 + 60)}s", "-timeout_error"]).start()
     assert s.proc is not None
-    pin(s.proc.pid, 1)
+    pin(s.proc.pid, OTHERS_CORE)
     stop = asyncio.Event()
     sender = asyncio.create_task(callers.send_loop(frames, stop))
     try:
@@ -227,11 +229,11 @@ async def capacity(args: argparse.Namespace) -> None:
     try:
         gateway.start()
         assert gateway.proc is not None
-        pin(gateway.proc.pid, 1)
+        pin(gateway.proc.pid, OTHERS_CORE)
         fs = start_fs(workdir, so, args.edition, gateway)
         assert fs.proc is not None
         pin(fs.proc.pid, 0)
-        pin(os.getpid(), 1)
+        pin(os.getpid(), OTHERS_CORE)
         frames = [speech_pcmu("one two three four five six seven eight nine ten")[i:i + FRAME_BYTES]
                   for i in range(0, 8000 * 2, FRAME_BYTES)]
         frames = [f.ljust(FRAME_BYTES, b"\xff") for f in frames]
@@ -397,12 +399,16 @@ def main() -> None:
     c.add_argument("--seconds", type=float, default=10.0, help="measured window per count")
     c.add_argument("--edition", default="patched", choices=["patched", "voxcom", "upstream"])
     c.add_argument("--nice", type=int, default=0, help="nice level of everything under test (shared machine)")
+    c.add_argument("--others-anywhere", action="store_true",
+                   help="pin only FreeSWITCH (core 0); the gateway, SIPp and the callers use any core")
     lat = sub.add_parser("latency")
     lat.add_argument("--turns", type=int, default=22)
     lat.add_argument("--editions", default="patched,upstream")
     args = p.parse_args()
-    global NICE
+    global NICE, OTHERS_CORE
     NICE = getattr(args, "nice", 0)
+    if getattr(args, "others_anywhere", False):
+        OTHERS_CORE = None
     # SIGTERM unwinds like Ctrl-C, so FreeSWITCH, the gateway and SIPp are stopped by the finally blocks.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     if (os.cpu_count() or 1) < 2:
