@@ -113,8 +113,12 @@ for p in "$here"/patches/*.patch; do
     patch -d "$work/src" -p1 --forward --batch --quiet < "$p" >>"$log" 2>&1 || fail "patch $(basename "$p") does not apply"
 done
 
-# USE_TLS: wss:// to a gateway on another host. Release: the module's CMake strips the .so.
-cmake -S "$work/src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DUSE_TLS=ON >>"$log" 2>&1 || fail "cmake failed"
+# USE_TLS: wss:// to a gateway on another host. Release: the module's CMake strips the .so. The prefix map
+# keeps the temporary build folder out of the binary (log lines carry __FILE__), so the same inputs give
+# the same .so.
+prefix_map="-ffile-prefix-map=$work=/build"
+cmake -S "$work/src" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DUSE_TLS=ON \
+    -DCMAKE_C_FLAGS="$prefix_map" -DCMAKE_CXX_FLAGS="$prefix_map" >>"$log" 2>&1 || fail "cmake failed"
 cmake --build "$work/build" --target mod_audio_stream -j"$(nproc)" >>"$log" 2>&1 || fail "build failed"
 so="$work/build/mod_audio_stream.so"
 [[ -f "$so" ]] || fail "the build made no mod_audio_stream.so"
