@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from fsmod_support import FS_PREFIX, PACKAGING, build_patched_deb, have_freeswitch
+from fsmod_support import FS_PREFIX, PACKAGING, build_patched_deb, default_source, have_freeswitch
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not have_freeswitch(), reason="no FreeSWITCH headers to build with")]
@@ -75,3 +76,16 @@ def test_build_refuses_a_tarball_with_the_pinned_name_but_other_bytes(tmp_path: 
     assert result.returncode != 0
     assert "sha256" in result.stderr
     assert not list((tmp_path / "out").glob("*.deb"))
+
+
+def test_build_asks_for_libwsc_when_the_source_lacks_the_submodule(tmp_path: Path) -> None:
+    """GitHub's archive of the module has an empty libs/libwsc (a submodule): say what is missing."""
+    src = tmp_path / "mod_audio_stream-7d9fe1d"
+    src.mkdir()
+    subprocess.run(["tar", "-xzf", str(default_source()), "-C", str(src), "--strip-components=1"], check=True)
+    shutil.rmtree(src / "libs" / "libwsc")
+    (src / "libs" / "libwsc").mkdir()
+    result = run(str(PACKAGING / "build-deb.sh"), "--source", str(src), "--out", str(tmp_path / "out"),
+                 "--freeswitch-pkgconfig", str(FS_PREFIX / "lib" / "pkgconfig"), timeout=60)
+    assert result.returncode != 0
+    assert "--libwsc" in result.stderr
