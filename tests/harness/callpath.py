@@ -11,6 +11,7 @@ parallel never share one.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,22 +95,29 @@ class Call:
 class CallPath:
     def __init__(self, workdir: Path, addrs: Addresses, freeswitch_factory, *, edition: str = "voxcom",
                  audio_stream_so: Path | None = None, gateway_env: dict[str, str] | None = None,
-                 fs_vars: dict[str, str] | None = None, with_edge: bool = True) -> None:
+                 fs_vars: dict[str, str] | None = None, with_edge: bool = True, gateways: int = 1) -> None:
         self.workdir, self.addrs = workdir, addrs
         self.edition = edition
         self.model = GatewayModel(workdir / "model", addrs.gateway)
         token = "e2e-token"
         self.workers: list[FreeSwitch] = [
             freeswitch_factory(host, start=False, edition=edition, audio_stream_so=audio_stream_so,
-                               vars={"worker_id": f"fs{i + 1}", "stream_token": token, **(fs_vars or {})})
+                               vars={"worker_id": f"fs{i + 1}", "stream_token": token,
+                                     # a dead gateway is noticed by the stream's ping within 2 s
+                                     "stream_heart_beat": "2", **(fs_vars or {})})
             for i, host in enumerate(addrs.workers)]
         mode = "stream" if edition == "voxcom" and audio_stream_so is None else "file"
-        self.gateway = GatewayServe(
+        # Several gateways (preferred first) share the one model; every worker lists them all.
+        self.gateways = [GatewayServe(
             workdir / "gateway", addrs.gateway, token=token, model_url=self.model.url,
             esl_workers={fs.values["worker_id"]: fs.esl_address for fs in self.workers},
-            playback_mode={fs.values["worker_id"]: mode for fs in self.workers}, env=gateway_env)
+            playback_mode={fs.values["worker_id"]: mode for fs in self.workers}, env=gateway_env,
+            name=f"serve{i}") for i in range(gateways)]
+        self.gateway = self.gateways[0]
         for fs in self.workers:
-            fs.set_vars(gateway_stream_url=self.gateway.stream_url, gateway_ready_urls=self.gateway.admin_url)
+            fs.set_vars(playback_mode=mode)
+            fs.set_vars(gateway_stream_urls=",".join(g.stream_url for g in self.gateways),
+                        gateway_ready_urls=",".join(g.ready_url for g in self.gateways))
         self.human_rtp = RtpEndpoint(addrs.human, name="human")
         self.human_sip_port: int | None = None
         self.edge = None
@@ -129,10 +137,18 @@ class CallPath:
                                    start=False)
             for fs in self.workers:
                 fs.set_vars(kamailio_edge=f"{self.edge.private[0]}:{self.edge.private[1]}")
-        self.model.start()
-        self.gateway.start()
+        # Start everything at once, then wait for each (FreeSWITCH's ESL comes up while Python imports).
+        self.model.spawn()
+        for g in self.gateways:
+            g.spawn()
+        with ThreadPoolExecutor() as pool:
+            list(pool.map(lambda fs: fs.start(), self.workers))
+        self.model.wait_ready()
+        for g in self.gateways:
+            g.wait_ready()
+        # The workers' watchdogs see the gateways ready within a probe (1 s).
         for fs in self.workers:
-            fs.start()
+            fs.wait_global("ai_gateways_ready", ",".join(g.stream_url for g in self.gateways), timeout=10)
         if self.edge is not None:
             self.edge.start()
             for fs in self.workers:
@@ -159,8 +175,8 @@ class CallPath:
         return call
 
     def logs(self) -> str:
-        parts = [f"--- gateway serve ---\n{self.gateway.log()[-6000:]}",
-                 f"--- gateway model ---\n{self.model.log()[-2000:]}"]
+        parts = [f"--- gateway serve {g.name} ---\n{g.log()[-6000:]}" for g in self.gateways]
+        parts.append(f"--- gateway model ---\n{self.model.log()[-2000:]}")
         if self.edge is not None:
             parts.append(f"--- kamailio ---\n{self.edge.log()[-3000:]}")
         for s in [*self.humans, *(c.sipp for c in self.calls)]:
@@ -173,9 +189,11 @@ class CallPath:
         for h in self.humans:
             h.stop()
         self.human_rtp.close()
-        self.gateway.stop(timeout=5)
-        self.model.stop(timeout=5)
-        for fs in self.workers:
-            fs.stop()
+        stoppers = [*[(lambda g=g: g.stop(timeout=5)) for g in self.gateways],
+                    lambda: self.model.stop(timeout=5),
+                    *[fs.stop for fs in self.workers]]
         if self.edge is not None:
-            self.edge.stop()
+            stoppers.append(self.edge.stop)
+        with ThreadPoolExecutor(len(stoppers)) as pool:  # FreeSWITCH takes ~4 s to shut down
+            for f in [pool.submit(stop) for stop in stoppers]:
+                f.result()

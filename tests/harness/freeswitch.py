@@ -125,7 +125,9 @@ class FreeSwitch:
             "kamailio_edge": f"{self.host}:5062",
             "rtp_start_port": str(self.rtp_start),
             "rtp_end_port": str(self.rtp_start + 399),
-            "gateway_stream_url": "ws://127.0.0.1:9/stream",
+            # Nothing listens on the discard port: set these to a gateway (GatewayServe.stream_url etc.).
+            "gateway_stream_urls": f"ws://{self.host}:9/stream",
+            "gateway_ready_urls": f"http://{self.host}:9/readyz",
             "stream_token": self.stream_token,
             "esl_port": str(self.esl_port),
             "esl_password": self.esl_password,
@@ -268,6 +270,17 @@ class FreeSwitch:
             time.sleep(0.05)
             n = self.channels()
         return n
+
+    def global_var(self, name: str) -> str:
+        return self.api(f"global_getvar {name}").strip()
+
+    def wait_global(self, name: str, wanted: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        value = self.global_var(name)
+        while value != wanted and time.monotonic() < deadline:
+            time.sleep(0.1)
+            value = self.global_var(name)
+        return value
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -79,9 +79,19 @@ class GatewayModel(Process):
         return f"ws://{self.host}:{self.port}/v1"
 
     def start(self, timeout: float = 90.0) -> GatewayModel:
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
         self._spawn([sys.executable, "-m", "gateway", "model", "--host", self.host, "--port", str(self.port),
                      *self.extra], {})
-        if not wait_tcp(self.host, self.port, timeout) or not self.alive():
+
+    def wait_ready(self, timeout: float = 90.0) -> GatewayModel:
+        # It binds early and logs "listening" once its voice and recogniser are loaded.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive() and "listening" not in self.log():
+            time.sleep(0.1)
+        if not wait_tcp(self.host, self.port, max(0.5, deadline - time.monotonic())) or not self.alive():
             raise RuntimeError(f"gateway model did not listen on {self.host}:{self.port}:\n"
                                f"{self.log()[-3000:]}")
         return self
@@ -114,15 +124,26 @@ class GatewayServe(Process):
 
     @property
     def stream_url(self) -> str:
-        """What freeswitch-conf's gateway_stream_url holds (/<uuid> is appended by the dialplan)."""
+        """What freeswitch-conf's gateway_stream_urls holds (/<uuid> is appended by the dialplan)."""
         return f"ws://{self.host}:{self.media_port}/stream"
+
+    @property
+    def ready_url(self) -> str:
+        """What freeswitch-conf's gateway_ready_urls holds for this gateway."""
+        return f"{self.admin_url}/readyz"
 
     @property
     def admin_url(self) -> str:
         return f"http://{self.host}:{self.admin_port}"
 
     def start(self, timeout: float = 60.0) -> GatewayServe:
+        self.spawn()
+        return self.wait_ready(timeout)
+
+    def spawn(self) -> None:
         self._spawn([sys.executable, "-m", "gateway", "serve"], self.env)
+
+    def wait_ready(self, timeout: float = 60.0) -> GatewayServe:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
@@ -137,6 +158,22 @@ class GatewayServe(Process):
             return httpx.get(f"{self.admin_url}/readyz", timeout=2).status_code
         except httpx.HTTPError:
             return None
+
+    def live_calls(self) -> list[dict]:
+        return httpx.get(f"{self.admin_url}/calls", timeout=5).json()
+
+    def wait_call_uuid(self, timeout: float = 10.0) -> str:
+        """The FreeSWITCH uuid of the (first) live call, once its stream is up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            calls = self.live_calls()
+            if calls:
+                return calls[0]["uuid"]
+            time.sleep(0.05)
+        raise AssertionError("no live call at the gateway")
+
+    def post(self, path: str, body: dict | None = None) -> httpx.Response:
+        return httpx.post(f"{self.admin_url}{path}", json=body or {}, timeout=15)
 
     def metrics(self) -> str:
         return httpx.get(f"{self.admin_url}/metrics", timeout=5).text
