@@ -222,7 +222,7 @@ async def capacity_step(workdir: Path, fs: FreeSwitch, gateway: GatewayServe, ca
 
 async def capacity(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-fsworker-"))
-    so = None if args.edition != "patched" else patched_module_so()
+    so = Path(args.module) if args.module else None if args.edition != "patched" else patched_module_so()
     gateway = GatewayServe(workdir / "gateway", GATEWAY_IP, token=TOKEN,
                            env={"GATEWAY_MODEL_BACKEND": "null-echo", "GATEWAY_LOG_LEVEL": "WARNING"})
     fs = None
@@ -239,7 +239,7 @@ async def capacity(args: argparse.Namespace) -> None:
         frames = [f.ljust(FRAME_BYTES, b"\xff") for f in frames]
         for calls in [int(c) for c in args.calls.split(",")]:
             r = await capacity_step(workdir, fs, gateway, calls, args.seconds, frames)
-            print(json.dumps({"edition": args.edition, **r}), flush=True)
+            print(json.dumps({"edition": args.module or args.edition, **r}), flush=True)
     finally:
         if fs is not None:
             fs.stop()
@@ -398,6 +398,7 @@ def main() -> None:
     c.add_argument("--calls", default="50,100,150,200", help="comma-separated concurrent call counts")
     c.add_argument("--seconds", type=float, default=10.0, help="measured window per count")
     c.add_argument("--edition", default="patched", choices=["patched", "voxcom", "upstream"])
+    c.add_argument("--module", help="any mod_audio_stream.so to measure instead of --edition")
     c.add_argument("--nice", type=int, default=0, help="nice level of everything under test (shared machine)")
     c.add_argument("--others-anywhere", action="store_true",
                    help="pin only FreeSWITCH (core 0); the gateway, SIPp and the callers use any core")
