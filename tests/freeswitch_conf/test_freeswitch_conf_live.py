@@ -64,24 +64,31 @@ async def test_loopback_call_reaches_the_stream_start(live_esl: EslClient) -> No
     seen: asyncio.Queue[Event] = asyncio.Queue()
     live_esl.subscribe(seen.put_nowait)
     a_leg = str(uuidlib.uuid4())
-    # The B leg of the loopback enters from-kamailio as a call to 1000 would; with or without a gateway
-    # listening, mod_audio_stream reports connect or error for that leg.
+    # The B leg of the loopback enters from-kamailio as a call to 1000 would. With a gateway listening
+    # its stream connects; without one (the harness's default URL) the readiness question fails and
+    # the leg is refused before answer with NORMAL_TEMPORARY_FAILURE (SIP 503: the edge fails over).
     try:
         await live_esl.bgapi(f"originate {{origination_uuid={a_leg}}}loopback/1000/from-kamailio &park()")
     except EslCommandError as exc:
-        # No gateway listens on the default URL: the B leg is refused before answer (503 for SIP).
         assert "NORMAL_TEMPORARY_FAILURE" in str(exc)
+    answered: set[str] = set()
     try:
         async with asyncio.timeout(15):
             while True:
                 event = await seen.get()
-                # The event comes from the ai-stream-check step, so Caller-Destination-Number is
-                # "ai-stream-check" by then; the dialled number is kept in ai_callee.
-                if event.subclass in ("mod_audio_stream::connect", "mod_audio_stream::error") and \
-                        event.get("variable_ai_callee") == "1000":
+                # The dialled number is kept in ai_callee (Caller-Destination-Number is
+                # "ai-stream-check" once the call reaches that step).
+                if event.get("variable_ai_callee") != "1000":
+                    continue
+                if event.name == "CHANNEL_ANSWER":
+                    answered.add(event.unique_id or "")
+                if event.subclass == "mod_audio_stream::connect" or event.name == "CHANNEL_HANGUP_COMPLETE":
                     break
-        assert event.get("variable_ai_callee") == "1000"
         assert event.get("variable_STREAM_HEART_BEAT")
+        if event.name == "CHANNEL_HANGUP_COMPLETE":
+            assert event.get("Hangup-Cause") == "NORMAL_TEMPORARY_FAILURE"
+            assert (event.get("variable_ai_stream_result") or "").startswith("-ERR")
+            assert event.unique_id not in answered, "a call without a stream was answered"
     finally:
         try:
             await live_esl.api(f"uuid_kill {a_leg}")

@@ -84,6 +84,12 @@ class Call:
         assert self.rtp.speech_end is not None
         return self.rtp.speech_end
 
+    def hangup(self) -> str | None:
+        """The caller hangs up now (BYE); returns the answer's status line."""
+        status = sipp.send_bye(self.sipp)
+        self.sipp.stop()
+        return status
+
     def finished(self, timeout: float) -> int | None:
         return self.sipp.wait(timeout)
 
@@ -95,10 +101,14 @@ class Call:
 class CallPath:
     def __init__(self, workdir: Path, addrs: Addresses, freeswitch_factory, *, edition: str = "voxcom",
                  audio_stream_so: Path | None = None, gateway_env: dict[str, str] | None = None,
-                 fs_vars: dict[str, str] | None = None, with_edge: bool = True, gateways: int = 1) -> None:
+                 fs_vars: dict[str, str] | None = None, with_edge: bool = True, gateways: int = 1,
+                 model: GatewayModel | None = None) -> None:
+        """``model``: a running `gateway model` to share (started and stopped by its owner); without
+        one the path starts its own."""
         self.workdir, self.addrs = workdir, addrs
         self.edition = edition
-        self.model = GatewayModel(workdir / "model", addrs.gateway)
+        self.own_model = model is None
+        self.model = model or GatewayModel(workdir / "model", addrs.gateway)
         token = "e2e-token"
         self.workers: list[FreeSwitch] = [
             freeswitch_factory(host, start=False, edition=edition, audio_stream_so=audio_stream_so,
@@ -138,12 +148,14 @@ class CallPath:
             for fs in self.workers:
                 fs.set_vars(kamailio_edge=f"{self.edge.private[0]}:{self.edge.private[1]}")
         # Start everything at once, then wait for each (FreeSWITCH's ESL comes up while Python imports).
-        self.model.spawn()
+        if self.own_model:
+            self.model.spawn()
         for g in self.gateways:
             g.spawn()
         with ThreadPoolExecutor() as pool:
             list(pool.map(lambda fs: fs.start(), self.workers))
-        self.model.wait_ready()
+        if self.own_model:
+            self.model.wait_ready()
         for g in self.gateways:
             g.wait_ready()
         # The workers' watchdogs see the gateways ready within a probe (1 s).
@@ -190,7 +202,7 @@ class CallPath:
             h.stop()
         self.human_rtp.close()
         stoppers = [*[(lambda g=g: g.stop(timeout=5)) for g in self.gateways],
-                    lambda: self.model.stop(timeout=5),
+                    *([lambda: self.model.stop(timeout=5)] if self.own_model else []),
                     *[fs.stop for fs in self.workers]]
         if self.edge is not None:
             stoppers.append(self.edge.stop)

@@ -9,8 +9,10 @@ can assert on the R-URI and headers on the wire.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -329,3 +331,37 @@ def learn_remote_media(sipp: Sipp, rtp: RtpEndpoint, timeout: float = 10.0) -> b
             return True
         time.sleep(0.05)
     return False
+
+
+def send_bye(sipp: Sipp, timeout: float = 5.0) -> str | None:
+    """Hang up the caller's answered call *now*, from Python: SIPp cannot be told when, so this builds
+    the in-dialog BYE from the 200 OK it received (route set, tags, Contact) and sends it from the same
+    address (another port). Returns the status line of the answer (None without one). The SIPp process
+    is left waiting for a BYE that never comes: stop it afterwards."""
+    ok = next((m for m in sipp.messages() if m.direction == "received" and "SIP/2.0 200" in m.first_line
+               and "INVITE" in (m.header("CSeq") or "")), None)
+    if ok is None:
+        raise AssertionError("no 200 OK to the INVITE yet")
+    routes = re.findall(r"^Record-Route\s*:\s*(.*)$", ok.text, re.M | re.I)
+    route_uris = [u.strip() for line in routes for u in line.split(",")][::-1]
+    contact = re.search(r"<([^>]+)>", ok.header("Contact") or "").group(1)  # type: ignore[union-attr]
+    first = re.search(r"sip:([0-9.]+):(\d+)", route_uris[0] if route_uris else contact)
+    assert first is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((sipp.host, 0))
+        sock.settimeout(timeout)
+        port = sock.getsockname()[1]
+        lines = [f"BYE {contact} SIP/2.0",
+                 f"Via: SIP/2.0/UDP {sipp.host}:{port};branch=z9hG4bK{random.getrandbits(48):x};rport",
+                 *[f"Route: {r}" for r in route_uris],
+                 f"From: {ok.header('From')}", f"To: {ok.header('To')}", f"Call-ID: {ok.header('Call-ID')}",
+                 "CSeq: 2 BYE", "Max-Forwards: 70", "Content-Length: 0", "", ""]
+        sock.sendto("\r\n".join(lines).encode(), (first.group(1), int(first.group(2))))
+        try:
+            while True:
+                data = sock.recv(65535).decode(errors="replace")
+                status = data.split("\r\n", 1)[0]
+                if not status.startswith("SIP/2.0 1"):
+                    return status
+        except TimeoutError:
+            return None
