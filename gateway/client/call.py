@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 import time
 import uuid as uuidlib
@@ -27,6 +26,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from gateway.audio.resample import float_to_pcm16
 from gateway.client import wsframe as wsf
 from gateway.proto.audio_stream import StreamProtocolError, parse_stream_audio
 
@@ -80,13 +80,7 @@ def load_audio(source: str | Path | np.ndarray | bytes, rate: int) -> np.ndarray
     import soundfile
 
     data, src_rate = soundfile.read(str(source), dtype="float64", always_2d=True)
-    mono = data.mean(axis=1)
-    if src_rate != rate:
-        from scipy.signal import resample_poly
-
-        g = math.gcd(int(src_rate), rate)
-        mono = resample_poly(mono, rate // g, int(src_rate) // g)
-    return np.clip(np.rint(mono * 32767.0), -32768, 32767).astype(np.int16)
+    return float_to_pcm16(data.mean(axis=1), int(src_rate), rate)
 
 
 def write_wav(path: str | Path, pcm: bytes, rate: int) -> None:
