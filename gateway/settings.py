@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     playback_mode: dict[str, Literal["stream", "file"]] = Field(default_factory=dict)
     file_chunk_ms: int = Field(200, ge=20, le=2000)  # audio per streamAudio message in file mode
 
+    # Twilio Media Streams ingress (off unless the auth token is set). `twilio_public_url` is the base
+    # URL Twilio uses to reach this listener (https://host[:port]): signatures are computed over it.
+    twilio_auth_token: SecretStr | None = None
+    twilio_public_url: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_api_base_url: str | None = None  # tests point the official SDK at a local fake REST server
+
     @field_validator("auth_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:

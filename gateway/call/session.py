@@ -486,9 +486,10 @@ class CallSession:
             return
         item_id, heard, queued_items = pb.interrupt()  # control jumps the queue
         assert self.profile is not None
-        # With interrupt_response the server cancels the response itself; a second cancel would only
-        # earn a response_cancel_not_active error.
-        if self._response_active and not self.profile.turn_detection.interrupt_response:
+        # Only an active response is cancelled (a cancel with none in flight earns an error event). If
+        # the server's interrupt_response got there first, its response_cancel_not_active error is
+        # benign and not counted as a model error (_on_error).
+        if self._response_active:
             self._model.send(rt.response_cancel())
         if self._response_active and self._response_id:
             self._dropped_responses.add(self._response_id)
