@@ -106,12 +106,14 @@ class _InputTimeline:
 class CallSession:
     def __init__(self, transport: MediaTransport, *, settings: Settings, profiles: ProfileSet,
                  fallback_audio: Callable[[str, int], bytes], control_factory: ControlFactory | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 model_factory: Callable[[CallSession], ModelLink] | None = None) -> None:
         self.transport = transport
         self.settings = settings
         self.profiles = profiles
         self._fallback_audio = fallback_audio
         self._control_factory = control_factory
+        self._model_factory = model_factory
         self._clock = clock
         self.uuid = ""
         self.start_info: StreamStart | None = None
@@ -326,7 +328,7 @@ class CallSession:
                          caller=pii(start.caller), callee=pii(start.callee)),
         )
         self.state = "active"
-        self._model = self._make_model()
+        self._model = self._model_factory(self) if self._model_factory else self._make_model()
         self._spawn(self._model.run(self._setup_events()), "model")
         self._spawn(self.playback.run(), "playback")
         await self._receive()
