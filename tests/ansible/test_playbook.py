@@ -121,7 +121,12 @@ def rendered_freeswitch_conf(tmp_path_factory: pytest.TempPathFactory, collectio
             {"name": "Render.", "ansible.builtin.include_role": {"name": "freeswitch", "tasks_from": "conf"}},
         ],
     }]
-    rc, output = _local_play(tmp, play)
+    extra: list[str] = []
+    if 'data="ext_rtp_ip=' not in (ANSIBLE_DIR.parent / "freeswitch-conf" / "vars.xml").read_text():
+        # freeswitch-conf/vars.xml without the NAT variables (before the real-FreeSWITCH work lands): the
+        # role refuses the example's public addresses (test_nat_preflight...), so render without them.
+        extra = ["-e", '{"freeswitch_ext_rtp_ip": "", "freeswitch_ext_sip_ip": "", "freeswitch_behind_nat": false}']
+    rc, output = _local_play(tmp, play, *extra)
     assert rc == 0, output[-5000:]
     return out
 
