@@ -57,7 +57,8 @@ def _changed(output: str) -> int:
 
 
 def _cli(edge: KamailioEdge, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DISPATCHER_RPC_URL": edge.rpc_url, "DISPATCHER_LIST_FILE": str(edge.dispatcher_list),
+    env = {**os.environ, "DISPATCHER_RPC_URL": edge.rpc_url,
+           "DISPATCHER_LIST_FILE": str(edge.dispatcher_list),
            "DISPATCHER_RELOAD_DELTA": "1", "DISPATCHER_ESL_WORKERS": "{}"}
     return subprocess.run([sys.executable, "-m", "dispatcher", *args], env=env, text=True,
                           capture_output=True, timeout=60, check=False)
