@@ -1,7 +1,9 @@
 """upgrade.yml's sequence under load, on real components: not one call may fail.
 
 Kamailio with the repository cfg (tests/kamailio harness), two real FreeSWITCH workers with
-freeswitch-conf/ (tests/harness, the shared 1.10.12 build, voxcom edition), and two gateways (`gateway
+freeswitch-conf/ (tests/harness, the shared 1.10.12 build) loading the project's patched mod_audio_stream
+(packaging/mod_audio_stream/build-deb.sh, the package the mod_audio_stream role installs by default),
+and two gateways (`gateway
 serve` + `gateway model` as processes), worker fsN streaming to gateway gwN as the example inventory
 spreads them. SIPp places calls through the edge the whole time while the test runs upgrade.yml's own
 task files (ansible/tasks/drain-workers.yml, enable-workers.yml: the real `dispatcher` CLI, `--wait`
@@ -24,13 +26,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
-from aivg_ansible_support import ANSIBLE_DIR, REPO, ansible_env, run, tool
+from aivg_ansible_support import ANSIBLE_DIR, CACHE_DIR, REPO, ansible_env, cache_writable, run, tool
 
 sys.path.insert(0, str(REPO / "tests" / "kamailio"))
 sys.path.insert(0, str(REPO / "tests"))
@@ -112,6 +114,19 @@ class Gateway:
             time.sleep(0.3)
         return False
 
+    def wait_log(self, ok: Callable[[str], bool], what: str = "serve", timeout: float = 60) -> bool:
+        path = self.workdir / f"{what}.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists() and ok(path.read_text(errors="replace")):
+                return True
+            time.sleep(0.3)
+        return False
+
+    def tail_count(self, needle: str, what: str = "serve") -> int:
+        path = self.workdir / f"{what}.log"
+        return path.read_text(errors="replace").count(needle) if path.exists() else 0
+
     def tail(self, what: str) -> str:
         path = self.workdir / f"{what}.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
@@ -125,15 +140,37 @@ class Appliance:
     tmp: Path
 
 
+@pytest.fixture(scope="module")
+def patched_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mod_audio_stream.so from the project's .deb, built against the test FreeSWITCH's headers (kept in
+    the test cache: build-deb.sh leaves an up-to-date .deb alone)."""
+    binary = freeswitch_binary()
+    if binary is None:
+        pytest.skip("no FreeSWITCH: /work/shared/freeswitch/install.sh (or FREESWITCH_BIN)")
+    pcdir = binary.resolve().parent.parent / "lib" / "pkgconfig"
+    out = CACHE_DIR / "mod_audio_stream" if cache_writable() else tmp_path_factory.mktemp("moddeb")
+    got = run([str(REPO / "packaging/mod_audio_stream/build-deb.sh"), "--out", str(out),
+               "--freeswitch-pkgconfig", str(pcdir)], cwd=REPO, timeout=900)
+    if got.returncode != 0 and "no default source" in got.stderr:
+        pytest.skip(f"no pinned mod_audio_stream source here: {got.stderr.strip()}")
+    assert got.returncode == 0, got.stdout[-2000:] + got.stderr[-3000:]
+    deb = Path(got.stdout.strip().splitlines()[-1])
+    unpacked = tmp_path_factory.mktemp("moddeb-x")
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True, timeout=60)
+    found = sorted(unpacked.rglob("mod_audio_stream.so"))
+    assert found, f"no mod_audio_stream.so in {deb}"
+    return found[0]
+
+
 @pytest.fixture
-def appliance(tmp_path: Path) -> Iterator[Appliance]:
+def appliance(tmp_path: Path, patched_module: Path) -> Iterator[Appliance]:
     if freeswitch_binary() is None:
         pytest.skip("no FreeSWITCH: /work/shared/freeswitch/install.sh (or FREESWITCH_BIN)")
     if not (os.path.exists(KAMAILIO) and os.path.exists(SIPP)):
         pytest.skip("kamailio and sipp are installed by `make test`")
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed")
-    workers = {name: FreeSwitch(tmp_path / name, host, edition="voxcom",
+    workers = {name: FreeSwitch(tmp_path / name, host, audio_stream_so=patched_module,
                                 vars={"worker_id": name, "stream_token": TOKEN})
                for name, host in FS_HOSTS.items()}
     esl = {name: fs.esl_address for name, fs in workers.items()}
@@ -141,12 +178,16 @@ def appliance(tmp_path: Path) -> Iterator[Appliance]:
     edge = KamailioEdge(tmp_path / "edge", carriers=(CARRIER,), worker_group=tuple(FS_HOSTS.values()),
                         workers=[Worker(name, fs.host, fs.sip_port) for name, fs in workers.items()])
     try:
-        for gw in gateways.values():
-            gw.start_engine()
-            gw.start_serve()
         for fs, gw in zip(workers.values(), gateways.values(), strict=True):
             fs.set_vars(kamailio_edge=f"127.0.0.1:{edge.private_port}", gateway_stream_url=gw.stream_url)
             fs.start()
+        for gw in gateways.values():
+            gw.start_engine()
+            gw.start_serve()
+        # Each gateway controls calls over ESL: connected to every worker before the first call.
+        for gw in gateways.values():
+            assert gw.wait_log(lambda text: all(f'esl connected worker="{n}"' in text for n in workers)), \
+                gw.tail("serve")
         edge.start()
         for fs in workers.values():
             assert edge.wait_flags(fs.sip_uri, "AP", timeout=30) == "AP", edge.worker_flags()
@@ -155,14 +196,16 @@ def appliance(tmp_path: Path) -> Iterator[Appliance]:
         yield Appliance(edge, workers, gateways, tmp_path)
     finally:
         edge.stop()
-        for fs in workers.values():
+        for name, fs in workers.items():
+            print(f"\n===== {name} log tail =====\n{fs.log_tail(3000)}")
             fs.stop()
         for gw in gateways.values():
             gw.stop("serve", timeout=20)
             gw.stop("model", timeout=20)
 
 
-def _ansible_step(app: Appliance, name: str, tasks_file: str, workers: list[str]) -> float:
+def _ansible_step(app: Appliance, name: str, tasks_file: str, workers: list[str],
+                  extra: dict[str, object] | None = None) -> float:
     """Run one of upgrade.yml's task files for `workers`, the edge being this machine. Returns seconds."""
     tmp = app.tmp / f"ansible-{name}"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -172,7 +215,8 @@ def _ansible_step(app: Appliance, name: str, tasks_file: str, workers: list[str]
     play = [{"name": name, "hosts": "edge", "gather_facts": False,
              "vars": {"aivg_upgrade_workers": workers,
                       "aivg_dispatcher_command": [sys.executable, "-m", "dispatcher"],
-                      "aivg_upgrade_drain_timeout": DRAIN_TIMEOUT_S, "aivg_upgrade_health_timeout": 60},
+                      "aivg_upgrade_drain_timeout": DRAIN_TIMEOUT_S, "aivg_upgrade_health_timeout": 60,
+                      **(extra or {})},
              "tasks": [{"name": "Run upgrade.yml's step.",
                         "ansible.builtin.include_tasks": str(ANSIBLE_DIR / "tasks" / tasks_file)}]}]
     (tmp / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
@@ -213,11 +257,21 @@ def test_rolling_upgrade_under_load_drops_no_call(appliance: Appliance) -> None:
         for (gw_name, gw), worker in zip(app.gateways.items(), app.workers, strict=True):
             drains[f"gateway {gw_name}"] = _ansible_step(app, f"drain-{gw_name}", "drain-workers.yml",
                                                          [worker])
+            connected = gw.tail_count("esl connected worker=")
             gw.stop("serve")
             gw.start_serve()
             gw.stop("model")
             gw.start_engine()
             assert gw.ready(), gw.tail("serve")
+            # /readyz is up before the gateway's ESL connections: wait for both before its workers return.
+            wanted = connected + len(app.workers)
+            assert gw.wait_log(lambda text, n=wanted: text.count("esl connected worker=") >= n), \
+                gw.tail("serve")
+            # upgrade.yml's test call through the restarted gateway and engine (greeting, then an answer).
+            _ansible_step(app, f"test-call-{gw_name}", "gateway-test-call.yml", [worker], {
+                "aivg_gateway_command": [sys.executable, "-m", "gateway"],
+                "aivg_test_call_gateway": f"{gw.host}:{gw.media_port}", "aivg_test_call_token": TOKEN,
+                "aivg_test_call_worker": worker, "aivg_test_call_wav": str(app.tmp / "test-call.wav")})
             _ansible_step(app, f"enable-{gw_name}", "enable-workers.yml", [worker])
             time.sleep(3)
         time.sleep(5)  # calls on the re-enabled workers and gateways, too
