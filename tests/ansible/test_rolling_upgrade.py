@@ -188,6 +188,17 @@ def appliance(tmp_path: Path, patched_module: Path) -> Iterator[Appliance]:
         for gw in gateways.values():
             assert gw.wait_log(lambda text: all(f'esl connected worker="{n}"' in text for n in workers)), \
                 gw.tail("serve")
+        # The first stream after a gateway starts is slow enough for mod_audio_stream's connect timeout
+        # (cold start): warm each with the test call upgrade.yml places after a restart.
+        wav = tmp_path / "warm-up.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), "What are your opening hours?"],
+                       check=True, timeout=60)
+        for gw, worker in zip(gateways.values(), workers, strict=True):
+            call = subprocess.run([sys.executable, "-m", "gateway", "call", str(wav), "--gateway",
+                                   f"{gw.host}:{gw.media_port}", "--token", TOKEN, "--worker", worker,
+                                   "--reply-timeout", "30"], cwd=REPO, capture_output=True, text=True,
+                                  timeout=120, check=False)
+            assert call.returncode == 0, call.stdout[-2000:] + gw.tail("serve")
         edge.start()
         for fs in workers.values():
             assert edge.wait_flags(fs.sip_uri, "AP", timeout=30) == "AP", edge.worker_flags()
