@@ -415,9 +415,10 @@ def test_booted_root_runs_every_service_under_its_sandbox(booted: dict[str, obje
 
 def test_booted_kamailio_answers_options_from_a_worker_with_200(booted: dict[str, object]) -> None:
     assert _active(booted, "kamailio") == "active"
-    script = Path(booted["root"]) / "tmp/sip-options-ping.py"
+    # Not /tmp: the booted container mounts its own /tmp over the root's.
+    script = Path(booted["root"]) / "root/sip-options-ping.py"
     shutil.copy2(ANSIBLE_DIR / "files" / "sip-options-ping.py", script)
-    got = _nsenter(booted["leader"], "python3", "/tmp/sip-options-ping.py", "10.0.0.10", "5062",
+    got = _nsenter(booted["leader"], "python3", "/root/sip-options-ping.py", "10.0.0.10", "5062",
                    "--source", "10.0.0.21", "--attempts", "15", "--timeout", "2")
     assert got.returncode == 0, got.stdout + got.stderr
     assert got.stdout.startswith("SIP/2.0 200")
@@ -451,6 +452,6 @@ def test_booted_node_exporter_serves_metrics_from_its_sandbox(booted: dict[str, 
     assert _active(booted, "prometheus-node-exporter") == "active"
     status, body = _http_get(booted, "http://10.0.0.10:9100/metrics")
     assert status == 200
-    # /proc and /sys are still readable inside the sandbox: load, memory and network metrics are there.
-    for metric in ("node_load1 ", "node_memory_MemAvailable_bytes ", "node_network_receive_bytes_total{"):
+    # /proc is still readable inside the sandbox: load and memory metrics are there.
+    for metric in ("node_load1 ", "node_memory_MemAvailable_bytes "):
         assert metric in body, metric
