@@ -34,6 +34,9 @@ def tool(name: str) -> str:
 def ansible_env(tmp: Path) -> dict[str, str]:
     """Environment for ansible-* runs: the repository's ansible.cfg, a private local temp dir, no colour."""
     env = dict(os.environ)
+    # The common preflight reads the controller's address from SSH_CLIENT; a test runner's own SSH
+    # session must not leak into local and chroot connections.
+    env.pop("SSH_CLIENT", None)
     env.update(
         ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
         ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-local"),

@@ -3,6 +3,7 @@ vault secret it uses, and refuses bad inventories before it changes anything."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -121,7 +122,13 @@ def rendered_freeswitch_conf(tmp_path_factory: pytest.TempPathFactory, collectio
             {"name": "Render.", "ansible.builtin.include_role": {"name": "freeswitch", "tasks_from": "conf"}},
         ],
     }]
-    rc, output = _local_play(tmp, play)
+    extra: list[str] = []
+    if 'data="ext_rtp_ip=' not in (ANSIBLE_DIR.parent / "freeswitch-conf" / "vars.xml").read_text():
+        # freeswitch-conf/vars.xml without the NAT variables (before the real-FreeSWITCH work lands): the
+        # role refuses the example's public addresses (test_preflight.py), so render without them.
+        no_nat = {"freeswitch_ext_rtp_ip": "", "freeswitch_ext_sip_ip": "", "freeswitch_behind_nat": False}
+        extra = ["-e", json.dumps(no_nat)]
+    rc, output = _local_play(tmp, play, *extra)
     assert rc == 0, output[-5000:]
     return out
 
