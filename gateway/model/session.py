@@ -370,7 +370,9 @@ class RealtimeSession:
             out.append(
                 self._ev("response.output_audio.delta", **base, delta=base64.b64encode(chunk).decode())
             )
-            self._meta[sp.item["id"]].generated_ms = sp.sent_ms
+            meta = self._meta.get(sp.item["id"])  # absent for an out-of-band response or a deleted item
+            if meta is not None:
+                meta.generated_ms = sp.sent_ms
         return out
 
     def _due(self, r: _Response, index: int) -> float:
