@@ -158,7 +158,7 @@ class Caller:
 
     A lean client on purpose (raw aiohttp WebSocket, frames serialised once, events recognised by their
     leading bytes): an SDK-based client parsing every audio delta saturated before the engine did. The
-    SDK path itself is exercised by tests/model."""
+    SDK path itself is exercised by tests/engine."""
 
     def __init__(self, url: str, phrases: dict[str, list[bytes]], silence_ms: int, offset: int = 0) -> None:
         self.url, self.silence_ms, self.offset = url, silence_ms, offset

@@ -6,9 +6,9 @@ from __future__ import annotations
 import base64
 import json
 
-from model_helpers import Conversation, _engine_defaults, front_desk_update, start_engine
+from engine_helpers import Conversation, _engine_defaults, front_desk_update, start_engine
 
-from gateway.model.session import RealtimeSession
+from gateway.engine.session import RealtimeSession
 
 TURNS = ["what are your opening hours", "transfer me to billing", "goodbye"]
 

@@ -8,7 +8,7 @@ import base64
 import json
 
 import pytest
-from model_helpers import BYTES_PER_MS, front_desk_update
+from engine_helpers import BYTES_PER_MS, front_desk_update
 
 GREETING = "Thank you for calling Riverside Dental. How can I help you today?"
 HOURS = "We are open Monday to Friday, from eight in the morning to six in the evening."

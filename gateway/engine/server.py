@@ -28,10 +28,10 @@ from ..runtime import freeze_startup_heap
 from .asr import PhoneDecoder, PhraseRecognizer
 from .profiles import EngineProfile, load_profiles, profiles_dir
 from .session import Engines, RealtimeSession
-from .settings import ModelSettings
+from .settings import EngineSettings
 from .tts import EspeakSynth
 
-log = logging.getLogger("gateway.model")
+log = logging.getLogger("gateway.engine")
 
 ENGINE_KEY = web.AppKey("engine", "Engine")
 
@@ -53,7 +53,7 @@ class KeyValueFormatter(logging.Formatter):
 class Engine:
     """Process-wide state: settings, profiles, shared speech parts, live session count."""
 
-    def __init__(self, settings: ModelSettings) -> None:
+    def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         directory = profiles_dir(settings.profiles_dir)
         self.profiles: dict[str, EngineProfile] = load_profiles(directory)
@@ -236,7 +236,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if v is not None}
 
 
-async def serve(settings: ModelSettings, ready: asyncio.Event | None = None) -> None:
+async def serve(settings: EngineSettings, ready: asyncio.Event | None = None) -> None:
     started = time.monotonic()
     engine = Engine(settings)
     runner = web.AppRunner(build_app(engine), access_log=None, handle_signals=False)
@@ -279,7 +279,7 @@ async def serve(settings: ModelSettings, ready: asyncio.Event | None = None) -> 
 def main(argv: list[str] | None = None) -> int:
     overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        settings = ModelSettings(**overrides)
+        settings = EngineSettings(**overrides)
     except Exception as exc:  # pydantic ValidationError: name the setting and stop
         print(f"gateway model: invalid settings: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class ModelSettings(BaseSettings):
+class EngineSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_ENGINE_", extra="ignore")
 
     host: str = "127.0.0.1"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from model_helpers import front_desk_update, start_engine
+from engine_helpers import front_desk_update, start_engine
 
 
 async def errors_for(conv, send, event_id: str | None = None) -> dict:

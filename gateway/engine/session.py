@@ -35,7 +35,7 @@ from .profiles import EngineProfile
 from .tts import EspeakSynth, Speech
 from .vad import FRAME_MS, TurnDetector
 
-log = logging.getLogger("gateway.model.session")
+log = logging.getLogger("gateway.engine.session")
 
 MAX_BUFFER_MS = 120_000  # uncommitted input audio kept at most (a caller monologue, 2 minutes)
 MIN_COMMIT_MS = 100  # the real API refuses to commit less than this

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.profiles import ProfileError, read_profile_file
 
-log = logging.getLogger("gateway.model.profiles")
+log = logging.getLogger("gateway.engine.profiles")
 
 DEFAULT_PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 

@@ -1,6 +1,6 @@
 """Offline speech recognition: pocketsphinx phone decoding matched against the profile's phrases.
 
-Why this shape (measured on this machine, docs/model.md "Speech recognition"): pocketsphinx 5.1.1 carries
+Why this shape (measured on this machine, docs/engine.md "Speech recognition"): pocketsphinx 5.1.1 carries
 its en-us acoustic model in the wheel, so nothing downloads. With its general language model it is
 wrong on telephone-band speech; with a JSGF grammar of the agent's phrases it often drops the final word
 or returns nothing on μ-law audio ("transfer me to billing" -> no result). Decoding *phones* (allphone
