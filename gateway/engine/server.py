@@ -27,8 +27,9 @@ from aiohttp import WSMsgType, web
 from ..runtime import freeze_startup_heap
 from .asr import PhoneDecoder, PhraseRecognizer
 from .profiles import EngineProfile, load_profiles, profiles_dir
-from .session import Engines, RealtimeSession
+from .session import RealtimeSession
 from .settings import EngineSettings
+from .speech import Engines
 from .tts import EspeakSynth
 
 log = logging.getLogger("gateway.engine")

@@ -97,7 +97,7 @@ class Conversation:
 def front_desk_update(
     fmt: str = "audio/pcmu", tools: tuple[str, ...] = ("transfer_call", "end_call", "escalate"), **turn: Any
 ) -> dict[str, Any]:
-    """The session.update the gateway sends for a front-desk call (contracts.md)."""
+    """The session.update the gateway sends for a front-desk call (docs/gateway.md)."""
     td = {
         "type": "server_vad",
         "threshold": 0.5,
