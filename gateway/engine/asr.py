@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -137,6 +137,7 @@ class Recognition:
     transcript: str  # the matched phrase, or "" when rejected
     distance: float  # normalised phone distance of the best phrase (0 = identical)
     phones: tuple[str, ...]  # what the decoder heard
+    cpu_ms: float = field(default=0.0, compare=False)  # CPU time the decode took (for the log only)
 
 
 class PhraseRecognizer:

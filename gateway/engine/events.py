@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from typing import Any, get_args
 
+import numpy as np
 from pydantic import BaseModel
 
 
@@ -37,11 +39,31 @@ class ClientError(Exception):
         self.code, self.message, self.param = code, message, param
 
 
-def parse_client_event(raw: str | bytes) -> dict[str, Any]:
+MAX_JSON_DEPTH = 64  # the deepest real client event (a tool's JSON schema) nests far less
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def json_depth(raw: str) -> int:
+    """How deep the arrays and objects of a JSON text nest, without parsing it (so without recursion:
+    Python's parser raises RecursionError on a few thousand levels)."""
+    if raw.count("[") + raw.count("{") == 0:
+        return 0
+    skeleton = _JSON_STRING.sub("", raw).encode("utf-8", "replace")  # brackets in strings do not nest
+    b = np.frombuffer(skeleton, np.uint8)
+    steps = ((b == 0x5B) | (b == 0x7B)).astype(np.int32) - ((b == 0x5D) | (b == 0x7D)).astype(np.int32)
+    return int(np.cumsum(steps).max()) if len(steps) else 0
+
+
+def parse_client_event(raw: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
     """One WebSocket message -> a JSON object, or `ClientError` (these refusals name no client event)."""
     if isinstance(raw, bytes):
         raise ClientError(
             "invalid_message", "binary frames are not part of the Realtime protocol; send JSON text frames"
+        )
+    # Cheap first: only a message with more brackets than the limit can nest past it.
+    if raw.count("[") + raw.count("{") > max_depth and json_depth(raw) > max_depth:
+        raise ClientError(
+            "json_too_deep", f"the message nests arrays or objects deeper than {max_depth} levels"
         )
     try:
         data = json.loads(raw)

@@ -56,7 +56,6 @@ class EngineProfile(BaseModel):
         return [ex for intent in self.dialogue.intents for ex in intent.examples]
 
 
-
 def profiles_dir(configured: str | os.PathLike[str] | None = None) -> Path:
     if configured:
         return Path(configured)

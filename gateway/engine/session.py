@@ -13,6 +13,12 @@ together one call's parts, each in its own module:
 - `output`: the response in flight, its audio paced on the clock, its tool call.
 
 Every refusal is an `error` event naming the offending client `event_id`, and the session lives on.
+
+Recognition of a committed turn is the one slow step, so the session does not run it itself unless
+told to (`recognise_inline`, for tests and tools): it stops at the turn's `conversation.item.done`,
+exposes the audio as `waiting` (a `RecognitionJob`), and carries on from exactly there when the
+adapter hands back the result with `recognised()`. The adapter feeds it nothing else meanwhile, so the
+events come out in the same order either way.
 """
 
 from __future__ import annotations
@@ -21,19 +27,20 @@ import base64
 import binascii
 import copy
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
 from . import audio
+from .asr import Recognition
 from .config import apply_update, initial_config
 from .conversation import Conversation, ItemMeta
 from .dialogue import DialogueEngine, Plan, say_exactly
-from .events import CLIENT_EVENT_MODELS, ClientError, EventBuilder, parse_client_event
+from .events import CLIENT_EVENT_MODELS, MAX_JSON_DEPTH, ClientError, EventBuilder, parse_client_event
 from .output import Response, ResponseWriter
 from .profiles import EngineProfile
+from .recognition import RecognitionJob
 from .speech import Engines
 from .turns import InputBuffer, TurnStarted
 
@@ -55,6 +62,8 @@ class RealtimeSession:
         chunk_ms: int = 100,
         pace: float = 1.0,
         lead_ms: int = 300,
+        recognise_inline: bool = True,
+        max_json_depth: int = MAX_JSON_DEPTH,
     ) -> None:
         self.profile = profile
         self.engines = engines
@@ -67,6 +76,10 @@ class RealtimeSession:
         self.output = ResponseWriter(
             self.events, self.conversation, engines.synth, chunk_ms=chunk_ms, pace=pace, lead_ms=lead_ms
         )
+        self.recognise_inline = recognise_inline
+        self.max_json_depth = max_json_depth
+        self.waiting: RecognitionJob | None = None  # a turn's audio awaiting `recognised()`
+        self._resume: Callable[[Recognition | None, float], Events] | None = None
 
     @property
     def in_format(self) -> str:
@@ -93,9 +106,43 @@ class RealtimeSession:
         return [self.events.event("session.created", session=copy.deepcopy(self.config))]
 
     def receive(self, raw: str | bytes, now: float) -> Events:
-        """One WebSocket message from the client -> the server events it causes (plus due audio)."""
+        """One WebSocket message from the client -> the server events it causes (plus due audio). Must
+        not be called while `waiting` is set."""
+        assert self.waiting is None, "feed recognised() first"
+        return self._handle(raw, now) + self._settle(now)
+
+    def recognised(self, result: Recognition | None, now: float) -> Events:
+        """The result of the `waiting` job -> the events from where the session stopped on."""
+        return self._resume_with(result, now) + self._settle(now)
+
+    def _resume_with(self, result: Recognition | None, now: float) -> Events:
+        resume, self.waiting, self._resume = self._resume, None, None
+        assert resume is not None
+        out = resume(result, now)
+        if self.waiting is None:
+            out += self._run_turns(now)  # frames of the same append that came after the turn's end
+        return out
+
+    def _settle(self, now: float) -> Events:
+        out: Events = []
+        while self.recognise_inline and self.waiting is not None:
+            job = self.waiting
+            try:
+                result = self.engines.recognise(job.profile, job.pcm, job.rate)
+            except Exception:  # a decoder failure costs this turn's transcript, not the call
+                log.exception("recognition failed", extra={"fields": {"session": self.session_id}})
+                result = None
+            out += self._resume_with(result, now)
+        if self.waiting is None:
+            out += self.poll(now)
+        return out
+
+    def _wait_for(self, job: RecognitionJob, resume: Callable[[Recognition | None, float], Events]) -> None:
+        self.waiting, self._resume = job, resume
+
+    def _handle(self, raw: str | bytes, now: float) -> Events:
         try:
-            data = parse_client_event(raw)
+            data = parse_client_event(raw, self.max_json_depth)
         except ClientError as exc:
             return [self.events.error(exc.code, exc.message, exc.param, None)]
         event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
@@ -133,7 +180,7 @@ class RealtimeSession:
                     type_="server_error",
                 )
             ]
-        return out + self.poll(now)
+        return out
 
     def next_deadline(self) -> float | None:
         return self.output.next_deadline()
@@ -176,6 +223,8 @@ class RealtimeSession:
                     ev("input_audio_buffer.speech_stopped", audio_end_ms=turn.audio_end_ms, item_id=item_id)
                 )
                 out += self._commit(item_id, turn.first_frame, now, auto=True)
+                if self.waiting is not None:
+                    break  # the rest of the audio waits, pending, until the turn is recognised
         return out
 
     def _commit(self, item_id: str, first_frame: int, now: float, auto: bool) -> Events:
@@ -196,9 +245,16 @@ class RealtimeSession:
             ev("conversation.item.added", item=copy.deepcopy(item), previous_item_id=previous),
             ev("conversation.item.done", item=copy.deepcopy(item), previous_item_id=previous),
         ]
-        cpu0 = time.process_time()  # for the log only: never feeds back into the events
-        result = self.engines.recognise(self.profile.name, pcm, rate)
-        asr_cpu_ms = round((time.process_time() - cpu0) * 1000, 1)
+        self._wait_for(
+            RecognitionJob(self.profile.name, pcm, rate),
+            lambda result, now: self._committed(item, pcm, rate, result, now, auto),
+        )
+        return out
+
+    def _committed(
+        self, item: dict[str, Any], pcm: Any, rate: int, result: Recognition | None, now: float, auto: bool
+    ) -> Events:
+        item_id = item["id"]
         transcript = result.transcript if result is not None else ""
         item["content"][0]["transcript"] = transcript
         log.info(
@@ -209,20 +265,20 @@ class RealtimeSession:
                     "item": item_id,
                     "audio_ms": len(pcm) * 1000 // rate,
                     "phone_distance": round(result.distance, 3) if result else None,
-                    "asr_cpu_ms": asr_cpu_ms,
+                    "asr_cpu_ms": result.cpu_ms if result else None,  # the log only, never the events
                     "pii": {"transcript": transcript},
                 }
             },
         )
-        out.append(
-            ev(
+        out = [
+            self.events.event(
                 "conversation.item.input_audio_transcription.completed",
                 item_id=item_id,
                 content_index=0,
                 transcript=transcript,
                 usage={"type": "duration", "seconds": round(len(pcm) / rate, 3)},
             )
-        )
+        ]
         td = self.turn_detection
         if auto and td is not None and td.get("create_response", True) and self.response is None:
             out += self._start_response({}, now)
@@ -266,17 +322,40 @@ class RealtimeSession:
         item["id"] = item_id
         item["object"] = "realtime.item"
         item.setdefault("status", "completed")
+        spoken: list[tuple[dict[str, Any], Any]] = []  # input_audio parts and their samples
         if itype == "message":
             for part in item.get("content") or []:
                 if part.get("type") == "input_audio" and part.get("audio"):
-                    pcm = audio.decode(self.in_format, self._b64(part.pop("audio"), "item.content.audio"))
-                    result = self.engines.recognise(self.profile.name, pcm, self.input.rate)
+                    spoken.append(
+                        (
+                            part,
+                            audio.decode(self.in_format, self._b64(part.pop("audio"), "item.content.audio")),
+                        )
+                    )
+        rate = self.input.rate
+
+        def add(index: int) -> Events:
+            """Transcribe the spoken parts one by one, then add the item."""
+            if index < len(spoken):
+                part, pcm = spoken[index]
+
+                def heard(result: Recognition | None, now: float) -> Events:
                     part["transcript"] = result.transcript if result is not None else ""
-        previous = self.conversation.add(item)
-        return [
-            self.events.event("conversation.item.added", item=copy.deepcopy(item), previous_item_id=previous),
-            self.events.event("conversation.item.done", item=copy.deepcopy(item), previous_item_id=previous),
-        ]
+                    return add(index + 1)
+
+                self._wait_for(RecognitionJob(self.profile.name, pcm, rate), heard)
+                return []
+            previous = self.conversation.add(item)
+            return [
+                self.events.event(
+                    "conversation.item.added", item=copy.deepcopy(item), previous_item_id=previous
+                ),
+                self.events.event(
+                    "conversation.item.done", item=copy.deepcopy(item), previous_item_id=previous
+                ),
+            ]
+
+        return add(0)
 
     @staticmethod
     def _b64(value: str, param: str) -> bytes:

@@ -5,7 +5,8 @@ Loaded once, before the engine listens, so the first caller pays no start-up cos
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from .tts import EspeakSynth
 
 @dataclass
 class Engines:
+    """The speech parts. `recognise` here runs in the calling thread; the server runs it in worker
+    processes instead (`recognition.RecognitionPool`), so decoding never blocks the event loop."""
+
     synth: EspeakSynth
     recognizers: dict[str, PhraseRecognizer]
 
@@ -24,6 +28,9 @@ class Engines:
         """What the caller said in `pcm` (int16 at `rate`), by the profile's recogniser; None when the
         profile has none."""
         recognizer = self.recognizers.get(profile)
+        cpu0 = time.process_time()
+        pcm16k = audio.resample(pcm, rate, ASR_RATE)
         if recognizer is None:
             return None
-        return recognizer.recognise(audio.resample(pcm, rate, ASR_RATE))
+        result = recognizer.recognise(pcm16k)
+        return replace(result, cpu_ms=round((time.process_time() - cpu0) * 1000, 1))
