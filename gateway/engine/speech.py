@@ -28,9 +28,11 @@ class Engines:
         """What the caller said in `pcm` (int16 at `rate`), by the profile's recogniser; None when the
         profile has none."""
         recognizer = self.recognizers.get(profile)
-        cpu0 = time.process_time()
-        pcm16k = audio.resample(pcm, rate, ASR_RATE)
         if recognizer is None:
             return None
+        if recognizer.too_long(len(pcm), rate):
+            return Recognition("", 1.0, ())  # not one of the phrases, whatever it is: not decoded
+        cpu0 = time.process_time()
+        pcm16k = audio.resample(pcm, rate, ASR_RATE)
         result = recognizer.recognise(pcm16k)
         return replace(result, cpu_ms=round((time.process_time() - cpu0) * 1000, 1))
