@@ -251,11 +251,14 @@ async def _run(ws: web.WebSocketResponse, session: RealtimeSession, engine: Engi
             await _send(ws, session.recognised(result, clock()))
 
     async def read() -> None:
+        # Not in `finally`: when this task is cancelled the loop below is leaving anyway, and waiting to
+        # queue the end marker on a full inbox would never finish.
         try:
             async for msg in ws:
-                await inbox.put(msg)
-        finally:
-            await inbox.put(None)
+                await inbox.put(msg)  # waits while the inbox is full: the socket is not read meanwhile
+        except (ConnectionError, RuntimeError):
+            pass
+        await inbox.put(None)
 
     reader = asyncio.create_task(read())
     try:
