@@ -148,10 +148,19 @@ _MAX_MS_PER_PHONE = 150  # slower than any caller speaks (conversational English
 class PhraseRecognizer:
     """Recognises which of a fixed set of phrases was spoken, or none."""
 
-    def __init__(self, phrases: list[str], decoder: PhoneDecoder, reject_above: float = 0.65) -> None:
+    def __init__(
+        self,
+        phrases: list[str],
+        decoder: PhoneDecoder,
+        reject_above: float = 0.65,
+        pronunciations: dict[str, list[str]] | None = None,
+    ) -> None:
+        """`pronunciations` (phrase -> phones) spares loading the pronouncing dictionary (~48 MB), as
+        the recognition workers do: the server looks the phrases up once and passes the phones."""
         self._decoder = decoder
         self.reject_above = reject_above
-        self._refs = [(p, phones_of(p)) for p in dict.fromkeys(phrases) if phones_of(p)]
+        said = pronunciations if pronunciations is not None else {p: phones_of(p) for p in phrases}
+        self._refs = [(p, said[p]) for p in dict.fromkeys(phrases) if said.get(p)]
         # A hypothesis longer than longest / (1 - reject_above) phones is rejected whatever it says
         # (the distance is normalised by the longer sequence), so a turn longer than that many phones
         # spoken slowly is not decoded at all: decoding costs ~0.07 s of CPU per second of noise, and a

@@ -48,7 +48,7 @@ class RecognitionJob:
 _worker_engines: Any = None
 
 
-def _init_worker(phrases: dict[str, list[str]], reject_above: float) -> None:
+def _init_worker(phrases: dict[str, dict[str, list[str]]], reject_above: float) -> None:
     global _worker_engines
     from .asr import PhoneDecoder, PhraseRecognizer
     from .speech import Engines
@@ -56,7 +56,10 @@ def _init_worker(phrases: dict[str, list[str]], reject_above: float) -> None:
     decoder = PhoneDecoder()
     _worker_engines = Engines(
         synth=None,  # type: ignore[arg-type] - workers only recognise
-        recognizers={name: PhraseRecognizer(p, decoder, reject_above) for name, p in phrases.items()},
+        recognizers={
+            name: PhraseRecognizer(list(said), decoder, reject_above, pronunciations=said)
+            for name, said in phrases.items()
+        },
     )
 
 
@@ -66,11 +69,12 @@ def _recognise_in_worker(profile: str, pcm: bytes, rate: int) -> Recognition | N
 
 # ---------------------------------------------------------------- event loop side
 class RecognitionPool:
-    """Runs `RecognitionJob`s on `workers` processes (0: one thread of this process, using `local`)."""
+    """Runs `RecognitionJob`s on `workers` processes (0: one thread of this process, using `local`).
+    `phrases` is, per profile, each phrase and its phones (in profile order)."""
 
     def __init__(
         self,
-        phrases: dict[str, list[str]],
+        phrases: dict[str, dict[str, list[str]]],
         reject_above: float,
         workers: int,
         local: Callable[[RecognitionJob], Recognition | None],

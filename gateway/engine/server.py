@@ -32,7 +32,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..runtime import freeze_startup_heap
-from .asr import PhoneDecoder, PhraseRecognizer
+from .asr import PhoneDecoder, PhraseRecognizer, phones_of
 from .profiles import EngineProfile, load_profiles, profiles_dir
 from .recognition import RecognitionJob, RecognitionPool
 from .session import RealtimeSession
@@ -87,7 +87,10 @@ class Engine:
         )
         self._warm_up(decoder)
         self.recognition = RecognitionPool(
-            {name: p.phrases() for name, p in self.profiles.items()},
+            {
+                name: {phrase: phones_of(phrase) for phrase in p.phrases()}
+                for name, p in self.profiles.items()
+            },
             settings.reject_above,
             settings.asr_workers,
             local=lambda job: self.engines.recognise(job.profile, job.pcm, job.rate),

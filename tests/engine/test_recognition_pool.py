@@ -22,7 +22,7 @@ async def test_a_short_turn_is_decoded_before_longer_ones_queued_earlier():
         gate.wait(10)  # the first job holds the only worker until every job is queued
         return Recognition(f"{job.audio_ms} ms", 0.0, ())
 
-    pool = RecognitionPool({"p": ["x"]}, 0.65, workers=0, local=decode)
+    pool = RecognitionPool({"p": {"x": ["EH", "K", "S"]}}, 0.65, workers=0, local=decode)
     try:
         jobs = [RecognitionJob("p", np.zeros(8 * ms, np.int16), 8000) for ms in (500, 9000, 6000, 1200)]
         tasks = []
@@ -47,7 +47,7 @@ async def test_a_failing_decode_costs_that_turn_only():
             raise RuntimeError("decoder broke")
         return Recognition("goodbye", 0.1, ())
 
-    pool = RecognitionPool({"p": ["goodbye"]}, 0.65, workers=0, local=decode)
+    pool = RecognitionPool({"p": {"goodbye": ["G", "UH", "D", "B", "AY"]}}, 0.65, workers=0, local=decode)
     try:
         job = RecognitionJob("p", np.zeros(8000, np.int16), 8000)
         assert await pool.recognise(job) is None
