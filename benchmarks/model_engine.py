@@ -95,10 +95,13 @@ def session_update(silence_ms: int) -> dict:
     }
 
 
+HOST = "127.0.0.1"  # --host: the loopback address the engine under test listens on
+
+
 class EngineProcess:
     def __init__(self, *extra: str, log_level: str = "WARNING") -> None:
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            s.bind((HOST, 0))
             self.port = s.getsockname()[1]
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         t0 = time.monotonic()
@@ -109,7 +112,7 @@ class EngineProcess:
                 "gateway",
                 "model",
                 "--host",
-                "127.0.0.1",
+                HOST,
                 "--port",
                 str(self.port),
                 "--log-level",
@@ -122,7 +125,7 @@ class EngineProcess:
         )
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                with socket.create_connection((HOST, self.port), timeout=0.2):
                     break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() - t0 > 120:
@@ -132,14 +135,34 @@ class EngineProcess:
                 time.sleep(0.05)
         self.ready_s = time.monotonic() - t0
         self.ps = psutil.Process(self.proc.pid)
-        self.url = f"ws://127.0.0.1:{self.port}/v1"
+        self.url = f"ws://{HOST}:{self.port}/v1"
 
-    def rss_mb(self) -> float:
-        return self.ps.memory_info().rss / 2**20
+    def _workers(self) -> list[psutil.Process]:
+        """The recognition worker processes (and the forkserver) the engine started."""
+        try:
+            return self.ps.children(recursive=True)
+        except psutil.Error:
+            return []
+
+    def rss_mb(self, workers: bool = False) -> float:
+        procs = [self.ps, *(self._workers() if workers else [])]
+        return sum(p.memory_info().rss for p in procs) / 2**20
 
     def cpu_s(self) -> float:
+        """CPU of the server process (event loop, bulk thread)."""
         t = self.ps.cpu_times()
         return t.user + t.system
+
+    def worker_cpu_s(self) -> float:
+        """CPU of the recognition workers."""
+        total = 0.0
+        for p in self._workers():
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
 
     def asr_cpu_ms(self) -> list[float]:
         """CPU the engine spent recognising each caller turn (from its `caller turn` log lines)."""
@@ -158,7 +181,7 @@ class Caller:
 
     A lean client on purpose (raw aiohttp WebSocket, frames serialised once, events recognised by their
     leading bytes): an SDK-based client parsing every audio delta saturated before the engine did. The
-    SDK path itself is exercised by tests/model."""
+    SDK path itself is exercised by tests/engine."""
 
     def __init__(self, url: str, phrases: dict[str, list[bytes]], silence_ms: int, offset: int = 0) -> None:
         self.url, self.silence_ms, self.offset = url, silence_ms, offset
@@ -344,20 +367,24 @@ async def bench_concurrency(phrases, levels: list[int], seconds: float) -> list[
             for c in callers:  # stagger call starts over one second
                 tasks.append(asyncio.create_task(c.run(seconds)))
                 await asyncio.sleep(1.0 / n)
-            cpu0, t0 = engine.cpu_s(), time.monotonic()
+            cpu0, wcpu0, t0 = engine.cpu_s(), engine.worker_cpu_s(), time.monotonic()
             await asyncio.gather(*tasks, return_exceptions=True)
-            cpu = (engine.cpu_s() - cpu0) / (time.monotonic() - t0) * 100
+            elapsed = time.monotonic() - t0
+            cpu = (engine.cpu_s() - cpu0) / elapsed * 100
+            wcpu = (engine.worker_cpu_s() - wcpu0) / elapsed * 100
             lat = [x * 1000 for c in callers for x in c.latencies]
             rows.append(
                 {
                     "sessions": n,
                     "engine_cpu_pct_of_one_core": round(cpu, 1),
+                    "asr_workers_cpu_pct_of_one_core": round(wcpu, 1),
                     "turns": len(lat),
                     "latency_p50_ms": round(pct(lat, 50), 1),
                     "latency_p95_ms": round(pct(lat, 95), 1),
                     "latency_max_ms": round(max(lat, default=0), 1),
                     "client_late_frames": sum(c.late_frames for c in callers),
                     "rss_mb": round(engine.rss_mb(), 1),
+                    "rss_with_workers_mb": round(engine.rss_mb(workers=True), 1),
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
@@ -373,7 +400,9 @@ async def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--memory-sessions", type=int, default=100)
     p.add_argument("--latency-only", action="store_true")
+    p.add_argument("--host", default=HOST, help="loopback address for the engine under test")
     args = p.parse_args()
+    globals()["HOST"] = args.host
     phrases = {t: frames_of(b"\xff" * 8 * 300 + speak(t) + b"\xff" * 8 * 1200) for t in PHRASES}
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),

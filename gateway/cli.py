@@ -13,7 +13,7 @@ import sys
 # sub-command -> (module, help). Each module exposes `main(argv: list[str]) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("gateway.serve", "run the media plane (mod_audio_stream WebSocket) and the admin API"),
-    "model": ("gateway.model.server", "run the embedded Realtime-protocol engine (offline default model)"),
+    "model": ("gateway.engine.server", "run the embedded Realtime-protocol engine (offline default model)"),
     "call": ("gateway.client.call", "place a simulated call exactly as mod_audio_stream would"),
 }
 

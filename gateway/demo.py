@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     engine_port, media_port, admin_port = free_port(), free_port(), free_port()
     procs: list[tuple[subprocess.Popen[bytes], str]] = []
     try:
-        if importlib.util.find_spec("gateway.model.server") is not None:
+        if importlib.util.find_spec("gateway.engine.server") is not None:
             engine = start([py, "-m", "gateway", "model", "--host", "127.0.0.1", "--port", str(engine_port)],
                            "model.log", env)
             engine_name = "embedded engine (gateway model)"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gateway.model.profiles import load_profiles as load_engine_profiles
+from gateway.engine.profiles import load_profiles as load_engine_profiles
 from gateway.profiles import load_profiles
 from gateway.settings import DEFAULT_PROFILES_DIR
 

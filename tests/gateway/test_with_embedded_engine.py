@@ -13,7 +13,7 @@ import pytest
 
 from gateway.client.call import place_call
 
-pytest.importorskip("gateway.model.server")
+pytest.importorskip("gateway.engine.server")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ load it at start-up. Installed by the gateway role; used by its `validate:` step
 import sys
 from pathlib import Path
 
-from gateway.model.profiles import load_profile as load_engine_profile
+from gateway.engine.profiles import load_profile as load_engine_profile
 from gateway.profiles import ProfileError, load_profile
 
 path = Path(sys.argv[1])

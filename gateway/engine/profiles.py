@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.profiles import ProfileError, read_profile_file
 
-log = logging.getLogger("gateway.model.profiles")
+log = logging.getLogger("gateway.engine.profiles")
 
 DEFAULT_PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
@@ -54,7 +54,6 @@ class EngineProfile(BaseModel):
     def phrases(self) -> list[str]:
         """Everything the recogniser listens for: every intent example, in profile order."""
         return [ex for intent in self.dialogue.intents for ex in intent.examples]
-
 
 
 def profiles_dir(configured: str | os.PathLike[str] | None = None) -> Path:

@@ -1,6 +1,6 @@
 """Offline speech recognition: pocketsphinx phone decoding matched against the profile's phrases.
 
-Why this shape (measured on this machine, docs/model.md "Speech recognition"): pocketsphinx 5.1.1 carries
+Why this shape (measured on this machine, docs/engine.md "Speech recognition"): pocketsphinx 5.1.1 carries
 its en-us acoustic model in the wheel, so nothing downloads. With its general language model it is
 wrong on telephone-band speech; with a JSGF grammar of the agent's phrases it often drops the final word
 or returns nothing on μ-law audio ("transfer me to billing" -> no result). Decoding *phones* (allphone
@@ -16,9 +16,10 @@ scripted agent, not a dictation engine. A whisper-class model would transcribe o
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -137,17 +138,44 @@ class Recognition:
     transcript: str  # the matched phrase, or "" when rejected
     distance: float  # normalised phone distance of the best phrase (0 = identical)
     phones: tuple[str, ...]  # what the decoder heard
+    cpu_ms: float = field(default=0.0, compare=False)  # CPU time the decode took (for the log only)
+
+
+MIN_UTTERANCE_LIMIT_MS = 10_000
+_MAX_MS_PER_PHONE = 150  # slower than any caller speaks (conversational English: 10-15 phones/s)
 
 
 class PhraseRecognizer:
     """Recognises which of a fixed set of phrases was spoken, or none."""
 
-    def __init__(self, phrases: list[str], decoder: PhoneDecoder, reject_above: float = 0.65) -> None:
+    def __init__(
+        self,
+        phrases: list[str],
+        decoder: PhoneDecoder,
+        reject_above: float = 0.65,
+        pronunciations: dict[str, list[str]] | None = None,
+    ) -> None:
+        """`pronunciations` (phrase -> phones) spares loading the pronouncing dictionary (~48 MB), as
+        the recognition workers do: the server looks the phrases up once and passes the phones."""
         self._decoder = decoder
         self.reject_above = reject_above
-        self._refs = [(p, phones_of(p)) for p in dict.fromkeys(phrases) if phones_of(p)]
+        said = pronunciations if pronunciations is not None else {p: phones_of(p) for p in phrases}
+        self._refs = [(p, said[p]) for p in dict.fromkeys(phrases) if said.get(p)]
+        # A hypothesis longer than longest / (1 - reject_above) phones is rejected whatever it says
+        # (the distance is normalised by the longer sequence), so a turn longer than that many phones
+        # spoken slowly is not decoded at all: decoding costs ~0.07 s of CPU per second of noise, and a
+        # two-minute turn of noise would hold a worker for ~9 s.
+        longest = max((len(ref) for _p, ref in self._refs), default=0)
+        self.max_audio_ms = max(
+            MIN_UTTERANCE_LIMIT_MS, math.ceil(longest / (1.0 - min(reject_above, 0.99))) * _MAX_MS_PER_PHONE
+        )
+
+    def too_long(self, samples: int, rate: int) -> bool:
+        return samples * 1000 > self.max_audio_ms * rate
 
     def recognise(self, pcm16k: np.ndarray) -> Recognition:
+        if self.too_long(len(pcm16k), RATE):
+            return Recognition("", 1.0, ())
         heard = self._decoder.phones(dither(pcm16k))
         if not heard or not self._refs:
             return Recognition("", 1.0, tuple(heard))

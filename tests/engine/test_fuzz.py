@@ -6,12 +6,12 @@ from __future__ import annotations
 import base64
 import json
 
+from engine_helpers import _engine_defaults
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from model_helpers import _engine_defaults
 
-from gateway.model.session import CLIENT_EVENT_MODELS, RealtimeSession
-from gateway.model.validate import validate_server_event
+from gateway.engine.session import CLIENT_EVENT_MODELS, RealtimeSession
+from gateway.engine.validate import validate_server_event
 
 json_values = st.recursive(
     st.none()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from model_helpers import front_desk_update, start_engine
+from engine_helpers import front_desk_update
 
 
 async def errors_for(conv, send, event_id: str | None = None) -> dict:
@@ -198,24 +198,6 @@ async def test_second_response_while_one_is_active_is_refused(connect):
     assert err["code"] == "conversation_already_has_active_response"
     done = await conv.expect("response.done")
     assert done["response"]["id"] == first["response"]["id"] and done["response"]["status"] == "completed"
-
-
-async def test_token_is_enforced_when_configured():
-    from openai import AsyncOpenAI
-
-    runner, port, _ = await start_engine(token="s3cret")
-    try:
-        url = f"ws://127.0.0.1:{port}/v1"
-        bad = AsyncOpenAI(api_key="wrong", websocket_base_url=url, max_retries=0)
-        with pytest.raises(Exception, match="401"):
-            await bad.realtime.connect(model="gpt-realtime").enter()
-        good = AsyncOpenAI(api_key="s3cret", websocket_base_url=url, max_retries=0)
-        conn = await good.realtime.connect(model="gpt-realtime").enter()
-        event = await conn.recv()
-        assert event.type == "session.created"
-        await conn.close()
-    finally:
-        await runner.cleanup()
 
 
 async def test_unknown_profile_is_refused_and_default_profile_is_used(engine_url):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from model_helpers import _engine_defaults
+from engine_helpers import _engine_defaults
 
-from gateway.model import audio
-from gateway.model.dialogue import DialogueEngine, say_exactly
-from gateway.model.vad import TurnDetector
+from gateway.engine import audio
+from gateway.engine.dialogue import DialogueEngine, say_exactly
+from gateway.engine.vad import TurnDetector
 
 
 def frames(pcm: np.ndarray):

@@ -26,6 +26,7 @@ FORMATS: dict[str, tuple[int, int]] = {
 
 _TAPS_PER_SIDE = 10  # zero crossings of the sinc kept on each side of the centre
 _KAISER_BETA = 8.6  # ~-90 dB stop band
+_BLOCK = 8192  # output samples computed at once
 
 
 @lru_cache(maxsize=16)
@@ -51,12 +52,14 @@ def resample(pcm: np.ndarray, fin: int, fout: int) -> np.ndarray:
     n_out = -(-len(pcm) * up // down)
     # Output n sits at up-sampled position n*down + half (the filter's centre): x[j] contributes with
     # h[t - j*up] where t = n*down + half, so phase = t % up and the newest input index is t // up.
-    t = np.arange(n_out) * down + half
-    newest = t // up
     pad = taps
     x = np.concatenate([np.zeros(pad, np.float32), pcm.astype(np.float32), np.zeros(pad + 1, np.float32)])
-    idx = newest[:, None] - np.arange(taps)[None, :] + pad
-    y = np.einsum("nk,nk->n", x[idx], bank[t % up])
+    y = np.empty(n_out, np.float32)
+    # In blocks: the gathered (outputs x taps) matrix of a whole two-minute turn would be ~0.5 GB.
+    for start in range(0, n_out, _BLOCK):
+        t = np.arange(start, min(n_out, start + _BLOCK)) * down + half
+        idx = (t // up)[:, None] - np.arange(taps)[None, :] + pad
+        y[start : start + len(t)] = np.einsum("nk,nk->n", x[idx], bank[t % up])
     return np.clip(np.rint(y), -32768, 32767).astype(np.int16)
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import base64
 import json
 
-from model_helpers import Conversation, _engine_defaults, front_desk_update, start_engine
+from engine_helpers import Conversation, _engine_defaults, front_desk_update, start_engine
 
-from gateway.model.session import RealtimeSession
+from gateway.engine.session import RealtimeSession
 
 TURNS = ["what are your opening hours", "transfer me to billing", "goodbye"]
 
@@ -88,3 +88,50 @@ def test_core_on_injected_clock_is_deterministic_including_barge_in(say):
         for ev in (a, c)
     ]
     assert sent[0] < sent[1]
+
+
+def drive_deferred(say, barge_at_s: float) -> list[dict]:
+    """`drive`, with recognition handed out as jobs and their results fed back (as the server does)."""
+    engine = _engine_defaults()
+    session = RealtimeSession(
+        engine.profiles["front-desk"], engine.engines, pace=1.0, lead_ms=0, recognise_inline=False
+    )
+    events = session.open(0.0)
+    events += session.receive(json.dumps(front_desk_update()), 0.0)
+    audio = say("what are your opening hours") + b"\xff" * 8 * int(barge_at_s * 1000) + say("goodbye")
+    now, jobs = 0.0, 0
+    # Whole seconds per append: a turn's end falls mid-message, so the audio after it must wait.
+    for i in range(0, len(audio), 8000):
+        frame = base64.b64encode(audio[i : i + 8000]).decode()
+        events += session.receive(json.dumps({"type": "input_audio_buffer.append", "audio": frame}), now)
+        while session.waiting is not None:
+            job = session.waiting
+            jobs += 1
+            events += session.recognised(engine.engines.recognise(job.profile, job.pcm, job.rate), now)
+        events += session.poll(now)
+        now += 1.0
+    for _ in range(30):
+        events += session.poll(now)
+        now += 1.0
+    assert jobs == 2
+    return events
+
+
+def test_deferred_recognition_gives_the_same_events_as_inline(say):
+    engine = _engine_defaults()
+    session = RealtimeSession(engine.profiles["front-desk"], engine.engines, pace=1.0, lead_ms=0)
+    inline = session.open(0.0) + session.receive(json.dumps(front_desk_update()), 0.0)
+    audio = say("what are your opening hours") + b"\xff" * 8 * 2500 + say("goodbye")
+    now = 0.0
+    for i in range(0, len(audio), 8000):
+        frame = base64.b64encode(audio[i : i + 8000]).decode()
+        inline += session.receive(json.dumps({"type": "input_audio_buffer.append", "audio": frame}), now)
+        inline += session.poll(now)
+        now += 1.0
+    for _ in range(30):
+        inline += session.poll(now)
+        now += 1.0
+    deferred = drive_deferred(say, barge_at_s=2.5)
+    assert json.dumps(deferred) == json.dumps(inline)
+    transcripts = [e["transcript"] for e in deferred if e["type"].endswith("transcription.completed")]
+    assert transcripts == ["what are your opening hours", "goodbye"]

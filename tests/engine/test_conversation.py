@@ -8,7 +8,7 @@ import base64
 import json
 
 import pytest
-from model_helpers import BYTES_PER_MS, front_desk_update
+from engine_helpers import BYTES_PER_MS, front_desk_update
 
 GREETING = "Thank you for calling Riverside Dental. How can I help you today?"
 HOURS = "We are open Monday to Friday, from eight in the morning to six in the evening."
@@ -274,3 +274,25 @@ async def test_speech_does_not_interrupt_or_answer_when_turn_detection_says_so(c
     await conv.send({"type": "response.create"})  # the client decides when to answer
     done = await conv.expect("response.done", lambda e: e["response"]["id"] != created["response"]["id"])
     assert done["response"]["output"][0]["content"][0]["transcript"] == HOURS
+
+
+async def test_out_of_band_spoken_response_plays_out_and_the_session_carries_on(connect):
+    # `conversation: "none"` answers outside the conversation (no item added); its audio used to crash
+    # the session when the first chunk was paced out.
+    conv = await connect()
+    await conv.send(front_desk_update())
+    await conv.expect("session.updated")
+    await conv.send(
+        {
+            "type": "response.create",
+            "response": {"conversation": "none", "instructions": 'Say exactly: "Just between us."'},
+        }
+    )
+    done = await conv.expect("response.done")
+    assert done["response"]["status"] == "completed"
+    assert done["response"]["conversation_id"] is None
+    assert done["response"]["output"][0]["content"][0]["transcript"] == "Just between us."
+    assert len(audio_of(conv, done["response"]["id"])) > 500 * BYTES_PER_MS["audio/pcmu"]
+    await conv.send({"type": "response.create", "response": {"instructions": 'Say exactly: "Still here."'}})
+    again = await conv.expect("response.done")
+    assert again["response"]["status"] == "completed"

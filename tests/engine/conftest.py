@@ -10,7 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 import pytest
-from model_helpers import SOX_OUT, Conversation, silence, start_engine
+from engine_helpers import SOX_OUT, Conversation, silence, start_engine
 
 
 def _need(tool: str) -> None:

@@ -2,16 +2,23 @@
 
     ws://HOST:PORT/v1/realtime?model=...&profile=...
 
-This is where sockets, timers and auth live; the protocol itself is in `session.py`. Each connection
-runs one loop: wait for a client message or for the next output-audio deadline, feed the session,
-send what it returns. Speech parts (phone decoder, synthesiser) are loaded once before the listening
-line is logged, so the first call pays no start-up cost.
+This is where sockets, timers, auth and limits live; the protocol itself is in `session.py`. Each
+connection runs one loop: wait for a client message or for the next output-audio deadline, feed the
+session, send what it returns. Speech parts (phone decoder, synthesiser, recognition workers) are
+loaded once before the listening line is logged, so the first call pays no start-up cost.
+
+No session can stall another: a committed turn is decoded in a worker process (`recognition.py`) while
+the event loop serves everyone else; a large client message (JSON parse, base64, VAD over many seconds
+of audio) is handled on one side thread, which shares the interpreter with the event loop instead of
+blocking it; each connection's unread messages are bounded, so a fast sender is slowed by TCP rather
+than by the engine's memory; and a message over `max_message_bytes` is refused before it is read.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import hmac
 import itertools
 import json
@@ -22,18 +29,25 @@ import sys
 import time
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..runtime import freeze_startup_heap
-from .asr import PhoneDecoder, PhraseRecognizer
+from .asr import PhoneDecoder, PhraseRecognizer, phones_of
 from .profiles import EngineProfile, load_profiles, profiles_dir
-from .session import Engines, RealtimeSession
-from .settings import ModelSettings
+from .recognition import RecognitionJob, RecognitionPool
+from .session import RealtimeSession
+from .settings import EngineSettings, is_loopback
+from .speech import Engines
 from .tts import EspeakSynth
 
-log = logging.getLogger("gateway.model")
+log = logging.getLogger("gateway.engine")
 
 ENGINE_KEY = web.AppKey("engine", "Engine")
+# A client message at least this long is handled on the bulk thread, not on the event loop. The
+# gateway's appends (20-100 ms of audio) are a few kB; 32 kB is ~0.5 s of 24 kHz PCM.
+BULK_MESSAGE_BYTES = 32 * 1024
+# Unread client messages queued per connection; beyond this the socket is not read (TCP backpressure).
+INBOX_MESSAGES = 8
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -53,7 +67,7 @@ class KeyValueFormatter(logging.Formatter):
 class Engine:
     """Process-wide state: settings, profiles, shared speech parts, live session count."""
 
-    def __init__(self, settings: ModelSettings) -> None:
+    def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         directory = profiles_dir(settings.profiles_dir)
         self.profiles: dict[str, EngineProfile] = load_profiles(directory)
@@ -72,6 +86,19 @@ class Engine:
             },
         )
         self._warm_up(decoder)
+        self.recognition = RecognitionPool(
+            {
+                name: {phrase: phones_of(phrase) for phrase in p.phrases()}
+                for name, p in self.profiles.items()
+            },
+            settings.reject_above,
+            settings.asr_workers,
+            local=lambda job: self.engines.recognise(job.profile, job.pcm, job.rate),
+        )
+        self.recognition.warm_up()
+        # One thread for large client messages: they queue for it instead of each taking a share of the
+        # interpreter lock from the event loop.
+        self.bulk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine-bulk")
         self.sessions = 0
         self._ids = itertools.count(1)
         self.profiles_directory = directory
@@ -100,6 +127,41 @@ class Engine:
     def new_session_id(self) -> str:
         return f"sess_{os.getpid():x}_{next(self._ids):06d}"
 
+    def close(self) -> None:
+        self.recognition.close()
+        self.bulk.shutdown(wait=False, cancel_futures=True)
+
+
+def bearer_accepted(authorization: str, tokens: list[str]) -> bool:
+    """Whether an `Authorization` header carries one of `tokens`. Every token is compared, each in
+    constant time, so the time taken says nothing about which one (or how much of one) matched."""
+    given = authorization.encode()
+    accepted = False
+    for token in tokens:
+        accepted |= hmac.compare_digest(given, b"Bearer " + token.encode())
+    return accepted
+
+
+class RealtimeSocket(web.WebSocketResponse):
+    """The server side of one Realtime connection.
+
+    aiohttp refuses a message over `max_msg_size` as soon as its header declares the length (nothing of
+    it is buffered) and closes with 1009 (Message Too Big, RFC 6455 section 7.4.1). Before that close
+    goes out, this sends the Realtime `error` event the client can log, built by `too_big`."""
+
+    too_big: Any = None  # () -> the error event, set once the session exists
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and self.too_big is not None and not self.closed:
+            event, self.too_big = self.too_big(), None
+            log.warning("refused: message too large", extra={"fields": {"error": event["error"]["message"]}})
+            try:
+                await self.send_str(json.dumps(event, separators=(",", ":")))
+            except (ConnectionError, RuntimeError):
+                pass
+            message = message or b"message too big"
+        return await super().close(code=code, message=message, drain=drain)
+
 
 def _refuse(status: int, code: str, message: str) -> web.Response:
     body = {"error": {"type": "invalid_request_error", "code": code, "message": message}}
@@ -109,11 +171,10 @@ def _refuse(status: int, code: str, message: str) -> web.Response:
 async def realtime(request: web.Request) -> web.StreamResponse:
     engine: Engine = request.app[ENGINE_KEY]
     settings = engine.settings
-    if settings.token:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
-            log.warning("refused: bad token", extra={"fields": {"peer": request.remote}})
-            return _refuse(401, "invalid_api_key", "missing or wrong bearer token")
+    tokens = settings.accepted_tokens
+    if tokens and not bearer_accepted(request.headers.get("Authorization", ""), tokens):
+        log.warning("refused: bad token", extra={"fields": {"peer": request.remote}})
+        return _refuse(401, "invalid_api_key", "missing or wrong bearer token")
     name = request.query.get("profile") or settings.default_profile
     profile = engine.profiles.get(name)
     if profile is None:
@@ -122,7 +183,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     if engine.sessions >= settings.max_sessions:
         log.warning("refused: session limit", extra={"fields": {"limit": settings.max_sessions}})
         return _refuse(503, "too_many_sessions", "session limit reached")
-    ws = web.WebSocketResponse(compress=False, heartbeat=None, max_msg_size=16 * 1024 * 1024)
+    ws = RealtimeSocket(compress=False, heartbeat=None, max_msg_size=settings.max_message_bytes)
     await ws.prepare(request)
     session = RealtimeSession(
         profile,
@@ -132,6 +193,13 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         chunk_ms=settings.chunk_ms,
         pace=settings.pace,
         lead_ms=settings.lead_ms,
+        recognise_inline=False,
+        max_json_depth=settings.max_json_depth,
+    )
+    limit = settings.max_message_bytes
+    ws.too_big = lambda: session.error_event(
+        "message_too_large",
+        f"a client message may be at most {limit} bytes; send audio in smaller appends. Closing (1009).",
     )
     engine.sessions += 1
     log.info(
@@ -146,7 +214,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         },
     )
     try:
-        await _run(ws, session)
+        await _run(ws, session, engine)
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     except Exception:  # one broken session never takes the process down
@@ -166,19 +234,34 @@ async def _send(ws: web.WebSocketResponse, events: list[dict[str, Any]]) -> None
         await ws.send_str(json.dumps(ev, separators=(",", ":")))
 
 
-async def _run(ws: web.WebSocketResponse, session: RealtimeSession) -> None:
+async def _run(ws: web.WebSocketResponse, session: RealtimeSession, engine: Engine) -> None:
     # A reader task queues client messages; this loop is the only one that touches the session and
     # the only writer, so events leave in exactly the order the session produced them. (aiohttp's own
     # receive(timeout=...) closes the socket on timeout, so the pacing wait is on the queue instead.)
     clock = time.monotonic
-    inbox: asyncio.Queue[Any] = asyncio.Queue()
+    inbox: asyncio.Queue[Any] = asyncio.Queue(INBOX_MESSAGES)
+    loop = asyncio.get_running_loop()
+
+    async def feed(data: str | bytes) -> None:
+        if len(data) >= BULK_MESSAGE_BYTES:
+            events = await loop.run_in_executor(engine.bulk, session.receive, data, clock())
+        else:
+            events = session.receive(data, clock())
+        await _send(ws, events)
+        while session.waiting is not None:  # a committed turn: decoded off the loop, then carry on
+            job: RecognitionJob = session.waiting
+            result = await engine.recognition.recognise(job)
+            await _send(ws, session.recognised(result, clock()))
 
     async def read() -> None:
+        # Not in `finally`: when this task is cancelled the loop below is leaving anyway, and waiting to
+        # queue the end marker on a full inbox would never finish.
         try:
             async for msg in ws:
-                await inbox.put(msg)
-        finally:
-            await inbox.put(None)
+                await inbox.put(msg)  # waits while the inbox is full: the socket is not read meanwhile
+        except (ConnectionError, RuntimeError):
+            pass
+        await inbox.put(None)
 
     reader = asyncio.create_task(read())
     try:
@@ -196,9 +279,9 @@ async def _run(ws: web.WebSocketResponse, session: RealtimeSession) -> None:
             if msg is None:
                 break
             if msg.type == WSMsgType.TEXT:
-                await _send(ws, session.receive(msg.data, clock()))
+                await feed(msg.data)
             elif msg.type == WSMsgType.BINARY:
-                await _send(ws, session.receive(bytes(msg.data), clock()))
+                await feed(bytes(msg.data))
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
@@ -227,7 +310,11 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     )
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--token", help="require this bearer token (default: accept any)")
+    p.add_argument(
+        "--token",
+        help="accept this bearer token (also GATEWAY_ENGINE_TOKENS, several for rotation); required "
+        "when --host is not a loopback address",
+    )
     p.add_argument("--default-profile")
     p.add_argument("--profiles-dir")
     p.add_argument("--pace", type=float, help="output audio speed vs real time; 0 = send at once")
@@ -236,7 +323,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if v is not None}
 
 
-async def serve(settings: ModelSettings, ready: asyncio.Event | None = None) -> None:
+async def serve(settings: EngineSettings, ready: asyncio.Event | None = None) -> None:
     started = time.monotonic()
     engine = Engine(settings)
     runner = web.AppRunner(build_app(engine), access_log=None, handle_signals=False)
@@ -255,7 +342,9 @@ async def serve(settings: ModelSettings, ready: asyncio.Event | None = None) -> 
                 "port": port,
                 "profiles": sorted(engine.profiles),
                 "default_profile": settings.default_profile,
-                "auth": "token" if settings.token else "any",
+                "auth": f"{len(settings.accepted_tokens)} token(s)" if settings.accepted_tokens else "any",
+                "loopback_only": is_loopback(settings.host),
+                "asr_workers": settings.asr_workers,
                 "startup_s": round(time.monotonic() - started, 3),
             }
         },
@@ -274,12 +363,13 @@ async def serve(settings: ModelSettings, ready: asyncio.Event | None = None) -> 
         log.info("stopping", extra={"fields": {"sessions": engine.sessions}})
     finally:
         await runner.cleanup()
+        engine.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     overrides = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        settings = ModelSettings(**overrides)
+        settings = EngineSettings(**overrides)
     except Exception as exc:  # pydantic ValidationError: name the setting and stop
         print(f"gateway model: invalid settings: {exc}", file=sys.stderr)
         return 2

@@ -11,9 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.model.server import Engine, build_app
-from gateway.model.settings import ModelSettings
-from gateway.model.validate import validate_server_event
+from gateway.engine.server import Engine, build_app
+from gateway.engine.settings import EngineSettings
+from gateway.engine.validate import validate_server_event
 
 # sox arguments that turn a WAV on stdin into each session format on stdout.
 SOX_OUT = {
@@ -97,7 +97,7 @@ class Conversation:
 def front_desk_update(
     fmt: str = "audio/pcmu", tools: tuple[str, ...] = ("transfer_call", "end_call", "escalate"), **turn: Any
 ) -> dict[str, Any]:
-    """The session.update the gateway sends for a front-desk call (contracts.md)."""
+    """The session.update the gateway sends for a front-desk call (docs/gateway.md)."""
     td = {
         "type": "server_vad",
         "threshold": 0.5,
@@ -129,14 +129,14 @@ def front_desk_update(
 @lru_cache(maxsize=1)
 def _engine_defaults() -> Engine:
     # Loading the phone decoder and synthesiser once per test run keeps the suite quick.
-    return Engine(ModelSettings())
+    return Engine(EngineSettings())
 
 
 async def start_engine(**settings: Any) -> tuple[web.AppRunner, int, Engine]:
     base = _engine_defaults()
     engine = Engine.__new__(Engine)
     engine.__dict__.update(base.__dict__)
-    engine.settings = ModelSettings(**settings)
+    engine.settings = EngineSettings(**settings)
     engine.sessions = 0
     runner = web.AppRunner(build_app(engine), access_log=None, handle_signals=False)
     await runner.setup()

@@ -42,12 +42,12 @@ def caller_audio() -> bytes:
 async def main(audio: bytes) -> dict:
     from openai import AsyncOpenAI
 
-    from gateway.model.server import serve
-    from gateway.model.settings import ModelSettings
+    from gateway.engine.server import serve
+    from gateway.engine.settings import EngineSettings
 
     ready = asyncio.Event()
     port = int(sys.argv[1])
-    server = asyncio.create_task(serve(ModelSettings(host="127.0.0.1", port=port, pace=0), ready))
+    server = asyncio.create_task(serve(EngineSettings(host="127.0.0.1", port=port, pace=0), ready))
     await asyncio.wait_for(ready.wait(), 60)
     client = AsyncOpenAI(api_key="x", websocket_base_url=f"ws://127.0.0.1:{port}/v1", max_retries=0)
     result: dict = {"network_gone": network_is_gone()}

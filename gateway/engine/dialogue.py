@@ -16,7 +16,7 @@ from typing import Any
 from .asr import normalise
 from .profiles import EngineProfile, Intent, ToolCall
 
-# `Say exactly: "..."` in response instructions: the gateway's greeting contract (contracts.md).
+# `Say exactly: "..."` in response instructions: the gateway's greeting contract (docs/gateway.md).
 _SAY_EXACTLY = re.compile(r'say\s+exactly\s*:\s*["“](?P<text>.*?)["”]\s*$', re.IGNORECASE | re.DOTALL)
 MATCH_THRESHOLD = 0.6
 

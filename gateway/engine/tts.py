@@ -1,9 +1,11 @@
 """Offline speech synthesis: libespeak-ng in-process through ctypes.
 
-Measured (research/offline_voice.md §2): 2-7 ms per sentence, RTF ~0.001, ~38 MB, nothing downloaded.
+Measured on a 2-core x86-64 machine: 2-7 ms per sentence (real-time factor ~0.001), ~38 MB resident,
+nothing downloaded.
 The Debian `libespeak-ng1` package provides the library and its voice data. libespeak-ng keeps global
-state, so one `EspeakSynth` serves the whole process and callers must not run it from several threads
-at once (the engine calls it from the event loop thread only).
+state, so one `EspeakSynth` serves the whole process and renders one text at a time under a lock (the
+engine synthesises on the event loop thread, and on its bulk-message thread when a large client
+message starts a response).
 
 libespeak-ng is not a pure function: its noise/flutter generators keep running across utterances, so the
 same sentence comes out slightly different each time (measured: "Welcome." 11 848 vs 12 706 samples).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -96,6 +99,7 @@ class EspeakSynth:
         self._wpm = _DEFAULT_WPM
         self._cache: OrderedDict[tuple[str, int], Speech] = OrderedDict()
         self.cache_size = 256
+        self._lock = threading.Lock()
 
     def _on_audio(self, wav, numsamples, events) -> int:  # noqa: ANN001 - ctypes callback signature
         if numsamples > 0:
@@ -109,6 +113,10 @@ class EspeakSynth:
         return 0
 
     def synthesize(self, text: str, speed: float = 1.0) -> Speech:
+        with self._lock:
+            return self._synthesize(text, speed)
+
+    def _synthesize(self, text: str, speed: float) -> Speech:
         wpm = max(80, min(450, round(_DEFAULT_WPM * speed)))
         key = (text, wpm)
         cached = self._cache.get(key)

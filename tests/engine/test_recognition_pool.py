@@ -1,0 +1,65 @@
+"""The recognition queue: shortest audio first, failures cost one turn, and over-long turns are not
+decoded (the phrase matcher would reject them whatever they said)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+from engine_helpers import _engine_defaults
+
+from gateway.engine.asr import Recognition
+from gateway.engine.recognition import RecognitionJob, RecognitionPool
+
+
+async def test_a_short_turn_is_decoded_before_longer_ones_queued_earlier():
+    started: list[int] = []
+    gate = threading.Event()
+
+    def decode(job: RecognitionJob) -> Recognition:
+        started.append(job.audio_ms)
+        gate.wait(10)  # the first job holds the only worker until every job is queued
+        return Recognition(f"{job.audio_ms} ms", 0.0, ())
+
+    pool = RecognitionPool({"p": {"x": ["EH", "K", "S"]}}, 0.65, workers=0, local=decode)
+    try:
+        jobs = [RecognitionJob("p", np.zeros(8 * ms, np.int16), 8000) for ms in (500, 9000, 6000, 1200)]
+        tasks = []
+        for job in jobs:
+            tasks.append(asyncio.create_task(pool.recognise(job)))
+            await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    finally:
+        pool.close()
+    assert [r.transcript for r in results] == ["500 ms", "9000 ms", "6000 ms", "1200 ms"]
+    assert started == [500, 1200, 6000, 9000]  # the first ran at once; the rest shortest first
+
+
+async def test_a_failing_decode_costs_that_turn_only():
+    calls = 0
+
+    def decode(job: RecognitionJob) -> Recognition:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("decoder broke")
+        return Recognition("goodbye", 0.1, ())
+
+    pool = RecognitionPool({"p": {"goodbye": ["G", "UH", "D", "B", "AY"]}}, 0.65, workers=0, local=decode)
+    try:
+        job = RecognitionJob("p", np.zeros(8000, np.int16), 8000)
+        assert await pool.recognise(job) is None
+        assert (await pool.recognise(job)).transcript == "goodbye"
+    finally:
+        pool.close()
+
+
+def test_a_turn_longer_than_any_phrase_could_be_is_rejected_without_decoding():
+    engines = _engine_defaults().engines
+    recognizer = engines.recognizers["front-desk"]
+    assert recognizer.max_audio_ms >= 10_000
+    long_turn = np.random.default_rng(5).integers(-8000, 8000, 8 * (recognizer.max_audio_ms + 20), np.int16)
+    result = engines.recognise("front-desk", long_turn, 8000)
+    assert result is not None and result.transcript == "" and result.phones == ()
