@@ -39,7 +39,7 @@ class TargetBody(BaseModel):
 def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | None] = lambda: None,
                    records: Records | None = None) -> FastAPI:
     app = FastAPI(title="AI voice gateway admin API", version=__version__)
-    if records is not None:  # call records (gateway/records/api.py); read scope once the API has scopes
+    if records is not None:  # call records (gateway/records/api.py): GET routes read scope, DELETE control
         app.include_router(records_router(records))
 
     def _call(uuid: str) -> Any:
