@@ -300,7 +300,7 @@ async def test_redaction_sink_webhook_is_signed_and_redacted(records_gateway, re
 async def test_redaction_sink_sip_headers_of_an_escalation(records_gateway, realtime_fake):
     from fakes.freeswitch_esl import FakeFreeSwitch
 
-    fs = FakeFreeSwitch(password="ClueCon")
+    fs = FakeFreeSwitch(password="records-esl-secret")
     await fs.start()
     try:
         model = await realtime_fake(
