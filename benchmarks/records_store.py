@@ -109,6 +109,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--turn-every", type=float, default=2.0, help="seconds between turn pairs per call")
     p.add_argument("--pg", action="store_true", help="also run against a PostgreSQL server (tests/records)")
+    p.add_argument("--stores", nargs="+", default=["off", "sqlite"], help="off, sqlite (postgres with --pg)")
     p.add_argument("--nice", type=int, default=0, help="server and client nice level (root may go < 0)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
@@ -121,7 +122,7 @@ def main() -> int:
         "runs": {},
     }
     tmp = Path(tempfile.mkdtemp(prefix="records-bench-"))
-    stores: list[tuple[str, str]] = [("off", ""), ("sqlite", f"sqlite:///{tmp}/records.db")]
+    stores = [(n, u) for n, u in (("off", ""), ("sqlite", f"sqlite:///{tmp}/records.db")) if n in args.stores]
     pg_ctx = None
     if args.pg:
         sys.path.insert(0, str(mp.ROOT / "tests" / "records"))
