@@ -567,7 +567,10 @@ class CallSession:
         summary = self.redactor.text(" / ".join(f"{t['role']}: {t['text']}" for t in self.transcript[-6:]))
         moves = tool is not None and tool.moves_call and self.control is not None
         deferred = _DeferredControl(self.control) if moves else None
-        result = await run_tool(name, str(event.get("arguments", "{}")),
+        arguments = str(event.get("arguments", "{}"))
+        if name == "escalate":  # its reason goes into X-AI-Reason: redacted like the summary
+            arguments = _redacted_arguments(self.redactor, arguments)
+        result = await run_tool(name, arguments,
                                 control=deferred if deferred is not None else self.control,
                                 profile=self.profile, call_uuid=self.uuid, summary=summary)
         ok = bool(result.output.get("ok"))
@@ -714,6 +717,15 @@ class CallSession:
                 self.outcome = self.outcome or "error"
                 loop = asyncio.get_running_loop()
                 loop.create_task(self.close(CLOSE_INTERNAL_ERROR, "internal error"))
+
+
+def _redacted_arguments(redactor: Redactor, raw: str) -> str:
+    import json
+
+    try:
+        return json.dumps(redactor.value(json.loads(raw)))
+    except ValueError:
+        return raw  # not JSON: the tool refuses it anyway
 
 
 def _json_or_text(raw: Any) -> Any:

@@ -308,7 +308,10 @@ async def test_redaction_sink_sip_headers_of_an_escalation(records_gateway, real
             reply_ms=300,
             speed=10.0,
             caller_transcript=SAID,
-            tool={"name": "escalate", "arguments": {"reason": "caller wants a person", "urgency": "normal"}},
+            tool={
+                "name": "escalate",
+                "arguments": {"reason": "caller 415-555-0132 wants a person", "urgency": "normal"},
+            },
         )
         gw = await records_gateway(model_url=model.url, esl_workers={"fs1": fs.address})
         call_uuid = str(uuidlib.uuid4())
@@ -316,8 +319,10 @@ async def test_redaction_sink_sip_headers_of_an_escalation(records_gateway, real
         await call(gw, call_uuid)
         await fs.wait_for_command(f"api uuid_transfer {call_uuid}", timeout=15)
         header = fs.channel_vars[call_uuid]["sip_h_X-AI-Summary"]
+        reason = fs.channel_vars[call_uuid]["sip_h_X-AI-Reason"]
     finally:
         await fs.close()
+    assert reason == "caller [PHONE ***0132] wants a person"
     assert "Maria Lopez" in header and "0132" in header
     assert "415-555-0132" not in header and "415" not in header.replace("***0132", "")
 
