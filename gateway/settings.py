@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     # Call control over ESL (gateway/call/control.py); JSON objects worker id -> "host:port:password".
     esl_workers: dict[str, str] = Field(default_factory=dict)
     playback_mode: dict[str, Literal["stream", "file"]] = Field(default_factory=dict)
-    file_chunk_ms: int = Field(200, ge=20, le=2000)  # audio per streamAudio message in file mode
+    file_chunk_ms: int = Field(200, ge=20, le=2000)  # smallest audio per streamAudio message in file mode
+    file_max_chunk_ms: int = Field(4000, ge=20, le=30000)  # largest: each file costs a ~100 ms gap
 
     # Caller transcription on the OpenAI Realtime path (`audio.input.transcription.model`); "" = off.
     input_transcription_model: str = "gpt-4o-mini-transcribe"
