@@ -57,33 +57,18 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "gateway"))  # realtime_fa
 from collections.abc import AsyncIterator, Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
-import yaml  # noqa: E402
 from realtime_fake import FakeRealtime, Script  # noqa: E402
+from rec_helpers import GW_HOST, TOKEN  # noqa: E402
 
 from gateway.fallback import FallbackPrompts  # noqa: E402
 from gateway.profiles import load_profiles  # noqa: E402
 from gateway.serve import Gateway  # noqa: E402
 from gateway.settings import DEFAULT_PROFILES_DIR, Settings  # noqa: E402
 
-GW_HOST = "127.0.0.162"  # this area's loopback address (media + admin)
-TOKEN = "records-token"
-
 
 @pytest.fixture(scope="session")
 def fallback_prompts_records() -> FallbackPrompts:
     return FallbackPrompts(load_profiles(DEFAULT_PROFILES_DIR, "front-desk"))
-
-
-def profiles_dir(tmp: Path, **records: Any) -> Path:
-    """The shipped profiles with a `records:` block added to front-desk."""
-    out = tmp / "profiles"
-    out.mkdir(exist_ok=True)
-    for src in DEFAULT_PROFILES_DIR.glob("*.yaml"):
-        data = yaml.safe_load(src.read_text())
-        if data.get("name", src.stem) == "front-desk" and records:
-            data["records"] = records
-        (out / src.name).write_text(yaml.safe_dump(data))
-    return out
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import GW_HOST, TOKEN, profiles_dir
 from gw_helpers import tone
+from rec_helpers import GW_HOST, TOKEN, profiles_dir
 
 from gateway.client.call import place_call
 from gateway.records.store import RecordFilter, open_store
