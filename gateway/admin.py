@@ -16,6 +16,8 @@ from gateway import __version__
 from gateway.call.control import CallControlError, ErrorKind
 from gateway.call.registry import CallRegistry
 from gateway.metrics import REGISTRY
+from gateway.records.api import records_router
+from gateway.records.recorder import Records
 
 HTTP_STATUS = {
     ErrorKind.INVALID: 400,  # refused before it reached the switch
@@ -34,8 +36,11 @@ class TargetBody(BaseModel):
     )
 
 
-def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | None] = lambda: None) -> FastAPI:
+def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | None] = lambda: None,
+                   records: Records | None = None) -> FastAPI:
     app = FastAPI(title="AI voice gateway admin API", version=__version__)
+    if records is not None:  # call records (gateway/records/api.py): GET routes read scope, DELETE control
+        app.include_router(records_router(records))
 
     def _call(uuid: str) -> Any:
         session = registry.get(uuid)

@@ -219,7 +219,7 @@ def media_app(gateway: Gateway) -> web.Application:
             await ws.prepare(request)
             session = CallSession(WsTransport(ws, codec), settings=gateway.settings,
                                   profiles=gateway.profiles, fallback_audio=gateway.fallback,
-                                  control_factory=gateway.control_for)
+                                  control_factory=gateway.control_for, records=gateway.records)
             await gateway.registry.run(key or str(id(session)), session)
             # Returning ends the handler; aiohttp then closes the transport (no keep-alive after a
             # WebSocket).

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.call.tools import TOOLS, unknown_tools
+from gateway.records.policy import RecordsPolicy
 
 
 class ProfileError(Exception):
@@ -48,6 +49,7 @@ class Profile(BaseModel):
     transfer_targets: dict[str, str] = Field(default_factory=dict)
     escalation_target: str | None = None
     fallback: Fallback = Field(default_factory=Fallback)
+    records: RecordsPolicy = Field(default_factory=RecordsPolicy)  # storage, redaction, memory, retention
 
     @field_validator("tools")
     @classmethod

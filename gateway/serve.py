@@ -29,6 +29,7 @@ from gateway.log import fields, setup_logging
 from gateway.media_server import CLOSE_HANDSHAKE_TIMEOUT_S, media_app
 from gateway.profiles import ProfileError, ProfileSet, load_profiles
 from gateway.proto import audio_stream as wire
+from gateway.records.recorder import Records
 from gateway.runtime import freeze_startup_heap
 from gateway.settings import Settings, load_settings
 
@@ -44,6 +45,7 @@ class Gateway:
         self.fallback = fallback or FallbackPrompts(self.profiles, settings.fallback_voice)
         self.registry = CallRegistry(settings.max_calls)
         self.calls = self.registry.calls
+        self.records = Records.from_settings(settings, self.profiles)  # None without GATEWAY_RECORDS_URL
         self.control_plane: ControlPlane | None = None
         self.control_error: str | None = None
         self._runner: web.AppRunner | None = None
@@ -74,6 +76,11 @@ class Gateway:
         s = self.settings
         if not s.auth_tokens:
             log.warning("no GATEWAY_AUTH_TOKENS set: media streams are NOT authenticated")
+        if self.records is not None:
+            try:
+                await self.records.start()
+            except Exception as exc:
+                raise RecordsStartError(f"GATEWAY_RECORDS_URL: record store unusable: {exc}") from exc
         self.control_plane = await _start_control_plane(s)
         if self.control_plane is None and s.esl_workers:
             self.control_error = "call control could not start (see log)"
@@ -87,7 +94,7 @@ class Gateway:
         admin_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         admin_sock.bind((s.admin_host, s.admin_port))
         self.admin_port = admin_sock.getsockname()[1]
-        admin = make_admin_app(self.registry, lambda: self.control_error)
+        admin = make_admin_app(self.registry, lambda: self.control_error, records=self.records)
         config = uvicorn.Config(admin, log_config=None, access_log=False, lifespan="off",
                                 ws="none")
         self._admin = _AdminServer(config)
@@ -122,7 +129,13 @@ class Gateway:
         if self.control_plane is not None:
             with contextlib.suppress(Exception):
                 await self.control_plane.close()
+        if self.records is not None:
+            await self.records.close()  # after the calls: their last records are written first
         log.info("stopped")
+
+
+class RecordsStartError(Exception):
+    """The record store named by GATEWAY_RECORDS_URL cannot be opened or migrated."""
 
 
 class _AdminServer(uvicorn.Server):
@@ -203,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
             return runner.run(run_server(settings))
     except ProfileError as exc:
         print(f"gateway serve: bad agent profile: {exc}", file=sys.stderr)
+        return 2
+    except RecordsStartError as exc:
+        print(f"gateway serve: invalid setting {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"gateway serve: cannot listen: {exc}", file=sys.stderr)

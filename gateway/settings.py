@@ -62,6 +62,16 @@ class Settings(BaseSettings):
     file_chunk_ms: int = Field(200, ge=20, le=2000)  # smallest audio per streamAudio message in file mode
     file_max_chunk_ms: int = Field(4000, ge=20, le=30000)  # largest: each file costs a ~100 ms gap
 
+    # Caller transcription on the OpenAI Realtime path (`audio.input.transcription.model`); "" = off.
+    input_transcription_model: str = "gpt-4o-mini-transcribe"
+
+    # Call records (gateway/records/, docs/records.md). `records_url`: sqlite:///path/records.db or
+    # postgresql://user:password@host:port/db; empty = no records.
+    records_url: str = ""
+    records_key: SecretStr | None = None  # HMAC key for pseudonymous caller keys
+    records_max_buffered: int = Field(100_000, ge=100)  # ops kept while the store is down, then dropped
+    records_webhook_url: str | None = None  # post-call record, signed with records_webhook_secret
+    records_webhook_secret: SecretStr | None = None
     # Twilio Media Streams ingress (off unless the auth token is set). `twilio_public_url` is the base
     # URL Twilio uses to reach this listener (https://host[:port]): signatures are computed over it.
     twilio_auth_token: SecretStr | None = None
@@ -117,6 +127,15 @@ class Settings(BaseSettings):
     def _model_url(self) -> Settings:
         if self.model_url is None and self.openai_api_key is None:
             self.model_url = LOCAL_ENGINE_URL
+        return self
+
+    @model_validator(mode="after")
+    def _records(self) -> Settings:
+        url = self.records_url
+        if url and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("records_url must start with sqlite:/// or postgresql://")
+        if self.records_webhook_url and not self.records_webhook_secret:
+            raise ValueError("records_webhook_url needs records_webhook_secret (deliveries are signed)")
         return self
 
     def api_key(self) -> str:

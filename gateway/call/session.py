@@ -49,6 +49,8 @@ from gateway.proto.audio_stream import (
     CLOSE_NORMAL,
     StreamProtocolError,
 )
+from gateway.records.recorder import CallRecorder, Records
+from gateway.records.redact import NO_REDACTION, Redactor
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.call")
@@ -108,7 +110,8 @@ class CallSession:
     def __init__(self, transport: MediaTransport, *, settings: Settings, profiles: ProfileSet,
                  fallback_audio: Callable[[str, int], bytes], control_factory: ControlFactory | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 model_factory: Callable[[CallSession], ModelLink] | None = None) -> None:
+                 model_factory: Callable[[CallSession], ModelLink] | None = None,
+                 records: Records | None = None) -> None:
         self.transport = transport
         self.settings = settings
         self.profiles = profiles
@@ -144,6 +147,13 @@ class CallSession:
         self._leaving = False  # an action that ends or moves the call is under way
         self._responses_done = 0
         self._closed = asyncio.Event()
+        # Records (gateway/records/): every text leaving the call goes through the profile's redactor.
+        self._records = records
+        self.recorder: CallRecorder | None = None
+        self.redactor: Redactor = NO_REDACTION
+        self._memory = ""
+        self._speech_start_ms: float | None = None
+        self._speech_end_ms: float | None = None
         self._dispatch_table: dict[str, Callable[[dict[str, Any]], None]] = {
             "error": self._on_error,
             "response.created": self._on_response_created,
@@ -171,8 +181,8 @@ class CallSession:
             "ingress": self.transport.codec_name,
             "state": self.state,
             "outcome": self.outcome,
-            "caller": "[redacted]" if redact and meta.caller else meta.caller,
-            "callee": "[redacted]" if redact and meta.callee else meta.callee,
+            "caller": "[redacted]" if redact and meta.caller else self.redactor.number(meta.caller),
+            "callee": "[redacted]" if redact and meta.callee else self.redactor.number(meta.callee),
             "call_id": meta.sip_call_id,
             "worker": meta.worker,
             "profile": self.profile.name if self.profile else None,
@@ -240,6 +250,7 @@ class CallSession:
             raise
         if outcome is not None:
             self.outcome = outcome
+            self._record_event("handoff", {"outcome": outcome, "by": "operator"})
 
     async def close(self, code: int, reason: str) -> None:
         await self.transport.close(code, reason)
@@ -283,6 +294,7 @@ class CallSession:
         m.ACTIVE_CALLS.dec()
         self.outcome = self.outcome or "completed"
         m.CALLS.labels(outcome=self.outcome).inc()
+        self._record_end()
         if self.playback is not None:
             self.stats.frames_out = self.playback.frames_out
             self.stats.bytes_out = self.playback.bytes_out
@@ -299,6 +311,10 @@ class CallSession:
         self.uuid = start.call_id
         self.rate = start.rate
         self.profile = self.profiles.select(start.profile, start.callee)
+        self.redactor = Redactor(self.profile.records.redaction)
+        if self._records is not None:
+            self.recorder = self._records.open_call(self.uuid, start, self.profile, self._clock)
+            self._memory = await self._records.memory_for(self.recorder.caller_key, self.profile.records)
         if self._control_factory is not None:
             try:
                 self.control = self._control_factory(self, start)
@@ -328,7 +344,8 @@ class CallSession:
             "call started",
             extra=fields(call=self.uuid, ingress=self.transport.codec_name, rate=self.rate,
                          profile=self.profile.name, worker=start.worker, call_id=start.sip_call_id,
-                         caller=pii(start.caller), callee=pii(start.callee)),
+                         caller=pii(self.redactor.number(start.caller)),
+                         callee=pii(self.redactor.number(start.callee))),
         )
         self.state = "active"
         self._model = self._model_factory(self) if self._model_factory else self._make_model()
@@ -397,9 +414,11 @@ class CallSession:
         p = self.profile
         assert p is not None and self.audio is not None
         events = [
-            rt.session_update(audio_format=self.audio.model_format, instructions=p.instructions,
+            rt.session_update(audio_format=self.audio.model_format,
+                              instructions=p.instructions + self._memory,  # + caller memory
                               voice=p.voice, turn_detection=p.turn_detection.model_dump(),
-                              tools=schemas(p.tools))
+                              tools=schemas(p.tools),
+                              input_transcription=self.settings.input_transcription_model or None)
         ]
         if p.greeting:
             events.append(rt.greeting_response(p.greeting))
@@ -426,6 +445,8 @@ class CallSession:
         resp = event.get("response") or {}
         if resp.get("id") in (None, self._response_id):
             self._response_active = False
+        if self.recorder is not None:
+            self.recorder.usage_from(resp)
         if self.playback is not None:
             self.playback.reply_done()  # flush a partial last frame
 
@@ -446,12 +467,16 @@ class CallSession:
     def _on_first_audio(self, item_id: str | None) -> None:
         """The first frame of a reply went to the caller: the reply latency ends here."""
         if self._speech_ended_at is None or item_id == "fallback":
+            if self.recorder is not None:
+                self.recorder.agent_audio_started(item_id, None)
             return
         latency = self._clock() - self._speech_ended_at
         self._speech_ended_at = None
         m.REPLY_LATENCY.observe(latency)
         self.stats.last_reply_latency_ms = round(latency * 1000.0, 1)
         self.stats.reply_latencies_ms.append(self.stats.last_reply_latency_ms)
+        if self.recorder is not None:
+            self.recorder.agent_audio_started(item_id, self.stats.last_reply_latency_ms)
 
     def _on_underrun(self) -> None:
         self.stats.underruns += 1
@@ -459,13 +484,24 @@ class CallSession:
 
     def _on_agent_transcript(self, event: dict[str, Any]) -> None:
         text = str(event.get("transcript", ""))
-        self.transcript.append({"role": "agent", "text": text})
+        self.transcript.append({"role": "agent", "text": text})  # in clear: the call's own context
+        item = event.get("item_id")
+        if self.recorder is not None:
+            text = self.recorder.turn("agent", text, item_id=item,
+                                      audio_ms=self._generated_ms.get(item) if item else None)
+        else:
+            text = self.redactor.text(text)
         log.info("agent said", extra=fields(call=self.uuid, transcript=pii(text)))
         self._forward({"type": "transcript", "role": "agent", "text": text})
 
     def _on_caller_transcript(self, event: dict[str, Any]) -> None:
         text = str(event.get("transcript", ""))
         self.transcript.append({"role": "caller", "text": text})
+        if self.recorder is not None:
+            text = self.recorder.turn("caller", text, item_id=event.get("item_id"),
+                                      start_ms=self._speech_start_ms, end_ms=self._speech_end_ms)
+        else:
+            text = self.redactor.text(text)
         log.info("caller said", extra=fields(call=self.uuid, transcript=pii(text)))
         self._forward({"type": "transcript", "role": "caller", "text": text})
 
@@ -478,12 +514,15 @@ class CallSession:
         # The caller stopped speaking at `audio_end_ms` of the input audio, which the model reports
         # only after its silence window: the latency starts at the former, not at this event.
         end_ms = event.get("audio_end_ms")
+        self._speech_end_ms = float(end_ms) if isinstance(end_ms, int | float) else None
         at = self._input.time_of(float(end_ms)) if isinstance(end_ms, int | float) else None
         self._speech_ended_at = at if at is not None else self._clock()
 
     def _on_speech_started(self, event: dict[str, Any]) -> None:
         """Barge-in: stop agent audio at once; cancel and truncate so the model knows what was heard."""
         self._speech_ended_at = None
+        start_ms = event.get("audio_start_ms")
+        self._speech_start_ms = float(start_ms) if isinstance(start_ms, int | float) else None
         pb = self.playback
         if pb is None or self._model is None or self._leaving:
             return
@@ -510,6 +549,8 @@ class CallSession:
         self._dropped_items.update(i for i in queued_items if i != item_id)
         self.stats.barge_ins += 1
         m.BARGE_INS.inc()
+        if self.recorder is not None:
+            self.recorder.barge_in(item_id, heard)
         log.info("barge-in", extra=fields(call=self.uuid, item=item_id, heard_ms=heard))
         self._spawn(self.transport.clear(), "clear")
         if self.playback_mode == "file":
@@ -525,14 +566,20 @@ class CallSession:
         assert self.profile is not None and self._model is not None
         name = str(event.get("name", ""))
         tool = TOOLS.get(name)
-        summary = " / ".join(f"{t['role']}: {t['text']}" for t in self.transcript[-6:])
+        # The summary goes into SIP headers (X-AI-Summary): redacted by the profile's policy.
+        summary = self.redactor.text(" / ".join(f"{t['role']}: {t['text']}" for t in self.transcript[-6:]))
         moves = tool is not None and tool.moves_call and self.control is not None
         deferred = _DeferredControl(self.control) if moves else None
-        result = await run_tool(name, str(event.get("arguments", "{}")),
+        arguments = str(event.get("arguments", "{}"))
+        if name == "escalate":  # its reason goes into X-AI-Reason: redacted like the summary
+            arguments = _redacted_arguments(self.redactor, arguments)
+        result = await run_tool(name, arguments,
                                 control=deferred if deferred is not None else self.control,
                                 profile=self.profile, call_uuid=self.uuid, summary=summary)
         ok = bool(result.output.get("ok"))
         call_id = event.get("call_id")
+        self._record_event("tool", {"name": name, "arguments": _json_or_text(event.get("arguments", "{}")),
+                                    "ok": ok, "output": result.output})
         done_before = self._responses_done
         if call_id and self._model is not None and self.state == "active":
             self._model.send(rt.function_call_output(str(call_id), result.output))
@@ -555,6 +602,7 @@ class CallSession:
             else:
                 self.outcome = {"transfer_call": "transferred", "escalate": "escalated",
                                 "add_participant": "conference"}.get(name, "transferred")
+                self._record_event("handoff", {"outcome": self.outcome, "by": "tool", "tool": name})
         m.TOOL_CALLS.labels(tool=name if tool else "unknown", result="ok" if ok else "error").inc()
         log.info("tool call",
                  extra=fields(call=self.uuid, tool=name, ok=ok, error=result.output.get("error")))
@@ -624,6 +672,7 @@ class CallSession:
                 try:
                     await self.control.transfer(target)
                     self.outcome = "fallback_transferred"
+                    self._record_event("handoff", {"outcome": self.outcome, "by": "fallback"})
                     log.info("fallback transfer", extra=fields(call=self.uuid, target=fb.target))
                     await self.close(CLOSE_NORMAL, "transferred")
                     return
@@ -633,6 +682,23 @@ class CallSession:
         else:
             self.outcome = "completed"
             await self.hangup(why)
+
+    # ------------------------------------------------------------------ records
+    def _record_event(self, kind: str, data: dict[str, Any]) -> None:
+        if self.recorder is not None:
+            self.recorder.event(kind, data)
+
+    def _record_end(self) -> None:
+        if self.recorder is None:
+            return
+        playout = self.playback.clock if self.playback else None
+        duration_s = (self.ended or self._clock()) - self.started
+        self.recorder.ended(self.outcome or "completed", duration_s=duration_s,
+                            stats={"barge_ins": self.stats.barge_ins,
+                                   "reply_latencies_ms": list(self.stats.reply_latencies_ms),
+                                   "caller_audio_s": self._input.ms / 1000.0,
+                                   "agent_audio_s": playout.stats.sent_ms / 1000.0 if playout else 0.0,
+                                   "tenant": self.meta.extra.get("tenant") if self.start_info else None})
 
     # ------------------------------------------------------------------ helpers
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -654,6 +720,24 @@ class CallSession:
                 self.outcome = self.outcome or "error"
                 loop = asyncio.get_running_loop()
                 loop.create_task(self.close(CLOSE_INTERNAL_ERROR, "internal error"))
+
+
+def _redacted_arguments(redactor: Redactor, raw: str) -> str:
+    import json
+
+    try:
+        return json.dumps(redactor.value(json.loads(raw)))
+    except ValueError:
+        return raw  # not JSON: the tool refuses it anyway
+
+
+def _json_or_text(raw: Any) -> Any:
+    import json
+
+    try:
+        return json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return raw
 
 
 class _DeferredControl:

@@ -24,6 +24,7 @@ def session_update(
     turn_detection: dict[str, Any],
     tools: list[dict[str, Any]],
     model: str | None = None,
+    input_transcription: str | None = None,
 ) -> dict[str, Any]:
     """`turn_detection`: the profile's settings (threshold, prefix_padding_ms, silence_duration_ms,
     interrupt_response; defaults live in `gateway.profiles.TurnDetection`). `tools`: `session.tools[]`
@@ -46,6 +47,8 @@ def session_update(
             "output": {"format": dict(fmt), "voice": voice},
         },
     }
+    if input_transcription:  # the caller's words as text (OpenAI transcribes only when asked to)
+        session["audio"]["input"]["transcription"] = {"model": input_transcription}
     if model:
         session["model"] = model
     if tools:

@@ -1,0 +1,189 @@
+"""Admin API routes over the record store (read scope; erasure is audited).
+
+    GET    /records                  filter: caller, outcome, tenant, profile, since, until; limit/offset
+    GET    /records/export           the same filters, as JSON (default) or CSV (format=csv)
+    GET    /records/{call_id}        the record with its turns and events
+    GET    /callers/{caller}/memory  what the gateway remembers about a caller (number or conversation id)
+    DELETE /callers/{caller}         erase the caller's records and memory (audited, counts returned)
+    GET    /records-audit            erasures and retention runs
+
+Everything here was redacted before it was stored; nothing is redacted again on the way out, and
+nothing in clear exists to leak. Scopes come from the admin API's authentication, which runs before
+routing and scopes by method: the GET routes need `read`, the erasure (DELETE) needs `control`; the
+erasure's audit row names the authenticated token when there is one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import Response
+
+from gateway.records.recorder import Records
+from gateway.records.store import RecordFilter, StoreError
+
+EXPORT_COLUMNS = (
+    "call_id",
+    "started_at",
+    "ended_at",
+    "duration_s",
+    "profile",
+    "tenant",
+    "caller",
+    "callee",
+    "sip_call_id",
+    "worker",
+    "outcome",
+    "intent",
+    "sentiment",
+    "escalation",
+    "summary",
+)
+MAX_PAGE = 500
+MAX_EXPORT = 10_000
+
+
+def records_router(records: Records) -> APIRouter:
+    r = APIRouter(tags=["records"])
+
+    def _filter(
+        caller: str | None,
+        outcome: str | None,
+        tenant: str | None,
+        profile: str | None,
+        since: float | None,
+        until: float | None,
+        limit: int,
+        offset: int,
+    ) -> RecordFilter:
+        return RecordFilter(
+            caller=caller,
+            outcome=outcome,
+            tenant=tenant,
+            profile=profile,
+            since=since,
+            until=until,
+            limit=limit,
+            offset=offset,
+        )
+
+    async def _guard(coro: Any) -> Any:
+        try:
+            return await coro
+        except StoreError as exc:
+            raise HTTPException(503, f"record store unavailable: {exc}") from None
+
+    @r.get("/records", summary="call records, newest first")
+    async def list_records(
+        request: Request,
+        caller: str | None = Query(None, max_length=128, description="number or conversation id"),
+        outcome: str | None = Query(None, max_length=64),
+        tenant: str | None = Query(None, max_length=128),
+        profile: str | None = Query(None, max_length=128),
+        since: float | None = Query(None, description="unix seconds"),
+        until: float | None = Query(None, description="unix seconds"),
+        limit: int = Query(50, ge=1, le=MAX_PAGE),
+        offset: int = Query(0, ge=0),
+    ) -> dict[str, Any]:
+        f = _filter(caller, outcome, tenant, profile, since, until, limit + 1, offset)
+        rows = await _guard(records.list_records(f))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        nxt = None
+        if more:
+            q = dict(request.query_params) | {"offset": str(offset + limit), "limit": str(limit)}
+            nxt = "/records?" + "&".join(f"{k}={v}" for k, v in q.items())
+        return {"records": rows, "limit": limit, "offset": offset, "next": nxt}
+
+    @r.get("/records/export", summary="export records as JSON or CSV")
+    async def export(
+        format: Literal["json", "csv"] = "json",  # noqa: A002 - the query parameter's public name
+        caller: str | None = Query(None, max_length=128),
+        outcome: str | None = Query(None, max_length=64),
+        tenant: str | None = Query(None, max_length=128),
+        profile: str | None = Query(None, max_length=128),
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = Query(MAX_EXPORT, ge=1, le=MAX_EXPORT),
+    ) -> Response:
+        rows = await _guard(
+            records.list_records(_filter(caller, outcome, tenant, profile, since, until, limit, 0))
+        )
+        if format == "json":
+            return Response(
+                json.dumps(rows),
+                media_type="application/json",
+                headers={"Content-Disposition": 'attachment; filename="records.json"'},
+            )
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(EXPORT_COLUMNS)
+        for row in rows:
+            a = row.get("analysis") or {}
+            flat = row | {
+                "intent": a.get("intent"),
+                "sentiment": a.get("sentiment"),
+                "escalation": a.get("escalation"),
+                "summary": a.get("summary"),
+            }
+            w.writerow([_csv_cell(flat.get(c)) for c in EXPORT_COLUMNS])
+        return Response(
+            buf.getvalue(),
+            media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="records.csv"'},
+        )
+
+    @r.get("/records/{call_id}", summary="one call record with its turns and events")
+    async def get_record(call_id: str) -> dict[str, Any]:
+        rec = await _guard(records.get_record(call_id))
+        if rec is None:
+            raise HTTPException(404, f"no record of call {call_id}")
+        return rec  # type: ignore[no-any-return]
+
+    @r.get("/callers/{caller}/memory", summary="what is remembered about a caller")
+    async def memory(caller: str) -> dict[str, Any]:
+        mem = await _guard(records.get_memory(caller))
+        if mem is None:
+            raise HTTPException(404, "nothing remembered about this caller")
+        mem["caller"] = caller
+        return mem  # type: ignore[no-any-return]
+
+    @r.delete(
+        "/callers/{caller}",
+        summary="erase a caller's records and memory (audited)",
+    )
+    async def forget(caller: str, request: Request) -> dict[str, Any]:
+        principal = getattr(request.state, "principal", None)  # the admin token's name, when tokens are on
+        actor = (
+            getattr(principal, "name", None)
+            or request.headers.get("X-Operator")
+            or (request.client.host if request.client else "admin-api")
+        )
+        counts = await _guard(records.forget(caller, actor=f"admin-api:{actor}"[:128]))
+        return {"ok": True, "erased": counts}
+
+    @r.get("/records-audit", summary="erasures and retention runs")
+    async def audit(limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return list(await _guard(records.writer.run_in_store(records.store.audit_log, limit)))
+
+    return r
+
+
+def _csv_cell(v: Any) -> str:
+    if v is None:
+        return ""
+    s = str(v)
+    # A cell that a spreadsheet would run as a formula (CSV injection, OWASP) is quoted with a tick.
+    return "'" + s if s[:1] in ("=", "+", "-", "@", "\t", "\r") and not _is_number(s) else s
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
