@@ -176,7 +176,11 @@ async def _upgrade_and_run(gateway: Gateway, ingress: Ingress, request: web.Requ
         m.UPGRADES_ABORTED.labels(reason="peer_reset").inc()
         log.warning("upgrade aborted by the peer",
                     extra=fields(call=key, peer=request.remote, error=type(exc).__name__))
-        return ws
+        if request.transport is not None:
+            request.transport.abort()
+        # Not `ws`: aiohttp would close an unprepared WebSocket and log a traceback. Writing this
+        # response to the aborted transport fails with a ConnectionError, which aiohttp ignores.
+        return web.Response(status=400)
     session = CallSession(WsTransport(ws, codec), settings=gateway.settings,
                           profiles=gateway.profiles, fallback_audio=gateway.fallback,
                           control_factory=gateway.control_for)
