@@ -45,6 +45,11 @@ class SourceAdmission:
         self._clock = clock
         self._sources: dict[str, _Source] = {}
 
+    @property
+    def tracked(self) -> int:
+        """Sources with state kept (bounded: idle ones are swept past PRUNE_AT)."""
+        return len(self._sources)
+
     def live(self, source: str) -> int:
         entry = self._sources.get(source)
         return entry.live if entry else 0
