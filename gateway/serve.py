@@ -94,8 +94,11 @@ class Gateway:
         await self.model_probe.start()
         if self.control_plane is None and s.esl_workers:
             self.control_error = "call control could not start (see log)"
+        # keepalive_timeout: after a refusal (401/429/503) a connection may idle no longer than a new one
+        # may take to send its request head; mod_audio_stream never reuses a connection.
         self._runner = web.AppRunner(media_app(self), handle_signals=False, access_log=None,
-                                     shutdown_timeout=CLOSE_HANDSHAKE_TIMEOUT_S)
+                                     shutdown_timeout=CLOSE_HANDSHAKE_TIMEOUT_S,
+                                     keepalive_timeout=s.upgrade_header_timeout_s)
         await self._runner.setup()
         site = _GuardedSite(self._runner, s.media_host, s.media_port, reuse_address=True, backlog=1024,
                             deadline=self.header_deadline)

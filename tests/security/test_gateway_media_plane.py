@@ -263,3 +263,21 @@ async def test_readiness_follows_the_model_dying_and_coming_back(tmp_path):
         if engine.poll() is None:
             engine.kill()
         engine.wait(10)
+
+
+async def test_a_refused_connection_is_not_kept_alive_past_the_header_timeout(tmp_path):
+    async with serve(tmp_path, GATEWAY_UPGRADE_HEADER_TIMEOUT_S="1.0") as gw:
+        reader, writer = await asyncio.open_connection(GATEWAY, gw.media, local_addr=(HALF_OPEN_SOURCE, 0))
+        try:
+            request, _ = wsf.upgrade_request(GATEWAY, gw.media, f"/stream/{uuidlib.uuid4()}",
+                                             {"Authorization": "Bearer wrong-token-0123456789"})
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert int(head.split()[1]) == 401
+            t0 = time.monotonic()
+            with contextlib.suppress(ConnectionError):
+                while await asyncio.wait_for(reader.read(4096), 15):  # the 401 body, then EOF
+                    pass
+            assert time.monotonic() - t0 < 10  # closed, not kept alive for aiohttp's default 75 s
+        finally:
+            writer.transport.abort()
