@@ -19,6 +19,7 @@ import aiohttp
 import numpy as np
 import pytest
 from fakes.freeswitch_esl import FakeFreeSwitch  # tests/ is on sys.path (see tests/fakes)
+from pydantic import ValidationError
 
 from gateway.client.call import place_call
 from gateway.serve import Gateway
@@ -130,20 +131,29 @@ def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10"])
-def test_serve_refuses_an_unauthenticated_admin_api_beyond_loopback(host):
-    # Refused while reading settings, before anything listens (the addresses are never bound).
-    done = _serve({"GATEWAY_ADMIN_HOST": host, "GATEWAY_ADMIN_TOKENS": "", "GATEWAY_MEDIA_HOST": HOST,
+def test_serve_refuses_an_unauthenticated_admin_api_beyond_loopback():
+    # Refused while reading settings, before anything listens (the address is never bound).
+    done = _serve({"GATEWAY_ADMIN_HOST": "0.0.0.0", "GATEWAY_ADMIN_TOKENS": "", "GATEWAY_MEDIA_HOST": HOST,
                    "GATEWAY_MEDIA_PORT": "0", "GATEWAY_MODEL_BACKEND": "null-silence"})
     assert done.returncode == 2
-    assert "GATEWAY_ADMIN_TOKENS" in done.stderr and host in done.stderr
+    assert "invalid setting GATEWAY_ADMIN_TOKENS" in done.stderr and "0.0.0.0" in done.stderr
 
 
-def test_bad_token_entries_are_refused_without_echoing_the_secret():
-    for entry, why in (("ops:root:" + "s" * 20, "scope"), ("ops:control:short", "at least 16"),
-                       ("ops:control:" + "s" * 20 + ",ops:read:" + "t" * 20, "duplicate")):
-        done = _serve({"GATEWAY_ADMIN_TOKENS": entry, "GATEWAY_ADMIN_HOST": HOST, "GATEWAY_MEDIA_HOST": HOST,
-                       "GATEWAY_MODEL_BACKEND": "null-silence"})
-        assert done.returncode == 2 and "GATEWAY_ADMIN_TOKENS" in done.stderr and why in done.stderr
-        for secret in ("s" * 20, "short", "t" * 20):
-            assert secret not in done.stderr
+@pytest.mark.parametrize("host", ["::", "192.0.2.10", "gw.example"])
+def test_settings_refuse_an_open_admin_api_on_any_non_loopback_host(host):
+    with pytest.raises(ValidationError) as err:
+        Settings(admin_host=host, admin_tokens="")
+    assert err.value.errors()[0]["loc"] == ("admin_tokens",) and host in str(err.value)
+
+
+@pytest.mark.parametrize("entry,why", [("ops:root:" + "s" * 20, "scope"),
+                                       ("ops:control:short", "at least 16"),
+                                       ("ops:control:" + "s" * 20 + ",ops:read:" + "t" * 20, "duplicate"),
+                                       ("o p:read:" + "s" * 20, "expected name:scope:secret")])
+def test_bad_token_entries_are_refused_without_echoing_the_secret(entry, why):
+    with pytest.raises(ValidationError) as err:
+        Settings(admin_tokens=entry)
+    text = str(err.value)
+    assert err.value.errors()[0]["loc"] == ("admin_tokens",) and why in text
+    for secret in ("s" * 20, "short", "t" * 20):
+        assert secret not in text
