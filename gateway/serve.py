@@ -60,6 +60,8 @@ class Gateway:
         self.admission = SourceAdmission(settings.max_streams_per_source, settings.stream_rate_per_source,
                                          settings.stream_burst_per_source)
         self.header_deadline = HeaderDeadline(settings.upgrade_header_timeout_s)
+        # Only an explicit URL is probed: with just an API key (the SDK's default endpoint) set
+        # GATEWAY_MODEL_URL=wss://api.openai.com/v1 to have readiness follow OpenAI's reachability too.
         self.model_probe = ModelProbe(settings.model_url if settings.model_backend == "realtime" else None,
                                       settings.model_probe_interval_s, settings.model_probe_timeout_s)
 
