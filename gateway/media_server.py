@@ -24,7 +24,9 @@ from gateway.call.session import CallSession
 from gateway.call.transport import InEvent, MediaCodec, StreamStart
 from gateway.log import fields
 from gateway.proto import audio_stream as wire
+from gateway.proto import twilio_media as twilio
 from gateway.proto.audio_stream import StreamProtocolError
+from gateway.proto.twilio_media import TwilioMediaCodec
 
 if TYPE_CHECKING:
     from gateway.serve import Gateway
@@ -135,7 +137,10 @@ class WsTransport:
 class Ingress:
     path: str
     make_codec: Callable[[Gateway, web.Request], MediaCodec]  # may raise StreamProtocolError
+    authorized: Callable[[Gateway, web.Request], bool]
     max_msg_size: int
+    enabled: Callable[[Gateway], bool] = lambda gateway: True
+    unauthorized_status: int = 401
 
 
 def _freeswitch_codec(gateway: Gateway, request: web.Request) -> MediaCodec:
@@ -143,8 +148,21 @@ def _freeswitch_codec(gateway: Gateway, request: web.Request) -> MediaCodec:
                                  query_rate=request.query.get("rate"))
 
 
+def _bearer(gateway: Gateway, request: web.Request) -> bool:
+    return _authorized([t.encode() for t in gateway.settings.auth_tokens], request)
+
+
+def _twilio_signed(gateway: Gateway, request: web.Request) -> bool:
+    from gateway.twilio_webhook import valid_signature
+
+    return valid_signature(gateway.settings, request, {})
+
+
 INGRESSES: list[Ingress] = [
-    Ingress("/stream/{uuid}", _freeswitch_codec, wire.max_frame_bytes()),
+    Ingress("/stream/{uuid}", _freeswitch_codec, _bearer, wire.max_frame_bytes()),
+    Ingress("/twilio/stream", lambda gateway, request: TwilioMediaCodec(), _twilio_signed,
+            twilio.MAX_MESSAGE_BYTES, enabled=lambda gateway: gateway.settings.twilio_auth_token is not None,
+            unauthorized_status=403),
 ]
 
 
@@ -191,24 +209,31 @@ async def _upgrade_and_run(gateway: Gateway, ingress: Ingress, request: web.Requ
 
 
 def media_app(gateway: Gateway) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
-    tokens = [t.encode() for t in gateway.settings.auth_tokens]
+    @web.middleware
+    async def head_arrived(request: web.Request, handler: Any) -> web.StreamResponse:
+        # A complete request head reached us in time: its connection is off the header deadline
+        # (gateway/admission.py), whatever the route (streams, the Twilio webhook, a 404).
+        gateway.header_deadline.passed(request.transport)
+        return await handler(request)
+
+    app = web.Application(client_max_size=64 * 1024, middlewares=[head_arrived])
 
     def handler(ingress: Ingress) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.StreamResponse:
             key = request.match_info.get("uuid")
             peer = request.remote
-            gateway.header_deadline.passed(request.transport)  # the request head arrived in time
             if not gateway.registry.accepting:
                 m.STREAMS_REFUSED.labels(reason="draining").inc()
                 log.warning("stream refused: draining", extra=fields(call=key, peer=peer))
                 return web.Response(status=503, text="gateway is draining\n")
-            if not _authorized(tokens, request):
+            if not ingress.authorized(gateway, request):
                 m.AUTH_FAILURES.inc()
                 m.STREAMS_REFUSED.labels(reason="auth").inc()
                 log.warning("stream refused: bad or missing token", extra=fields(call=key, peer=peer))
-                return web.Response(status=401, text="unauthorized\n",
-                                    headers={"WWW-Authenticate": "Bearer"})
+                if ingress.unauthorized_status == 401:
+                    return web.Response(status=401, text="unauthorized\n",
+                                        headers={"WWW-Authenticate": "Bearer"})
+                return web.Response(status=ingress.unauthorized_status, text="bad signature\n")
             try:
                 codec = ingress.make_codec(gateway, request)
             except StreamProtocolError as exc:
@@ -232,5 +257,13 @@ def media_app(gateway: Gateway) -> web.Application:
         return handle
 
     for ingress in INGRESSES:
-        app.router.add_get(ingress.path, handler(ingress))
+        if ingress.enabled(gateway):
+            app.router.add_get(ingress.path, handler(ingress))
+    if gateway.settings.twilio_auth_token is not None:
+        from gateway.twilio_webhook import voice_webhook
+
+        async def twilio_voice(request: web.Request) -> web.StreamResponse:
+            return await voice_webhook(gateway, request)
+
+        app.router.add_post("/twilio/voice", twilio_voice)
     return app

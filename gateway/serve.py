@@ -26,6 +26,7 @@ from gateway.call.policy import PolicedControl, TransferPolicy
 from gateway.call.registry import CallRegistry
 from gateway.call.session import CallSession
 from gateway.call.transport import StreamStart
+from gateway.call.twilio_control import TwilioControl
 from gateway.fallback import FallbackPrompts
 from gateway.health import ModelProbe
 from gateway.log import fields, setup_logging
@@ -79,9 +80,18 @@ class Gateway:
             return None
         return PolicedControl(control, TransferPolicy.for_profile(session.profile), start.call_id)
 
-    def make_control(self, session: CallSession, start: StreamStart) -> CallControl | None:
-        """Call control for a FreeSWITCH call (None without ESL workers: the call runs without verbs)."""
-        if self.control_plane is None or start.encoding != "l16":
+    def make_control(self, session: CallSession, start: StreamStart) -> CallControl | TwilioControl | None:
+        """The call's control verbs: Twilio's REST API for Twilio calls, ESL for FreeSWITCH calls (None
+        without ESL workers: the call then runs without transfers)."""
+        s = self.settings
+        if start.stream_id:  # a Twilio Media Stream
+            account = s.twilio_account_sid or str(start.extra.get("account_sid") or "")
+            if s.twilio_auth_token is None or not account:
+                return None
+            return TwilioControl(start.call_id, account_sid=account,
+                                 auth_token=s.twilio_auth_token.get_secret_value(),
+                                 base_url=s.twilio_api_base_url, caller_id=start.callee)
+        if self.control_plane is None:
             return None
         return self.control_plane.for_call(start.call_id, start.worker or None, on_dtmf=session.on_dtmf)
 

@@ -39,7 +39,11 @@ class CallRegistry:
             raise Refused("capacity", "at capacity")
 
     def get(self, key: str) -> CallSession | None:
-        return self.calls.get(key)
+        """By registry key or by the call's own id (a Twilio call is keyed before its CallSid is known)."""
+        found = self.calls.get(key)
+        if found is None:
+            found = next((s for s in list(self.calls.values()) if s.uuid == key), None)
+        return found
 
     async def run(self, key: str, session: CallSession) -> None:
         """Run one call to its end; it is live (listed, counted) meanwhile."""

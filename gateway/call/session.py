@@ -106,12 +106,14 @@ class _InputTimeline:
 class CallSession:
     def __init__(self, transport: MediaTransport, *, settings: Settings, profiles: ProfileSet,
                  fallback_audio: Callable[[str, int], bytes], control_factory: ControlFactory | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 model_factory: Callable[[CallSession], ModelLink] | None = None) -> None:
         self.transport = transport
         self.settings = settings
         self.profiles = profiles
         self._fallback_audio = fallback_audio
         self._control_factory = control_factory
+        self._model_factory = model_factory
         self._clock = clock
         self.uuid = ""
         self.start_info: StreamStart | None = None
@@ -326,7 +328,7 @@ class CallSession:
                          caller=pii(start.caller), callee=pii(start.callee)),
         )
         self.state = "active"
-        self._model = self._make_model()
+        self._model = self._model_factory(self) if self._model_factory else self._make_model()
         self._spawn(self._model.run(self._setup_events()), "model")
         self._spawn(self.playback.run(), "playback")
         await self._receive()
@@ -486,9 +488,10 @@ class CallSession:
             return
         item_id, heard, queued_items = pb.interrupt()  # control jumps the queue
         assert self.profile is not None
-        # With interrupt_response the server cancels the response itself; a second cancel would only
-        # earn a response_cancel_not_active error.
-        if self._response_active and not self.profile.turn_detection.interrupt_response:
+        # Only an active response is cancelled (a cancel with none in flight earns an error event). If
+        # the server's interrupt_response got there first, its response_cancel_not_active error is
+        # benign and not counted as a model error (_on_error).
+        if self._response_active:
             self._model.send(rt.response_cancel())
         if self._response_active and self._response_id:
             self._dropped_responses.add(self._response_id)

@@ -1,7 +1,9 @@
 """Builders for the FreeSWITCH API command lines the gateway sends (the text after `api `/`bgapi `).
 
 Pure functions: each returns one command string exactly as FreeSWITCH's mod_commands / mod_conference
-/ mod_audio_stream parse it (research/freeswitch_protocols.md §1.2, §2.8, §2.9). Arguments are checked
+/ mod_audio_stream parse it (mod_commands:
+https://developer.signalwire.com/freeswitch/FreeSWITCH-Explained/Modules/mod_commands_1966741/;
+mod_audio_stream: https://github.com/amigniter/mod_audio_stream#readme). Arguments are checked
 so a value from a model tool call or an HTTP request can never split into extra arguments or inject a
 second ESL command.
 """

@@ -70,9 +70,7 @@ async def test_barge_in_stops_playback_and_truncates_at_the_heard_point(make_gat
 
     (session,) = model.sessions
     assert session.invalid_client_events == []
-    # The profile's turn detection has interrupt_response: the server cancels the reply itself, and a
-    # second cancel would only earn a response_cancel_not_active error (issue 10 item 10).
-    assert session.of_type("response.cancel") == []
+    (cancel,) = session.of_type("response.cancel")  # the response was still active
     (truncate,) = session.of_type("conversation.item.truncate")
     heard = truncate["audio_end_ms"]
     greeting_received_ms = (s.reply_s - 0.6) * 1000

@@ -75,7 +75,7 @@ def test_a_profile_with_a_bad_allow_list_is_refused_at_load():
 
 @pytest.fixture
 async def freeswitch():
-    fs = await FakeFreeSwitch(host=HOST).start()
+    fs = await FakeFreeSwitch(password="esl-test-secret", host=HOST).start()
     yield fs
     await fs.close()
 

@@ -41,7 +41,7 @@ ESL_EFFECTS = ("uuid_kill", "uuid_transfer", "uuid_deflect", "conference", "uuid
 
 @pytest.fixture
 async def live_call():
-    fs = await FakeFreeSwitch(host=HOST).start()
+    fs = await FakeFreeSwitch(password="esl-test-secret", host=HOST).start()
     gw = Gateway(Settings(media_host=HOST, media_port=0, admin_host=HOST, admin_port=0,
                           auth_tokens=STREAM_TOKEN, admin_tokens=",".join((CONTROL, READ, METRICS)),
                           model_backend="null-silence", esl_workers={"fs1": fs.address},
