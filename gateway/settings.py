@@ -75,7 +75,8 @@ class Settings(BaseSettings):
     # Call control over ESL (gateway/call/control.py); JSON objects worker id -> "host:port:password".
     esl_workers: dict[str, str] = Field(default_factory=dict)
     playback_mode: dict[str, Literal["stream", "file"]] = Field(default_factory=dict)
-    file_chunk_ms: int = Field(200, ge=20, le=2000)  # audio per streamAudio message in file mode
+    file_chunk_ms: int = Field(200, ge=20, le=2000)  # smallest audio per streamAudio message in file mode
+    file_max_chunk_ms: int = Field(4000, ge=20, le=30000)  # largest: each file costs a ~100 ms gap
 
     # Twilio Media Streams ingress (off unless the auth token is set). `twilio_public_url` is the base
     # URL Twilio uses to reach this listener (https://host[:port]): signatures are computed over it.

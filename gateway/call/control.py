@@ -307,6 +307,20 @@ class CallControl:
             await self._api(commands.uuid_broadcast, self.uuid, path, "aleg")
         self.files_played += 1
 
+    async def displace(self, path: str) -> None:
+        """Play `path` to the caller at once, mixed into the channel's output (file mode, gapless)."""
+        await self._api(commands.uuid_displace, self.uuid, "start", path)
+        self.files_played += 1
+
+    async def stop_displace(self, path: str) -> None:
+        """Stop a displaced file early (barge-in); one that has just ended is not an error."""
+        try:
+            await self._client.api(commands.uuid_displace(self.uuid, "stop", path))
+        except EslCommandError as exc:  # "-ERR Cannot stop displace session!": it had finished
+            log.debug("displace already over", extra=fields(call=self.uuid, reply=exc.reply))
+        except EslError as exc:
+            raise CallControlError(f"ESL error: {exc}") from exc
+
     async def flush_playback(self) -> None:
         """Barge-in (file mode): stop the file playing now and those FreeSWITCH has queued."""
         async with self._play_lock:  # after an in-flight broadcast, so the break also covers it

@@ -16,6 +16,7 @@ far end echoes it once everything before it has played, which gives the heard po
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -33,7 +34,12 @@ MARK_EVERY_MS = 500.0
 
 class FileBroadcaster(Protocol):  # what file mode needs from call control
     async def play(self, path: str) -> None: ...
+    async def displace(self, path: str) -> None: ...
+    async def stop_displace(self, path: str) -> None: ...
     async def flush_playback(self) -> None: ...
+
+
+DISPLACE_EARLY_S = 0.005  # start the next file this much before the current ends (ESL round trip)
 
 
 @dataclass
@@ -47,17 +53,26 @@ class Playback:
                  lead_ms: float, frame_ms: float, more_coming: Callable[[], bool] = lambda: False,
                  on_first_audio: Callable[[str | None], None] = lambda item: None,
                  on_underrun: Callable[[], None] = lambda: None,
-                 files: FileBroadcaster | None = None) -> None:
+                 files: FileBroadcaster | None = None, max_chunk_ms: float | None = None) -> None:
         self.transport = transport
         self.audio = audio
         self.clock = PlayoutClock(clock, lead_ms=lead_ms, frame_ms=frame_ms)
         self._frame_len = audio.frame_bytes(frame_ms)
+        # File mode: FreeSWITCH leaves ~100 ms without audio between two broadcast files (measured on
+        # 1.10.12 with the upstream module: a 3.56 s greeting took 5.44 s in 200 ms files). So each file
+        # takes all the audio there is, up to max_chunk_ms: a reply the model generated ahead becomes one
+        # or two files instead of one per 200 ms.
+        self._max_chunk_len = audio.frame_bytes(max_chunk_ms) if max_chunk_ms else self._frame_len
         self._more_coming = more_coming
         self._on_first_audio = on_first_audio
         self._on_underrun = on_underrun
         self._files = files
         self._out: deque[_Segment] = deque()
         self._file_queue: deque[str] = deque()
+        self._file_ms: deque[float] = deque()  # durations of the files sent, in order
+        self._file_end = 0.0  # loop time at which the file playing now ends (displace)
+        self._displacing: list[tuple[str, float]] = []
+        self.gapless = files is not None and hasattr(files, "displace")
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -130,7 +145,15 @@ class Playback:
 
     async def flush_files(self) -> None:
         self._file_queue.clear()
+        self._file_ms.clear()
+        self._file_end = 0.0
+        now = asyncio.get_running_loop().time()
+        playing = [(p, end) for p, end in self._displacing if end > now]
+        self._displacing = []
         if self._files is not None:
+            for path, _ in playing:
+                with contextlib.suppress(Exception):  # it may have ended on its own meanwhile
+                    await self._files.stop_displace(path)
             await self._files.flush_playback()
 
     async def played_out(self, limit_s: float, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -155,32 +178,52 @@ class Playback:
 
     # ------------------------------------------------------------------ the driver
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            waits: list[float] = []
             if self._file_queue and self._files is not None:
-                path = self._file_queue.popleft()
-                try:
-                    await self._files.play(path)
-                except Exception as exc:  # one lost chunk must not stop the call's playback
-                    log.warning("file playback failed", extra={"error": str(exc)})
-                continue
-            if not self._out:
+                start_at = self._file_end - DISPLACE_EARLY_S if self.gapless else 0.0
+                if loop.time() >= start_at:
+                    await self._play_next_file(loop.time())
+                    continue
+                waits.append(start_at - loop.time())
+            if self._out:
+                if self.clock.wants_frame():
+                    if await self._send_frame():
+                        continue
+                    # a partial frame while the model is still talking: wait for the rest, not chop
+                else:
+                    waits.append(self.clock.seconds_until_room())
+            elif not self._file_queue:
                 self._idle.set()
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if not self.clock.wants_frame():
-                await asyncio.sleep(self.clock.seconds_until_room())
-                continue
-            if not await self._send_frame():
-                # a partial frame while the model is still talking: wait for the rest rather than chop
-                self._wakeup.clear()
-                await self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), min(waits) if waits else None)
+            except TimeoutError:
+                pass
+
+    async def _play_next_file(self, now: float) -> None:
+        assert self._files is not None
+        path = self._file_queue.popleft()
+        duration_s = (self._file_ms.popleft() if self._file_ms else 0.0) / 1000.0
+        try:
+            if self.gapless:
+                # Each broadcast file costs ~120 ms without audio on FreeSWITCH 1.10.12 (the park loop
+                # between two applications); displace files started back to back do not.
+                await self._files.displace(path)
+                self._file_end = max(now, self._file_end) + duration_s
+                self._displacing = [(p, end) for p, end in self._displacing if end > now]
+                self._displacing.append((path, self._file_end))
+            else:
+                await self._files.play(path)
+        except Exception as exc:  # one lost chunk must not stop the call's playback
+            log.warning("file playback failed", extra={"error": str(exc)})
 
     async def _send_frame(self) -> bool:
         seg = self._out[0]
-        n = self._frame_len
-        if len(seg.audio) < n and len(self._out) == 1 and self._more_coming():
+        if len(seg.audio) < self._frame_len and len(self._out) == 1 and self._more_coming():
             return False
+        n = max(self._frame_len, min(len(seg.audio), self._max_chunk_len))
         frame = bytes(seg.audio[:n])
         del seg.audio[:n]
         segment_done = not seg.audio
@@ -197,6 +240,8 @@ class Playback:
             self._on_underrun()
         self.frames_out += 1
         self.bytes_out += len(frame)
+        if self._files is not None:
+            self._file_ms.append(self.audio.transport_ms(len(frame)))
         if first:
             self._on_first_audio(seg.item_id)
         if self.transport.echoes_marks:

@@ -88,7 +88,8 @@ class _InputTimeline:
     """When each millisecond of caller audio reached us, so the model's `audio_end_ms` (a position in
     the input audio) becomes a clock time: the end of the caller's speech."""
 
-    def __init__(self, keep: int = 1024) -> None:
+    # 5 s of 20 ms frames: the model reports the end of speech within its silence window (~0.5 s) of it.
+    def __init__(self, keep: int = 250) -> None:
         self.ms = 0.0
         self._points: deque[tuple[float, float]] = deque(maxlen=keep)  # (input ms at frame end, clock)
 
@@ -308,17 +309,19 @@ class CallSession:
         frame_ms: float = self.transport.frame_ms
         lead_ms: float = self.settings.playout_lead_ms
         files = None
+        max_chunk_ms = None
         if self.playback_mode == "file" and self.control is not None and hasattr(self.control, "play"):
             # Upstream module: each message becomes a temp file played with uuid_broadcast. 20 ms files
             # would mean 50 broadcasts a second; larger chunks keep FreeSWITCH's work sane, and barge-in
             # still stops at once through uuid_break.
             frame_ms = self.settings.file_chunk_ms
             lead_ms = max(lead_ms, 2 * frame_ms)
+            max_chunk_ms = self.settings.file_max_chunk_ms
             files = self.control  # type: ignore[assignment]
         self.playback = Playback(self.transport, self.audio, self._clock, lead_ms=lead_ms, frame_ms=frame_ms,
                                  more_coming=lambda: self._response_active,
                                  on_first_audio=self._on_first_audio, on_underrun=self._on_underrun,
-                                 files=files)
+                                 files=files, max_chunk_ms=max_chunk_ms)
         if files is not None:
             self.control.on_play_file = self.playback.on_play_file  # type: ignore[union-attr]
         log.info(

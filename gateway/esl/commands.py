@@ -57,6 +57,15 @@ def uuid_broadcast(channel: str, path: str, leg: str = "aleg") -> str:
     return f"uuid_broadcast {uuid(channel)} {_token(path, what='playback path')} {leg}"
 
 
+def uuid_displace(channel: str, action: str, path: str) -> str:
+    """`start`: play `path` into what the caller hears as a media bug, beside whatever the channel runs
+    (no application switch, so files started back to back leave no gap); `stop`: end it early."""
+    if action not in ("start", "stop"):
+        raise EslArgumentError(f"displace action must be start|stop, not {action!r}")
+    tail = " 0 mux" if action == "start" else ""
+    return f"uuid_displace {uuid(channel)} {action} {_token(path, what='playback path')}{tail}"
+
+
 def uuid_break(channel: str, flush_all: bool = True) -> str:
     """`all` also drops the queued broadcasts, which is what barge-in needs."""
     return f"uuid_break {uuid(channel)}" + (" all" if flush_all else "")

@@ -250,7 +250,9 @@ async def test_file_mode_plays_files_in_arrival_order(fake_fs: FakeFreeSwitch, c
     for n in range(5):
         await fake_fs.emit(CALL, "CUSTOM", subclass="mod_audio_stream::play", body=_play_body(n))
     await _until(lambda: control.files_played == 5)
-    assert sent(fake_fs) == [f"uuid_broadcast {CALL} /tmp/{CALL}_{n}.tmp.r8 aleg" for n in range(5)]
+    # Displaced back to back: broadcasts would leave ~120 ms without audio between two files (issue 10
+    # item 7, measured on FreeSWITCH 1.10.12).
+    assert sent(fake_fs) == [f"uuid_displace {CALL} start /tmp/{CALL}_{n}.tmp.r8 0 mux" for n in range(5)]
 
 
 async def test_file_mode_flush_drops_queued_files_and_breaks(fake_fs: FakeFreeSwitch, control: CallControl,
@@ -258,20 +260,20 @@ async def test_file_mode_flush_drops_queued_files_and_breaks(fake_fs: FakeFreeSw
     fake_fs.api_delay = 0.05  # FreeSWITCH busy: files pile up in our queue
     for n in range(6):
         await fake_fs.emit(CALL, "CUSTOM", subclass="mod_audio_stream::play", body=_play_body(n))
-    await fake_fs.wait_for_command("api uuid_broadcast")
+    await fake_fs.wait_for_command("api uuid_displace")
     file_player.interrupt()  # barge-in
     await file_player.flush_files()
     fake_fs.api_delay = 0
     await asyncio.sleep(0.1)
     cmds = sent(fake_fs)
     breaks = [i for i, c in enumerate(cmds) if c == f"uuid_break {CALL} all"]
-    played = [c for c in cmds if c.startswith("uuid_broadcast")]
-    assert breaks and all(not c.startswith("uuid_broadcast") for c in cmds[breaks[-1]:])
+    played = [c for c in cmds if c.startswith("uuid_displace") and " start " in c]
+    assert breaks and all(" start " not in c for c in cmds[breaks[-1]:])
     assert 1 <= len(played) < 6  # the rest were dropped, not played after the break
-    assert played == [f"uuid_broadcast {CALL} /tmp/{CALL}_{n}.tmp.r8 aleg" for n in range(len(played))]
+    assert played == [f"uuid_displace {CALL} start /tmp/{CALL}_{n}.tmp.r8 0 mux" for n in range(len(played))]
     # Audio after the barge-in plays again.
     await fake_fs.emit(CALL, "CUSTOM", subclass="mod_audio_stream::play", body=_play_body(9))
-    await fake_fs.wait_for_command(f"api uuid_broadcast {CALL} /tmp/{CALL}_9.tmp.r8")
+    await fake_fs.wait_for_command(f"api uuid_displace {CALL} start /tmp/{CALL}_9.tmp.r8")
 
 
 async def test_stream_mode_ignores_play_events(fake_fs: FakeFreeSwitch, plane: ControlPlane) -> None:
@@ -289,8 +291,8 @@ async def test_malformed_play_event_is_refused(fake_fs: FakeFreeSwitch, control:
     await fake_fs.emit(CALL, "CUSTOM", subclass="mod_audio_stream::play", body="not json")
     await fake_fs.emit(CALL, "CUSTOM", subclass="mod_audio_stream::play", body=_play_body(1))
     await _until(lambda: control.files_played == 1)
-    assert [c for c in sent(fake_fs) if c.startswith("uuid_broadcast")] == [
-        f"uuid_broadcast {CALL} /tmp/{CALL}_1.tmp.r8 aleg"]
+    assert [c for c in sent(fake_fs) if c.startswith("uuid_displace")] == [
+        f"uuid_displace {CALL} start /tmp/{CALL}_1.tmp.r8 0 mux"]
 
 
 async def test_stream_error_hangs_the_call_up(fake_fs: FakeFreeSwitch, plane: ControlPlane) -> None:

@@ -203,8 +203,8 @@ async def secret_fs() -> AsyncIterator[FakeFreeSwitch]:
 
 async def test_file_mode_worker_plays_returned_files_and_breaks_on_barge_in(secret_fs: FakeFreeSwitch,
                                                                            tmp_path: Path) -> None:
-    """GATEWAY_PLAYBACK_MODE={"fs1":"file"} (upstream MIT module): play events become uuid_broadcast in
-    order, and the caller talking over the greeting becomes uuid_break all."""
+    """GATEWAY_PLAYBACK_MODE={"fs1":"file"} (upstream MIT module): play events become back-to-back
+    uuid_displace starts in order, and the caller talking over the greeting becomes uuid_break all."""
     fake_fs = secret_fs
     async with run_stack(fake_fs, tmp_path, GATEWAY_PLAYBACK_MODE=json.dumps({"fs1": "file"})) as stack:
         call_uuid = str(uuidlib.uuid4())
@@ -221,7 +221,7 @@ async def test_file_mode_worker_plays_returned_files_and_breaks_on_barge_in(secr
                                    body=json.dumps({"audioDataType": "raw", "sampleRate": 8000,
                                                     "file": f"/tmp/{call_uuid}_{n}.tmp.r8"}))
             for n in range(3):
-                expected = f"api uuid_broadcast {call_uuid} /tmp/{call_uuid}_{n}.tmp.r8 aleg"
+                expected = f"api uuid_displace {call_uuid} start /tmp/{call_uuid}_{n}.tmp.r8 0 mux"
                 await fake_fs.wait_for_command(expected, timeout=10)
             await fake_fs.wait_for_command(f"api uuid_break {call_uuid} all", timeout=30)
         finally:
