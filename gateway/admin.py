@@ -1,23 +1,34 @@
 """Admin API (FastAPI, its own port): health, readiness, Prometheus metrics, live calls, call verbs.
 OpenAPI docs at /docs. Every verb goes through the call object; call-control error kinds become HTTP
-statuses here and nowhere else."""
+statuses here and nowhere else.
+
+Authentication (gateway/auth.py) runs as ASGI middleware before routing: /healthz, /readyz and the
+docs are open, /metrics needs a `metrics` token, reading calls a `read` token, every verb a `control`
+token. Every control action leaves one audit line on the `gateway.audit` logger: who (the token's
+name, never the secret), what, which call, the target, and the result."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from gateway import __version__
+from gateway import metrics as m
+from gateway.auth import OPEN, AdminAuthMiddleware, Principal, TokenAuthority
 from gateway.call.control import CallControlError, ErrorKind
 from gateway.call.registry import CallRegistry
+from gateway.log import fields, pii
 from gateway.metrics import REGISTRY
 from gateway.records.api import records_router
 from gateway.records.recorder import Records
+
+audit_log = logging.getLogger("gateway.audit")
 
 HTTP_STATUS = {
     ErrorKind.INVALID: 400,  # refused before it reached the switch
@@ -26,6 +37,7 @@ HTTP_STATUS = {
     ErrorKind.UNREACHABLE: 503,
     ErrorKind.UNAVAILABLE: 503,
     ErrorKind.TIMEOUT: 504,
+    ErrorKind.FORBIDDEN: 403,  # the transfer policy (gateway/call/policy.py) does not allow the target
 }
 
 
@@ -36,11 +48,38 @@ class TargetBody(BaseModel):
     )
 
 
+def _principal(request: Request) -> Principal:
+    return getattr(request.state, "principal", OPEN)
+
+
 def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | None] = lambda: None,
-                   records: Records | None = None) -> FastAPI:
+                   authority: TokenAuthority | None = None,
+                   ready: Callable[[], bool] | None = None, records: Records | None = None) -> FastAPI:
     app = FastAPI(title="AI voice gateway admin API", version=__version__)
+    app.add_middleware(AdminAuthMiddleware, authority=authority or TokenAuthority([]))
     if records is not None:  # call records (gateway/records/api.py): GET routes read scope, DELETE control
         app.include_router(records_router(records))
+    is_ready = ready or (lambda: registry.accepting)
+
+    async def _audited(request: Request, action: str, uuid: str, target: str | None,
+                       coro_factory: Any) -> Any:
+        """Run one control action and write its audit line, whatever the outcome."""
+        who = _principal(request)
+        peer = request.client.host if request.client else None
+        result, detail = "ok", None
+        try:
+            return await coro_factory()
+        except HTTPException as exc:
+            result, detail = str(exc.status_code), exc.detail
+            raise
+        except Exception as exc:
+            result, detail = "error", f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            m.ADMIN_ACTIONS.labels(action=action, result="ok" if result == "ok" else "refused").inc()
+            audit_log.info("admin action", extra=fields(who=who.name, peer=peer, action=action, call=uuid,
+                                                        target=pii(target) if target else None,
+                                                        result=result, detail=detail))
 
     def _call(uuid: str) -> Any:
         session = registry.get(uuid)
@@ -63,7 +102,7 @@ def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | Non
 
     @app.get("/readyz", summary="accepting new streams")
     async def readyz() -> Response:
-        ready = registry.accepting
+        ready = is_ready()
         return PlainTextResponse("ready\n" if ready else "not ready\n", status_code=200 if ready else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
@@ -79,18 +118,22 @@ def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | Non
         return _call(uuid).info()
 
     @app.post("/calls/{uuid}/hangup", summary="end the call")
-    async def hangup(uuid: str) -> dict[str, Any]:
-        await _call(uuid).hangup("admin hangup")
+    async def hangup(uuid: str, request: Request) -> dict[str, Any]:
+        async def act() -> None:
+            await _call(uuid).hangup("admin hangup")
+        await _audited(request, "hangup", uuid, None, act)
         return {"ok": True, "uuid": uuid}
 
     @app.post("/calls/{uuid}/transfer", summary="blind transfer (after what the agent said has played)")
-    async def transfer(uuid: str, body: TargetBody) -> dict[str, Any]:
-        target = await _verb(_call(uuid).transfer(body.target))
+    async def transfer(uuid: str, body: TargetBody, request: Request) -> dict[str, Any]:
+        target = await _audited(request, "transfer", uuid, body.target,
+                                lambda: _verb(_call(uuid).transfer(body.target)))
         return {"ok": True, "uuid": uuid, "target": target}
 
     @app.post("/calls/{uuid}/conference", summary="bring a human in (conference, AI leg as coach)")
-    async def conference(uuid: str, body: TargetBody) -> dict[str, Any]:
-        target = await _verb(_call(uuid).add_participant(body.target))
+    async def conference(uuid: str, body: TargetBody, request: Request) -> dict[str, Any]:
+        target = await _audited(request, "conference", uuid, body.target,
+                                lambda: _verb(_call(uuid).add_participant(body.target)))
         return {"ok": True, "uuid": uuid, "target": target}
 
     return app

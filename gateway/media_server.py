@@ -179,8 +179,44 @@ def _authorized(tokens: list[bytes], request: web.Request) -> bool:
     return ok and bool(presented)
 
 
+async def _upgrade_and_run(gateway: Gateway, ingress: Ingress, request: web.Request, codec: MediaCodec,
+                           key: str | None) -> web.StreamResponse:
+    ws = web.WebSocketResponse(
+        compress=False,  # libwsc's permessage-deflate handling is unreliable: never negotiate it
+        max_msg_size=ingress.max_msg_size, timeout=CLOSE_HANDSHAKE_TIMEOUT_S, autoping=True)
+    if not ws.can_prepare(request).ok:
+        m.STREAMS_REFUSED.labels(reason="not_websocket").inc()
+        return web.Response(status=400, text="expected a WebSocket upgrade\n")
+    try:
+        await ws.prepare(request)
+    except (ConnectionError, OSError, RuntimeError) as exc:
+        # The peer went away mid-upgrade: one line, not aiohttp's traceback.
+        m.UPGRADES_ABORTED.labels(reason="peer_reset").inc()
+        log.warning("upgrade aborted by the peer",
+                    extra=fields(call=key, peer=request.remote, error=type(exc).__name__))
+        if request.transport is not None:
+            request.transport.abort()
+        # Not `ws`: aiohttp would close an unprepared WebSocket and log a traceback. Writing this
+        # response to the aborted transport fails with a ConnectionError, which aiohttp ignores.
+        return web.Response(status=400)
+    session = CallSession(WsTransport(ws, codec), settings=gateway.settings,
+                          profiles=gateway.profiles, fallback_audio=gateway.fallback,
+                          control_factory=gateway.control_for, records=gateway.records)
+    await gateway.registry.run(key or str(id(session)), session)
+    # Returning ends the handler; aiohttp then closes the transport (no keep-alive after a
+    # WebSocket).
+    return ws
+
+
 def media_app(gateway: Gateway) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+    @web.middleware
+    async def head_arrived(request: web.Request, handler: Any) -> web.StreamResponse:
+        # A complete request head reached us in time: its connection is off the header deadline
+        # (gateway/admission.py), whatever the route (streams, the Twilio webhook, a 404).
+        gateway.header_deadline.passed(request.transport)
+        return await handler(request)
+
+    app = web.Application(client_max_size=64 * 1024, middlewares=[head_arrived])
 
     def handler(ingress: Ingress) -> Callable[[web.Request], Any]:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -206,24 +242,17 @@ def media_app(gateway: Gateway) -> web.Application:
                 return web.Response(status=400, text="bad channel uuid\n")
             try:
                 gateway.registry.admit(key)
+                gateway.admission.admit(peer or "?")  # this source's share (gateway/admission.py)
             except Refused as exc:
                 m.STREAMS_REFUSED.labels(reason=exc.reason).inc()
                 log.warning("stream refused", extra=fields(call=key, peer=peer, reason=str(exc)))
-                return web.Response(status=409 if exc.reason == "duplicate" else 503, text=f"{exc}\n")
-            ws = web.WebSocketResponse(
-                compress=False,  # libwsc's permessage-deflate handling is unreliable: never negotiate it
-                max_msg_size=ingress.max_msg_size, timeout=CLOSE_HANDSHAKE_TIMEOUT_S, autoping=True)
-            if not ws.can_prepare(request).ok:
-                m.STREAMS_REFUSED.labels(reason="not_websocket").inc()
-                return web.Response(status=400, text="expected a WebSocket upgrade\n")
-            await ws.prepare(request)
-            session = CallSession(WsTransport(ws, codec), settings=gateway.settings,
-                                  profiles=gateway.profiles, fallback_audio=gateway.fallback,
-                                  control_factory=gateway.control_for, records=gateway.records)
-            await gateway.registry.run(key or str(id(session)), session)
-            # Returning ends the handler; aiohttp then closes the transport (no keep-alive after a
-            # WebSocket).
-            return ws
+                status = {"duplicate": 409, "source_rate": 429}.get(exc.reason, 503)
+                return web.Response(status=status, text=f"{exc}\n",
+                                    headers={"Retry-After": "1"} if status == 429 else None)
+            try:
+                return await _upgrade_and_run(gateway, ingress, request, codec, key)
+            finally:
+                gateway.admission.release(peer or "?")
 
         return handle
 

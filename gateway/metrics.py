@@ -78,3 +78,17 @@ class TrafficCollector(Collector):
 
 TRAFFIC = TrafficCollector()
 REGISTRY.register(TRAFFIC)
+
+# Security (issue 11): admin API refusals, transfer-policy refusals, media admission, model health.
+ADMIN_REFUSED = Counter("gateway_admin_refused_total", "Admin API requests refused before any work",
+                        ["reason"], registry=REGISTRY)
+ADMIN_ACTIONS = Counter("gateway_admin_actions_total", "Admin API control actions by action and result",
+                        ["action", "result"], registry=REGISTRY)
+TRANSFERS_REFUSED = Counter("gateway_transfers_refused_total",
+                            "Transfer or conference targets refused by the transfer policy", ["kind"],
+                            registry=REGISTRY)
+UPGRADES_ABORTED = Counter("gateway_upgrades_aborted_total",
+                           "Connections closed before a complete upgrade (header timeout, peer reset)",
+                           ["reason"], registry=REGISTRY)
+MODEL_UP = Gauge("gateway_model_up", "1 while the last probe of the model endpoint succeeded",
+                 registry=REGISTRY)

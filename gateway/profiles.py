@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.call.policy import TransferAllow
 from gateway.call.tools import TOOLS, unknown_tools
 from gateway.records.policy import RecordsPolicy
 
@@ -48,6 +49,9 @@ class Profile(BaseModel):
     tools: list[str] = Field(default_factory=list)
     transfer_targets: dict[str, str] = Field(default_factory=dict)
     escalation_target: str | None = None
+    # Operator allow-list for targets not named in transfer_targets (gateway/call/policy.py); empty =
+    # only named targets.
+    transfer_allow: TransferAllow = Field(default_factory=TransferAllow)
     fallback: Fallback = Field(default_factory=Fallback)
     records: RecordsPolicy = Field(default_factory=RecordsPolicy)  # storage, redaction, memory, retention
 

@@ -19,12 +19,16 @@ from pydantic import ValidationError
 
 from gateway import metrics as m
 from gateway.admin import make_admin_app
+from gateway.admission import GuardedProtocol, HeaderDeadline, SourceAdmission
+from gateway.auth import TokenAuthority
 from gateway.call.control import CallControl, ControlPlane
+from gateway.call.policy import PolicedControl, TransferPolicy
 from gateway.call.registry import CallRegistry
 from gateway.call.session import CallSession
 from gateway.call.transport import StreamStart
 from gateway.call.twilio_control import TwilioControl
 from gateway.fallback import FallbackPrompts
+from gateway.health import ModelProbe
 from gateway.log import fields, setup_logging
 from gateway.media_server import CLOSE_HANDSHAKE_TIMEOUT_S, media_app
 from gateway.profiles import ProfileError, ProfileSet, load_profiles
@@ -55,8 +59,30 @@ class Gateway:
         self.admin_port: int = 0
         self.started = False
         self.draining = False
+        # Security (issue 11): per-source admission, the upgrade header deadline, model health.
+        self.admission = SourceAdmission(settings.max_streams_per_source, settings.stream_rate_per_source,
+                                         settings.stream_burst_per_source)
+        self.header_deadline = HeaderDeadline(settings.upgrade_header_timeout_s)
+        # Only an explicit URL is probed: with just an API key (the SDK's default endpoint) set
+        # GATEWAY_MODEL_URL=wss://api.openai.com/v1 to have readiness follow OpenAI's reachability too.
+        self.model_probe = ModelProbe(settings.model_url if settings.model_backend == "realtime" else None,
+                                      settings.model_probe_interval_s, settings.model_probe_timeout_s)
 
-    def control_for(self, session: CallSession, start: StreamStart) -> CallControl | TwilioControl | None:
+    @property
+    def ready(self) -> bool:
+        """Readiness: accepting streams, and the model answers (a call now would not just hear the
+        fallback)."""
+        return self.registry.accepting and self.model_probe.up
+
+    def control_for(self, session: CallSession, start: StreamStart) -> PolicedControl | None:
+        """The call's control behind the transfer policy of its profile (gateway/call/policy.py): every
+        transfer, escalation and conference dial, from the model or the admin API, passes that gate."""
+        control = self.make_control(session, start)
+        if control is None or session.profile is None:
+            return None
+        return PolicedControl(control, TransferPolicy.for_profile(session.profile), start.call_id)
+
+    def make_control(self, session: CallSession, start: StreamStart) -> CallControl | TwilioControl | None:
         """The call's control verbs: Twilio's REST API for Twilio calls, ESL for FreeSWITCH calls (None
         without ESL workers: the call then runs without transfers)."""
         s = self.settings
@@ -81,20 +107,29 @@ class Gateway:
                 await self.records.start()
             except Exception as exc:
                 raise RecordsStartError(f"GATEWAY_RECORDS_URL: record store unusable: {exc}") from exc
+        if not s.admin_tokens:
+            log.warning("no GATEWAY_ADMIN_TOKENS set: the admin API (loopback only) is NOT authenticated")
         self.control_plane = await _start_control_plane(s)
+        await self.model_probe.start()
         if self.control_plane is None and s.esl_workers:
             self.control_error = "call control could not start (see log)"
+        # keepalive_timeout: after a refusal (401/429/503) a connection may idle no longer than a new one
+        # may take to send its request head; mod_audio_stream never reuses a connection.
         self._runner = web.AppRunner(media_app(self), handle_signals=False, access_log=None,
-                                     shutdown_timeout=CLOSE_HANDSHAKE_TIMEOUT_S)
+                                     shutdown_timeout=CLOSE_HANDSHAKE_TIMEOUT_S,
+                                     keepalive_timeout=s.upgrade_header_timeout_s)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.media_host, s.media_port, reuse_address=True, backlog=1024)
+        site = _GuardedSite(self._runner, s.media_host, s.media_port, reuse_address=True, backlog=1024,
+                            deadline=self.header_deadline)
         await site.start()
         self.media_port = _bound_port(self._runner)
         admin_sock = socket.socket(socket.AF_INET6 if ":" in s.admin_host else socket.AF_INET)
         admin_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         admin_sock.bind((s.admin_host, s.admin_port))
         self.admin_port = admin_sock.getsockname()[1]
-        admin = make_admin_app(self.registry, lambda: self.control_error, records=self.records)
+        admin = make_admin_app(self.registry, lambda: self.control_error,
+                               authority=TokenAuthority(s.admin_tokens), ready=lambda: self.ready,
+                               records=self.records)
         config = uvicorn.Config(admin, log_config=None, access_log=False, lifespan="off",
                                 ws="none")
         self._admin = _AdminServer(config)
@@ -120,6 +155,7 @@ class Gateway:
         m.READY.set(0)
         log.info("draining", extra=fields(calls=len(self.calls), timeout_s=timeout))
         await self.registry.drain(timeout, wire.CLOSE_GOING_AWAY)
+        await self.model_probe.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._admin is not None and self._admin_task is not None:
@@ -136,6 +172,27 @@ class Gateway:
 
 class RecordsStartError(Exception):
     """The record store named by GATEWAY_RECORDS_URL cannot be opened or migrated."""
+
+
+class _GuardedSite(web.TCPSite):
+    """TCPSite whose connections must complete their upgrade request within the header deadline
+    (gateway/admission.py). aiohttp has no such timeout, and builds its protocol itself, so the site
+    wraps the protocol factory; the rest is TCPSite.start as aiohttp 3.x writes it."""
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, deadline: HeaderDeadline,
+                 **kw: object) -> None:
+        super().__init__(runner, host, port, **kw)  # type: ignore[arg-type]
+        self._deadline = deadline
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: GuardedProtocol(server(), self._deadline), self._host, self._port,
+            backlog=self._backlog, reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+        self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
 
 
 class _AdminServer(uvicorn.Server):

@@ -8,8 +8,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from gateway.auth import AdminToken, is_loopback, parse_admin_tokens
 
 DEFAULT_PROFILES_DIR = Path(__file__).parent / "profiles"
 LOCAL_ENGINE_URL = "ws://127.0.0.1:8092/v1"
@@ -18,7 +20,9 @@ PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "cluecon"})
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", env_file=None)
+    # hide_input_in_errors: a bad entry must not echo a secret (tokens, API key) into an error message.
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", env_file=None,
+                                      hide_input_in_errors=True)
 
     # Media plane (mod_audio_stream connects here) and admin API (operators only: keep it on loopback).
     media_host: str = "0.0.0.0"
@@ -28,6 +32,15 @@ class Settings(BaseSettings):
     # Bearer tokens accepted from STREAM_EXTRA_HEADERS; several at once allow rotation. Comma-separated.
     # Empty = no authentication (logged loudly at start-up).
     auth_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Admin API bearer tokens, comma-separated `name:scope:secret` (scope metrics|read|control; see
+    # gateway/auth.py). Required unless admin_host is a loopback address.
+    admin_tokens: Annotated[list[AdminToken], NoDecode] = Field(default_factory=list, validate_default=True)
+
+    # Media admission (gateway/admission.py): what one source address (one FreeSWITCH worker) may take.
+    max_streams_per_source: int = Field(1000, ge=1)  # concurrent streams from one address
+    stream_rate_per_source: float = Field(50.0, gt=0)  # new streams per second from one address...
+    stream_burst_per_source: int = Field(100, ge=1)  # ...after a burst of this many
+    upgrade_header_timeout_s: float = Field(5.0, gt=0)  # a connection must finish its upgrade request
 
     # Model: the embedded engine unless an OpenAI key is set. `model_url` is the SDK's websocket_base_url.
     model_backend: Literal["realtime", "null-echo", "null-silence"] = "realtime"
@@ -35,6 +48,9 @@ class Settings(BaseSettings):
     model_name: str = "gpt-realtime"
     openai_api_key: SecretStr | None = None
     model_connect_timeout_s: float = Field(5.0, gt=0)
+    # Readiness follows the model: its host:port is probed (TCP connect) this often; 0 = never.
+    model_probe_interval_s: float = Field(2.0, ge=0)
+    model_probe_timeout_s: float = Field(1.0, gt=0)
 
     # Audio.
     playout_lead_ms: int = Field(60, ge=20, le=1000)  # audio kept in flight towards FreeSWITCH
@@ -85,6 +101,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
+
+    @field_validator("admin_tokens", mode="before")
+    @classmethod
+    def _parse_admin_tokens(cls, value: object, info: ValidationInfo) -> object:
+        tokens = parse_admin_tokens(value) if isinstance(value, str) else value
+        host = str(info.data.get("admin_host", "127.0.0.1"))
+        if not tokens and not is_loopback(host):
+            raise ValueError("required when the admin API listens beyond loopback "
+                             f"(GATEWAY_ADMIN_HOST={host}): set name:scope:secret entries, or bind the "
+                             "admin API to 127.0.0.1")
+        return tokens
 
     @field_validator("auth_tokens")
     @classmethod

@@ -62,6 +62,7 @@ class ErrorKind(Enum):
     UNREACHABLE = "unreachable"  # the worker / REST API cannot be reached
     TIMEOUT = "timeout"  # no answer in time
     UNAVAILABLE = "unavailable"  # this call has no call control at all
+    FORBIDDEN = "forbidden"  # the transfer policy does not allow the target (gateway/call/policy.py)
 
 
 class CallControlError(Exception):

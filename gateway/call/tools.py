@@ -3,8 +3,9 @@
 A handler maps the model's arguments to one call-control verb and returns the JSON object given back
 to the model as `function_call_output`: `{"ok": true, ...}` or `{"ok": false, "error": "..."}`.
 Failures are returned (and then spoken by the model), never raised. Targets the model names are looked
-up in the profile's `transfer_targets`; a raw number or URI from the model is refused, so a prompt
-injection cannot dial arbitrary destinations. Profiles are checked against `TOOLS` when they load.
+up in the profile's `transfer_targets`; a raw number or URI from the model passes only where the
+profile's operator allow-list permits it (gateway/call/policy.py, the same gate as the admin API), so a
+prompt injection cannot dial arbitrary destinations. Profiles are checked against `TOOLS` when they load.
 
 Adding a tool is one entry in `TOOLS` (plus its name in a profile's `tools` list).
 """
@@ -17,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gateway.call.control import CallControlError
+from gateway.call.policy import TransferPolicy
 from gateway.log import fields
 
 if TYPE_CHECKING:
@@ -86,6 +89,12 @@ def _named_target(args: dict[str, Any], ctx: ToolContext) -> tuple[str, str | No
     target_name = str(args.get("target", ""))
     target = ctx.profile.resolve_target(target_name)
     if target is None:
+        try:  # not a name: a raw target passes only through the operator allow-list
+            target = TransferPolicy.for_profile(ctx.profile).check(target_name, action="tool",
+                                                                   call=ctx.call_uuid)
+            return target_name, target.strip(), None
+        except CallControlError:  # refused: answered below with the names the model may use
+            pass
         known = ", ".join(sorted(ctx.profile.transfer_targets)) or "none"
         return target_name, None, ToolResult({"ok": False, "error": f"unknown target {target_name!r}; "
                                                                  f"known targets: {known}"})

@@ -68,7 +68,7 @@ async def test_admin_transfer_maps_freeswitch_errors_to_502(make_gateway, fake_m
         async with http.post(f"{admin}/transfer", json={"target": "reception"}) as r:
             assert r.status == 200 and (await r.json())["target"] == "2000"
         freeswitch.on_api("uuid_transfer", "-ERR No such extension\n")
-        async with http.post(f"{admin}/transfer", json={"target": "9999"}) as r:
+        async with http.post(f"{admin}/transfer", json={"target": "billing"}) as r:  # named, switch says no
             assert r.status == 502 and "No such extension" in (await r.json())["detail"]
         async with http.post(f"{admin}/hangup") as r:
             assert r.status == 200

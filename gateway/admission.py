@@ -1,0 +1,151 @@
+"""Media-plane admission: what one source address may take, and how long a connection may take to ask.
+
+- `SourceAdmission`: per source address (in production, one FreeSWITCH worker) a cap on concurrent
+  streams and a token bucket on new streams. A token holder flooding from one address is refused
+  cheaply (HTTP 429/503 before the upgrade, before any model session or greeting starts) while every
+  other source keeps its share of `max_calls`.
+- `HeaderDeadline`: a connection that has not delivered a complete upgrade request within
+  `upgrade_header_timeout_s` is closed (half-open upgrades, slowloris), logged as one line.
+
+Both are pure bookkeeping around an injected clock; gateway/media_server.py and gateway/serve.py wire
+them to aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import metrics as m
+from gateway.call.registry import Refused
+from gateway.log import fields
+
+log = logging.getLogger("gateway.admission")
+
+PRUNE_AT = 4096  # idle sources kept before the table is swept (bounds memory under address spraying)
+
+
+@dataclass
+class _Source:
+    live: int
+    tokens: float
+    stamp: float
+
+
+class SourceAdmission:
+    def __init__(self, max_streams: int, rate: float, burst: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_streams = max_streams
+        self.rate = rate
+        self.burst = float(burst)
+        self._clock = clock
+        self._sources: dict[str, _Source] = {}
+
+    @property
+    def tracked(self) -> int:
+        """Sources with state kept (bounded: idle ones are swept past PRUNE_AT)."""
+        return len(self._sources)
+
+    def live(self, source: str) -> int:
+        entry = self._sources.get(source)
+        return entry.live if entry else 0
+
+    def admit(self, source: str) -> None:
+        """Take one stream slot for `source` or raise `Refused` (reason `source_rate` / `source_cap`)."""
+        now = self._clock()
+        entry = self._sources.get(source)
+        if entry is None:
+            if len(self._sources) >= PRUNE_AT:
+                self._prune(now)
+            entry = self._sources[source] = _Source(0, self.burst, now)
+        entry.tokens = min(self.burst, entry.tokens + (now - entry.stamp) * self.rate)
+        entry.stamp = now
+        if entry.live >= self.max_streams:
+            raise Refused("source_cap", f"source {source} already has {entry.live} streams (the limit)")
+        if entry.tokens < 1.0:
+            raise Refused("source_rate", f"source {source} opens streams faster than {self.rate:g}/s")
+        entry.tokens -= 1.0
+        entry.live += 1
+
+    def release(self, source: str) -> None:
+        entry = self._sources.get(source)
+        if entry is not None and entry.live > 0:
+            entry.live -= 1
+
+    def _prune(self, now: float) -> None:
+        full = [k for k, e in self._sources.items()
+                if e.live == 0 and e.tokens + (now - e.stamp) * self.rate >= self.burst]
+        for key in full:
+            del self._sources[key]
+
+
+class HeaderDeadline:
+    """Closes connections whose upgrade request is not complete in time. `watch()` is called when a
+    connection is made, `passed()` when its request reached a handler (the header was complete)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._pending: dict[Any, asyncio.TimerHandle] = {}
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def watch(self, transport: asyncio.BaseTransport) -> None:
+        loop = asyncio.get_running_loop()
+        self._pending[transport] = loop.call_later(self.timeout, self._expire, transport)
+
+    def passed(self, transport: object) -> None:
+        handle = self._pending.pop(transport, None)
+        if handle is not None:
+            handle.cancel()
+
+    def forget(self, transport: object) -> None:
+        self.passed(transport)
+
+    def _expire(self, transport: asyncio.BaseTransport) -> None:
+        if self._pending.pop(transport, None) is None:
+            return
+        peer = transport.get_extra_info("peername")
+        m.UPGRADES_ABORTED.labels(reason="header_timeout").inc()
+        log.warning("connection closed: no complete upgrade request in time",
+                    extra=fields(peer=peer[0] if isinstance(peer, tuple) else None, timeout_s=self.timeout))
+        transport.abort()
+
+
+class GuardedProtocol(asyncio.Protocol):
+    """Puts `HeaderDeadline` in front of aiohttp's per-connection protocol (which cannot be subclassed
+    from outside: `web.Server` builds it)."""
+
+    __slots__ = ("_inner", "_deadline", "_transport")
+
+    def __init__(self, inner: Any, deadline: HeaderDeadline) -> None:
+        self._inner = inner
+        self._deadline = deadline
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._deadline.watch(transport)
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._deadline.forget(self._transport)
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
