@@ -28,9 +28,10 @@ async def _call_refused_stream(rig_factory, edition: str, expect: int) -> Rig:
         rc = await asyncio.to_thread(sipp.wait, 45)
     finally:
         sipp.stop()
-    finals = [m.first_line for m in sipp.messages() if m.direction == "received"
-              and m.first_line.startswith("SIP/2.0") and not m.first_line.startswith(("SIP/2.0 1",))]
-    print(f"{edition}: final responses {finals}")
+    responses = [m.first_line for m in sipp.messages() if m.direction == "received"
+                 and m.first_line.startswith("SIP/2.0")]
+    finals = [r for r in responses if not r.startswith("SIP/2.0 1")]
+    print(f"{edition}: responses {responses}")
     assert rc == 0, f"{edition}: the caller did not get {expect} (finals {finals})"
     return rig
 
