@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "tests" / "packaging"))
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
-from fsmod_support import patched_module_so  # noqa: E402
+from fsmod_support import StreamServer, StreamSession, patched_module_so  # noqa: E402
 from harness import sipp as sipp_mod  # noqa: E402
 from harness.freeswitch import FreeSwitch  # noqa: E402
 from harness.procs import GatewayModel, GatewayServe  # noqa: E402
@@ -81,10 +81,11 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
-def start_fs(workdir: Path, so: Path | None, edition: str, gateway: GatewayServe) -> FreeSwitch:
+def start_fs(workdir: Path, so: Path | None, edition: str, gateway: GatewayServe,
+             stream_url: str | None = None) -> FreeSwitch:
     kwargs: dict[str, object] = {"audio_stream_so": so} if so else {"edition": edition}
     fs = FreeSwitch(workdir / "fs", FS_IP, vars={
-        "stream_token": TOKEN, "gateway_stream_url": gateway.stream_url, "log_level": "warning",
+        "stream_token": TOKEN, "gateway_stream_url": stream_url or gateway.stream_url, "log_level": "warning",
         "rtp_start_port": "24000", "rtp_end_port": "27999", "sessions_per_second": "200"},
         **kwargs)  # type: ignore[arg-type]
     return fs.start()
@@ -223,14 +224,20 @@ async def capacity_step(workdir: Path, fs: FreeSwitch, gateway: GatewayServe, ca
 async def capacity(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-fsworker-"))
     so = Path(args.module) if args.module else None if args.edition != "patched" else patched_module_so()
+    backend = "null-echo" if args.model_backend == "quiet" else args.model_backend
     gateway = GatewayServe(workdir / "gateway", GATEWAY_IP, token=TOKEN,
-                           env={"GATEWAY_MODEL_BACKEND": "null-echo", "GATEWAY_LOG_LEVEL": "WARNING"})
+                           env={"GATEWAY_MODEL_BACKEND": backend, "GATEWAY_LOG_LEVEL": "WARNING"})
+    # quiet: the streams go to a WebSocket end in this process that takes the caller audio and never
+    # replies (an agent that stays silent for the whole call); the gateway process only idles.
+    quiet = StreamServer(GATEWAY_IP, _never_reply) if args.model_backend == "quiet" else None
     fs = None
     try:
         gateway.start()
         assert gateway.proc is not None
         pin(gateway.proc.pid, OTHERS_CORE)
-        fs = start_fs(workdir, so, args.edition, gateway)
+        if quiet is not None:
+            await quiet.start()
+        fs = start_fs(workdir, so, args.edition, gateway, quiet.url if quiet is not None else None)
         assert fs.proc is not None
         pin(fs.proc.pid, 0)
         pin(os.getpid(), OTHERS_CORE)
@@ -239,12 +246,19 @@ async def capacity(args: argparse.Namespace) -> None:
         frames = [f.ljust(FRAME_BYTES, b"\xff") for f in frames]
         for calls in [int(c) for c in args.calls.split(",")]:
             r = await capacity_step(workdir, fs, gateway, calls, args.seconds, frames)
-            print(json.dumps({"edition": args.module or args.edition, **r}), flush=True)
+            print(json.dumps({"edition": args.module or args.edition, "model": args.model_backend, **r}),
+                  flush=True)
     finally:
         if fs is not None:
             fs.stop()
         gateway.stop(timeout=5)
+        if quiet is not None:
+            await quiet.close()
     print(f"work folder: {workdir}")
+
+
+async def _never_reply(session: StreamSession) -> None:
+    await session.closed.wait()
 
 
 # ------------------------------------------------------------------------------------------ latency
@@ -402,12 +416,19 @@ def main() -> None:
     c.add_argument("--nice", type=int, default=0, help="nice level of everything under test (shared machine)")
     c.add_argument("--others-anywhere", action="store_true",
                    help="pin only FreeSWITCH (core 0); the gateway, SIPp and the callers use any core")
+    c.add_argument("--model-backend", default="null-echo", choices=["null-echo", "null-silence", "quiet"],
+                   help="null-echo: every caller frame comes back as streamAudio (the agent always talks); "
+                        "null-silence: the same as streamAudio of silence; quiet: no streamAudio at all "
+                        "(the agent never talks: RTP to the caller is only the module's idle silence)")
+    c.add_argument("--ips", help="CALLER,FREESWITCH,GATEWAY addresses instead of 127.0.0.130-132")
     lat = sub.add_parser("latency")
     lat.add_argument("--turns", type=int, default=22)
     lat.add_argument("--editions", default="patched,upstream")
     args = p.parse_args()
-    global NICE, OTHERS_CORE
+    global NICE, OTHERS_CORE, CALLER_IP, FS_IP, GATEWAY_IP
     NICE = getattr(args, "nice", 0)
+    if getattr(args, "ips", None):
+        CALLER_IP, FS_IP, GATEWAY_IP = args.ips.split(",")
     if getattr(args, "others_anywhere", False):
         OTHERS_CORE = None
     # SIGTERM unwinds like Ctrl-C, so FreeSWITCH, the gateway and SIPp are stopped by the finally blocks.

@@ -167,7 +167,8 @@ Description: FreeSWITCH mod_audio_stream (voxcom-us fork) with the aivg hang-up 
  Streams call audio to a WebSocket server and plays its streamAudio replies in
  real time. Built from voxcom-us/mod_audio_stream $(src_get MODULE_COMMIT | cut -c1-7) with libwsc
  $(src_get LIBWSC_COMMIT | cut -c1-7), plus the patches in /usr/share/doc/$pkg/: a channel no longer
- stays up for good when it hangs up or the stream stops while reply audio is queued.
+ stays up for good when it hangs up or the stream stops while reply audio is queued; RTP (silence)
+ flows to the caller while no reply audio is queued; start pre-answers instead of answering.
  Built against FreeSWITCH $fs_version; installs into $modulesdir.
 EOF
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$here" log -1 --format=%ct 2>/dev/null || echo 0)}

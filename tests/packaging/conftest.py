@@ -16,7 +16,8 @@ from harness.freeswitch import FreeSwitch
 from harness.rtp import RtpEndpoint
 from harness.sipp import Sipp, caller
 
-# 127.0.0.120-129 belong to these tests, 130-139 to benchmarks/freeswitch_worker.py.
+# 127.0.0.120-129 belong to these tests, 130-139 to benchmarks/freeswitch_worker.py; 190-199 to
+# test_mod_audio_stream_idle_rtp.py (passed to the factory).
 CALLER_IP = "127.0.0.120"
 FS_IPS = {"voxcom": "127.0.0.121", "patched": "127.0.0.122", "upstream": "127.0.0.123"}
 
@@ -37,13 +38,14 @@ class Rig:
     server: StreamServer
     rtp: RtpEndpoint
     workdir: Path
+    caller_ip: str = CALLER_IP
 
     def behave(self, behaviour: Callable[[StreamSession], object]) -> None:
         self.server.behaviour = behaviour
 
     def call(self, name: str, **kwargs: object) -> Sipp:
         """The carrier calls 1000 straight at this worker (the SIP profile's ACL admits 127.0.0.0/8)."""
-        return caller(self.workdir, name, CALLER_IP, f"{self.fs.host}:{self.fs.sip_port}", self.rtp,
+        return caller(self.workdir, name, self.caller_ip, f"{self.fs.host}:{self.fs.sip_port}", self.rtp,
                       **kwargs).start()  # type: ignore[arg-type]
 
 
@@ -54,21 +56,22 @@ async def _idle(session: StreamSession) -> None:
 @pytest.fixture
 async def rig_factory(tmp_path: Path, freeswitch_factory: Callable[..., FreeSwitch],
                       request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., object]]:
-    """``await make(edition)``: 'patched' (packaging/mod_audio_stream), or 'voxcom' / 'upstream' (the
-    shared build's editions)."""
+    """``await make(edition, caller_ip=..., fs_ip=...)``: 'patched' (packaging/mod_audio_stream), or
+    'voxcom' / 'upstream' (the shared build's editions); the addresses default to this folder's."""
     made: list[Rig] = []
 
-    async def make(edition: str) -> Rig:
+    async def make(edition: str, caller_ip: str = CALLER_IP, fs_ip: str | None = None) -> Rig:
         so = request.getfixturevalue("patched_so") if edition == "patched" else None
-        server = StreamServer(CALLER_IP, _idle)
+        server = StreamServer(caller_ip, _idle)
         await server.start()
         kwargs: dict[str, object] = {"vars": {"gateway_stream_url": server.url, "log_level": "info"}}
         if so is not None:
             kwargs["audio_stream_so"] = so
         else:
             kwargs["edition"] = edition
-        fs = await asyncio.to_thread(freeswitch_factory, FS_IPS[edition], **kwargs)
-        rig = Rig(fs, server, RtpEndpoint(CALLER_IP, name="caller").start(), tmp_path / f"sipp-{edition}")
+        fs = await asyncio.to_thread(freeswitch_factory, fs_ip or FS_IPS[edition], **kwargs)
+        rig = Rig(fs, server, RtpEndpoint(caller_ip, name="caller").start(), tmp_path / f"sipp-{edition}",
+                  caller_ip)
         made.append(rig)
         return rig
 
