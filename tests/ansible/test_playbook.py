@@ -143,7 +143,8 @@ def test_rendered_freeswitch_conf_is_well_formed_xml(rendered_freeswitch_conf: P
 def test_every_freeswitch_variable_used_is_defined_in_vars_xml(rendered_freeswitch_conf: Path) -> None:
     for worker in ("fs1", "fs2"):
         root = rendered_freeswitch_conf / worker
-        defined = set(re.findall(r'cmd="set"\s+data="([A-Za-z0-9_]+)=', (root / "vars.xml").read_text()))
+        # exec-set: the secrets, read from the service's environment by scripts/secret.sh.
+        defined = set(re.findall(r'cmd="(?:exec-)?set"\s+data="([A-Za-z0-9_]+)=', (root / "vars.xml").read_text()))
         used: set[str] = set()
         for path in root.rglob("*.xml"):
             text = re.sub(r"<!--.*?-->", "", path.read_text(), flags=re.S)
@@ -161,19 +162,70 @@ def _vars(path: Path) -> dict[str, str]:
     return dict(re.findall(r'cmd="set"\s+data="([A-Za-z0-9_]+)=([^"]*)"', path.read_text()))
 
 
-def test_each_worker_gets_its_own_values_and_the_shared_secrets(rendered_freeswitch_conf: Path) -> None:
-    for worker, address in (("fs1", "10.0.0.21"), ("fs2", "10.0.0.22")):
+def test_each_worker_gets_its_own_values_and_no_secret_in_vars_xml(rendered_freeswitch_conf: Path) -> None:
+    for worker, address, public, preferred in (("fs1", "10.0.0.21", "198.51.100.21", "10.0.0.31"),
+                                               ("fs2", "10.0.0.22", "198.51.100.22", "10.0.0.31")):
+        text = (rendered_freeswitch_conf / worker / "vars.xml").read_text()
         values = _vars(rendered_freeswitch_conf / worker / "vars.xml")
         assert values["worker_id"] == worker
         assert values["private_ip"] == address
-        assert values["esl_password"] == "esl-test-secret"
-        assert values["stream_token"] == "stream-test-token"
+        # Behind 1:1 NAT: SDP carries the public address, Contact/Via the private one the edge reaches.
+        assert values["ext_rtp_ip"] == public
+        assert values["ext_sip_ip"] == address
+        # The secrets stay out of vars.xml: exec-set reads them from the service's environment file.
+        assert "esl-test-secret" not in text and "stream-test-token" not in text
+        assert "esl_password" not in values and "stream_token" not in values
+        assert 'cmd="exec-set" data="esl_password=' in text
+        assert 'cmd="exec-set" data="stream_token=' in text
         # The edge's worker-facing socket, and only the edge may send SIP.
         assert values["kamailio_edge"] == "10.0.0.10:5062"
         assert values["kamailio_acl_cidr"] == "10.0.0.10/32"
-        assert values["gateway_stream_url"] == "ws://10.0.0.31:8090/stream"
+        # Streams and readiness probes go to the gateways' media port, this worker's preferred one first.
+        assert values["gateway_stream_urls"].split(",")[0] == f"ws://{preferred}:8090/stream"
+        assert values["gateway_ready_urls"].split(",")[0] == f"http://{preferred}:8090/readyz"
+        assert values["playback_mode"] == "stream"
         # No loopback default survives into a deployment.
         assert not [k for k, v in values.items() if "127.0.0.1" in v], values
+    # secret.sh runs from exec-set as the freeswitch user; the Lua scripts ship beside it.
+    scripts = rendered_freeswitch_conf / "fs1" / "scripts"
+    assert (scripts / "secret.sh").stat().st_mode & 0o777 == 0o750
+    assert {p.name for p in scripts.glob("*.lua")} >= {"ai_stream_start.lua", "ai_gateway_watchdog.lua"}
+
+
+def test_freeswitch_secrets_reach_the_service_only_through_a_root_only_environment_file(
+        tmp_path: Path, collections_ready: None) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    role = ANSIBLE_DIR / "roles" / "freeswitch"
+    play = [{
+        "name": "Render the freeswitch role's environment file and systemd drop-in.",
+        "hosts": "fs1",
+        "connection": "local",
+        "gather_facts": False,
+        "tasks": [
+            {"name": "Load the role's defaults.", "ansible.builtin.include_role": {
+                "name": "freeswitch", "tasks_from": "preflight_conf", "public": True}},
+            {"name": "Environment file.", "ansible.builtin.template": {
+                "src": str(role / "templates" / "freeswitch-secrets.env.j2"),
+                "dest": f"{out}/secrets.env", "mode": "0600"}},
+            {"name": "Drop-in.", "ansible.builtin.template": {
+                "src": str(role / "templates" / "freeswitch-systemd.conf.j2"),
+                "dest": f"{out}/10-aivg.conf", "mode": "0644"}},
+        ],
+    }]
+    rc, output = _local_play(tmp_path, play)
+    assert rc == 0, output[-4000:]
+    env = dict(line.split("=", 1) for line in (out / "secrets.env").read_text().splitlines()
+               if line and not line.startswith("#"))
+    assert env == {"FREESWITCH_ESL_PASSWORD": "esl-test-secret", "FREESWITCH_STREAM_TOKEN": "stream-test-token"}
+    dropin = (out / "10-aivg.conf").read_text()
+    assert "EnvironmentFile=/etc/default/freeswitch-secrets" in dropin
+    assert "esl-test-secret" not in dropin
+    # The role writes the file root:root 0600 (tasks/configure.yml) and never logs it.
+    configure = yaml.safe_load((role / "tasks" / "configure.yml").read_text())
+    task = next(t for t in configure if t.get("ansible.builtin.template", {}).get("src") == "freeswitch-secrets.env.j2")
+    assert task["ansible.builtin.template"]["mode"] == "0600" and task["no_log"] is True
+    assert task["ansible.builtin.template"]["owner"] == "root" and task["ansible.builtin.template"]["group"] == "root"
 
 
 def test_every_module_freeswitch_conf_loads_has_a_package_in_the_freeswitch_role() -> None:
@@ -194,8 +246,8 @@ _PRE = re.compile(r'<X-PRE-PROCESS\s+cmd="(?P<cmd>[a-z_-]+)"\s+data="(?P<data>[^
 
 def _preprocess(path: Path, variables: dict[str, str]) -> str:
     """What FreeSWITCH's XML pre-processor makes of a file: includes resolved beside the including file
-    (the <include> wrapper dropped, comments and XML declarations removed), `set` lines defining
-    $${vars}, and $${vars} substituted in the text that follows."""
+    (the <include> wrapper dropped, comments and XML declarations removed), `set` and `exec-set` lines
+    defining $${vars}, and $${vars} substituted in the text that follows."""
     text = re.sub(r"<\?xml[^>]*\?>", "", path.read_text())
     text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
     out: list[str] = []
@@ -206,6 +258,10 @@ def _preprocess(path: Path, variables: dict[str, str]) -> str:
         if match["cmd"] == "set":
             name, _, value = match["data"].partition("=")
             variables[name] = _expand(value, variables)
+        elif match["cmd"] == "exec-set":
+            # The command's output (scripts/secret.sh prints the secret from the environment).
+            name, _, _command = match["data"].partition("=")
+            variables[name] = "secret-from-the-environment"
         elif match["cmd"] == "include":
             for included in sorted(path.parent.glob(match["data"])):
                 body = _preprocess(included, variables)
@@ -221,7 +277,9 @@ def _expand(text: str, variables: dict[str, str]) -> str:
 def test_freeswitch_reads_one_well_formed_document_with_every_variable_resolved(
         rendered_freeswitch_conf: Path, tmp_path: Path) -> None:
     for worker, address in (("fs1", "10.0.0.21"), ("fs2", "10.0.0.22")):
-        document = _preprocess(rendered_freeswitch_conf / worker / "freeswitch.xml", {})
+        # conf_dir and the other directories are FreeSWITCH's own (switch_core.c), set before vars.xml.
+        document = _preprocess(rendered_freeswitch_conf / worker / "freeswitch.xml",
+                               {"conf_dir": "/etc/freeswitch", "script_dir": "/usr/share/freeswitch/scripts"})
         assert "$${" not in document, re.findall(r"\$\$\{[^}]*\}", document)
         expanded = tmp_path / f"{worker}.fsxml"
         expanded.write_text(document)
