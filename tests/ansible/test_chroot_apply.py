@@ -32,6 +32,8 @@ SECRETS = {
     "vault_stream_token": "stream-test-token-0123",
     "vault_signalwire_token": "pat_test",
     "vault_openai_api_key": "",
+    "vault_gateway_metrics_token": "metrics-test-token-0123",
+    "vault_gateway_ops_token": "ops-test-token-0123456",
 }
 
 

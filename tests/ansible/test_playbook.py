@@ -60,6 +60,7 @@ def _local_play(tmp: Path, play: list[dict], *extra: str) -> tuple[int, str]:
     secrets.write_text(yaml.safe_dump({
         "vault_esl_password": "esl-test-secret", "vault_stream_token": "stream-test-token",
         "vault_signalwire_token": "pat_test", "vault_openai_api_key": "",
+        "vault_gateway_metrics_token": "metrics-test-token-0123", "vault_gateway_ops_token": "ops-test-token-0123456",
         "ansible_become": False, "ansible_python_interpreter": sys.executable,
     }))
     got = run([tool("ansible-playbook"), "-i", "inventories/example", "-e", f"@{secrets}", *extra,
