@@ -290,6 +290,48 @@ def test_freeswitch_reads_one_well_formed_document_with_every_variable_resolved(
         assert f'name="listen-ip" value="{address}"' in document
 
 
+def test_rendered_gateway_env_carries_the_new_settings_and_the_gateway_accepts_it(
+        tmp_path: Path, collections_ready: None) -> None:
+    env_file = tmp_path / "gateway.env"
+    role = ANSIBLE_DIR / "roles" / "gateway"
+    play = [{
+        "name": "Render gateway.env for the example gateway.",
+        "hosts": "gw1",
+        "connection": "local",
+        "gather_facts": False,
+        "vars": {"gateway_engine_tokens": ["engine-test-token-0123"]},
+        "tasks": [
+            {"name": "Preflight (loads the defaults).", "ansible.builtin.include_role": {
+                "name": "gateway", "tasks_from": "preflight", "public": True}},
+            {"name": "Render.", "ansible.builtin.template": {
+                "src": str(role / "templates" / "gateway.env.j2"), "dest": str(env_file), "mode": "0600"}},
+        ],
+    }]
+    rc, output = _local_play(tmp_path, play)
+    assert rc == 0, output[-4000:]
+    text = env_file.read_text()
+    assert "metrics-test-token-0123" not in output and "ops-test-token-0123456" not in output
+    assert ("GATEWAY_ADMIN_TOKENS='prometheus:metrics:metrics-test-token-0123,"
+            "ops:control:ops-test-token-0123456'") in text
+    assert "GATEWAY_ADMIN_HOST='10.0.0.31'" in text
+    # The embedded engine accepts the token; the gateway sends it as its bearer.
+    assert "GATEWAY_ENGINE_TOKENS='engine-test-token-0123'" in text
+    assert "GATEWAY_OPENAI_API_KEY='engine-test-token-0123'" in text
+    assert "GATEWAY_MODEL_URL='ws://127.0.0.1:8092/v1'" in text
+    for line in ("GATEWAY_MAX_STREAMS_PER_SOURCE='1000'", "GATEWAY_STREAM_RATE_PER_SOURCE='50'",
+                 "GATEWAY_STREAM_BURST_PER_SOURCE='100'", "GATEWAY_UPGRADE_HEADER_TIMEOUT_S='5'",
+                 "GATEWAY_MODEL_PROBE_INTERVAL_S='2'", "GATEWAY_MODEL_PROBE_TIMEOUT_S='1'"):
+        assert line in text, line
+    assert "GATEWAY_TWILIO" not in text  # off without an auth token
+    # The repository's gateway parses the file as systemd would hand it over (the role's validate step).
+    got = run([sys.executable, "-c",
+               "from gateway.settings import load_settings; s = load_settings();"
+               "print(sorted(s.esl_workers), s.model_url, s.admin_host)"],
+              env={"GATEWAY_ENV_FILE": str(env_file), "PATH": "/usr/bin:/bin"})
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert got.stdout.split() == ["['fs1',", "'fs2']", "ws://127.0.0.1:8092/v1", "10.0.0.31"], got.stdout
+
+
 def test_scrape_jobs_cover_every_node_gateway_and_edge_of_the_inventory(
         tmp_path: Path, collections_ready: None) -> None:
     snippet = tmp_path / "aivg-scrape.yml"
@@ -310,6 +352,9 @@ def test_scrape_jobs_cover_every_node_gateway_and_edge_of_the_inventory(
     assert sorted(targets["node"]) == sorted(
         f"10.0.0.{n}:9100" for n in (10, 21, 22, 31, 40))
     assert targets["gateway"] == ["10.0.0.31:8091"]
+    # The gateways' /metrics takes a metrics-scoped admin token, read from a file Prometheus can read.
+    assert jobs["gateway"]["authorization"] == {
+        "type": "Bearer", "credentials_file": "/etc/prometheus/aivg-gateway-metrics.token"}
     assert targets["kamailio"] == ["10.0.0.10:5080"]
 
 
