@@ -60,7 +60,8 @@ def _local_play(tmp: Path, play: list[dict], *extra: str) -> tuple[int, str]:
     secrets.write_text(yaml.safe_dump({
         "vault_esl_password": "esl-test-secret", "vault_stream_token": "stream-test-token",
         "vault_signalwire_token": "pat_test", "vault_openai_api_key": "",
-        "vault_gateway_metrics_token": "metrics-test-token-0123", "vault_gateway_ops_token": "ops-test-token-0123456",
+        "vault_gateway_metrics_token": "metrics-test-token-0123",
+        "vault_gateway_ops_token": "ops-test-token-0123456",
         "ansible_become": False, "ansible_python_interpreter": sys.executable,
     }))
     got = run([tool("ansible-playbook"), "-i", "inventories/example", "-e", f"@{secrets}", *extra,
@@ -145,7 +146,8 @@ def test_every_freeswitch_variable_used_is_defined_in_vars_xml(rendered_freeswit
     for worker in ("fs1", "fs2"):
         root = rendered_freeswitch_conf / worker
         # exec-set: the secrets, read from the service's environment by scripts/secret.sh.
-        defined = set(re.findall(r'cmd="(?:exec-)?set"\s+data="([A-Za-z0-9_]+)=', (root / "vars.xml").read_text()))
+        defined = set(re.findall(r'cmd="(?:exec-)?set"\s+data="([A-Za-z0-9_]+)=',
+                                 (root / "vars.xml").read_text()))
         used: set[str] = set()
         for path in root.rglob("*.xml"):
             text = re.sub(r"<!--.*?-->", "", path.read_text(), flags=re.S)
@@ -218,15 +220,18 @@ def test_freeswitch_secrets_reach_the_service_only_through_a_root_only_environme
     assert rc == 0, output[-4000:]
     env = dict(line.split("=", 1) for line in (out / "secrets.env").read_text().splitlines()
                if line and not line.startswith("#"))
-    assert env == {"FREESWITCH_ESL_PASSWORD": "esl-test-secret", "FREESWITCH_STREAM_TOKEN": "stream-test-token"}
+    assert env == {"FREESWITCH_ESL_PASSWORD": "esl-test-secret",
+                   "FREESWITCH_STREAM_TOKEN": "stream-test-token"}
     dropin = (out / "10-aivg.conf").read_text()
     assert "EnvironmentFile=/etc/default/freeswitch-secrets" in dropin
     assert "esl-test-secret" not in dropin
     # The role writes the file root:root 0600 (tasks/configure.yml) and never logs it.
     configure = yaml.safe_load((role / "tasks" / "configure.yml").read_text())
-    task = next(t for t in configure if t.get("ansible.builtin.template", {}).get("src") == "freeswitch-secrets.env.j2")
-    assert task["ansible.builtin.template"]["mode"] == "0600" and task["no_log"] is True
-    assert task["ansible.builtin.template"]["owner"] == "root" and task["ansible.builtin.template"]["group"] == "root"
+    task = next(t for t in configure
+                if t.get("ansible.builtin.template", {}).get("src") == "freeswitch-secrets.env.j2")
+    written = task["ansible.builtin.template"]
+    assert (written["mode"], written["owner"], written["group"]) == ("0600", "root", "root")
+    assert task["no_log"] is True
 
 
 def test_every_module_freeswitch_conf_loads_has_a_package_in_the_freeswitch_role() -> None:

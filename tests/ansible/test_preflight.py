@@ -22,7 +22,8 @@ from aivg_ansible_support import ANSIBLE_DIR, ansible_env, run, tool
 SECRETS = {
     "vault_esl_password": "esl-test-secret", "vault_stream_token": "stream-test-token-0123",
     "vault_signalwire_token": "pat_test", "vault_openai_api_key": "",
-    "vault_gateway_metrics_token": "metrics-test-token-0123", "vault_gateway_ops_token": "ops-test-token-0123456",
+    "vault_gateway_metrics_token": "metrics-test-token-0123",
+    "vault_gateway_ops_token": "ops-test-token-0123456",
     "ansible_become": False, "ansible_python_interpreter": sys.executable, "ansible_connection": "local",
 }
 EXAMPLE_VAULT = yaml.safe_load(
