@@ -195,6 +195,26 @@ def test_each_worker_gets_its_own_values_and_no_secret_in_vars_xml(rendered_free
     assert {p.name for p in scripts.glob("*.lua")} >= {"ai_stream_start.lua", "ai_gateway_watchdog.lua"}
 
 
+def test_each_worker_prefers_another_gateway_and_falls_back_to_the_rest(
+        tmp_path: Path, collections_ready: None) -> None:
+    second = tmp_path / "gw2.yml"
+    second.write_text(yaml.safe_dump({"all": {"children": {"gateways": {"hosts": {"gw2": {
+        "ansible_host": "198.51.100.32", "aivg_private_address": "10.0.0.32"}}}}}}))
+    play = [{"name": "Show the workers' gateway lists.", "hosts": "workers", "connection": "local",
+             "gather_facts": False, "tasks": [{"name": "Show.", "ansible.builtin.debug": {
+                 "msg": "{{ inventory_hostname }}|{{ freeswitch_vars.gateway_stream_urls }}"
+                        "|{{ freeswitch_vars.gateway_ready_urls }}"}}]}]
+    rc, output = _local_play(tmp_path, play, "-i", str(second))
+    assert rc == 0, output[-4000:]
+    lists = {m[0]: (m[1], m[2]) for m in re.findall(r"(fs\d)\|([^|\s\"]+)\|([^|\s\"]+)", output)}
+    assert lists == {
+        "fs1": ("ws://10.0.0.31:8090/stream,ws://10.0.0.32:8090/stream",
+                "http://10.0.0.31:8090/readyz,http://10.0.0.32:8090/readyz"),
+        "fs2": ("ws://10.0.0.32:8090/stream,ws://10.0.0.31:8090/stream",
+                "http://10.0.0.32:8090/readyz,http://10.0.0.31:8090/readyz"),
+    }, output[-3000:]
+
+
 def test_freeswitch_secrets_reach_the_service_only_through_a_root_only_environment_file(
         tmp_path: Path, collections_ready: None) -> None:
     out = tmp_path / "out"
