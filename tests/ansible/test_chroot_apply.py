@@ -32,6 +32,8 @@ SECRETS = {
     "vault_stream_token": "stream-test-token-0123",
     "vault_signalwire_token": "pat_test",
     "vault_openai_api_key": "",
+    "vault_gateway_metrics_token": "metrics-test-token-0123",
+    "vault_gateway_ops_token": "ops-test-token-0123456",
 }
 
 
@@ -283,7 +285,7 @@ def test_dispatcher_command_is_installed_with_its_settings(applied: dict[str, ob
     wrapper = root / "usr" / "local" / "bin" / "dispatcher"
     assert wrapper.exists()
     env = (root / "etc" / "aivg" / "dispatcher.env").read_text()
-    assert "DISPATCHER_RPC_URL='http://10.0.0.10:5080/RPC'" in env
+    assert "DISPATCHER_RPC_URL='unix:/run/kamailio/kamailio_rpc.sock'" in env
     if not (ANSIBLE_DIR.parent / "dispatcher" / "cli.py").exists():
         pytest.skip("the dispatcher package has not landed yet")
     helped = _in_root(str(root), "/usr/local/bin/dispatcher", "--help")

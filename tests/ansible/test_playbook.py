@@ -60,6 +60,8 @@ def _local_play(tmp: Path, play: list[dict], *extra: str) -> tuple[int, str]:
     secrets.write_text(yaml.safe_dump({
         "vault_esl_password": "esl-test-secret", "vault_stream_token": "stream-test-token",
         "vault_signalwire_token": "pat_test", "vault_openai_api_key": "",
+        "vault_gateway_metrics_token": "metrics-test-token-0123",
+        "vault_gateway_ops_token": "ops-test-token-0123456",
         "ansible_become": False, "ansible_python_interpreter": sys.executable,
     }))
     got = run([tool("ansible-playbook"), "-i", "inventories/example", "-e", f"@{secrets}", *extra,
@@ -143,7 +145,9 @@ def test_rendered_freeswitch_conf_is_well_formed_xml(rendered_freeswitch_conf: P
 def test_every_freeswitch_variable_used_is_defined_in_vars_xml(rendered_freeswitch_conf: Path) -> None:
     for worker in ("fs1", "fs2"):
         root = rendered_freeswitch_conf / worker
-        defined = set(re.findall(r'cmd="set"\s+data="([A-Za-z0-9_]+)=', (root / "vars.xml").read_text()))
+        # exec-set: the secrets, read from the service's environment by scripts/secret.sh.
+        defined = set(re.findall(r'cmd="(?:exec-)?set"\s+data="([A-Za-z0-9_]+)=',
+                                 (root / "vars.xml").read_text()))
         used: set[str] = set()
         for path in root.rglob("*.xml"):
             text = re.sub(r"<!--.*?-->", "", path.read_text(), flags=re.S)
@@ -161,19 +165,93 @@ def _vars(path: Path) -> dict[str, str]:
     return dict(re.findall(r'cmd="set"\s+data="([A-Za-z0-9_]+)=([^"]*)"', path.read_text()))
 
 
-def test_each_worker_gets_its_own_values_and_the_shared_secrets(rendered_freeswitch_conf: Path) -> None:
-    for worker, address in (("fs1", "10.0.0.21"), ("fs2", "10.0.0.22")):
+def test_each_worker_gets_its_own_values_and_no_secret_in_vars_xml(rendered_freeswitch_conf: Path) -> None:
+    for worker, address, public, preferred in (("fs1", "10.0.0.21", "198.51.100.21", "10.0.0.31"),
+                                               ("fs2", "10.0.0.22", "198.51.100.22", "10.0.0.31")):
+        text = (rendered_freeswitch_conf / worker / "vars.xml").read_text()
         values = _vars(rendered_freeswitch_conf / worker / "vars.xml")
         assert values["worker_id"] == worker
         assert values["private_ip"] == address
-        assert values["esl_password"] == "esl-test-secret"
-        assert values["stream_token"] == "stream-test-token"
+        # Behind 1:1 NAT: SDP carries the public address, Contact/Via the private one the edge reaches.
+        assert values["ext_rtp_ip"] == public
+        assert values["ext_sip_ip"] == address
+        # The secrets stay out of vars.xml: exec-set reads them from the service's environment file.
+        assert "esl-test-secret" not in text and "stream-test-token" not in text
+        assert "esl_password" not in values and "stream_token" not in values
+        assert 'cmd="exec-set" data="esl_password=' in text
+        assert 'cmd="exec-set" data="stream_token=' in text
         # The edge's worker-facing socket, and only the edge may send SIP.
         assert values["kamailio_edge"] == "10.0.0.10:5062"
         assert values["kamailio_acl_cidr"] == "10.0.0.10/32"
-        assert values["gateway_stream_url"] == "ws://10.0.0.31:8090/stream"
+        # Streams and readiness probes go to the gateways' media port, this worker's preferred one first.
+        assert values["gateway_stream_urls"].split(",")[0] == f"ws://{preferred}:8090/stream"
+        assert values["gateway_ready_urls"].split(",")[0] == f"http://{preferred}:8090/readyz"
+        assert values["playback_mode"] == "stream"
         # No loopback default survives into a deployment.
         assert not [k for k, v in values.items() if "127.0.0.1" in v], values
+    # secret.sh runs from exec-set as the freeswitch user; the Lua scripts ship beside it.
+    scripts = rendered_freeswitch_conf / "fs1" / "scripts"
+    assert (scripts / "secret.sh").stat().st_mode & 0o777 == 0o750
+    assert {p.name for p in scripts.glob("*.lua")} >= {"ai_stream_start.lua", "ai_gateway_watchdog.lua"}
+
+
+def test_each_worker_prefers_another_gateway_and_falls_back_to_the_rest(
+        tmp_path: Path, collections_ready: None) -> None:
+    second = tmp_path / "gw2.yml"
+    second.write_text(yaml.safe_dump({"all": {"children": {"gateways": {"hosts": {"gw2": {
+        "ansible_host": "198.51.100.32", "aivg_private_address": "10.0.0.32"}}}}}}))
+    play = [{"name": "Show the workers' gateway lists.", "hosts": "workers", "connection": "local",
+             "gather_facts": False, "tasks": [{"name": "Show.", "ansible.builtin.debug": {
+                 "msg": "{{ inventory_hostname }}|{{ freeswitch_vars.gateway_stream_urls }}"
+                        "|{{ freeswitch_vars.gateway_ready_urls }}"}}]}]
+    rc, output = _local_play(tmp_path, play, "-i", str(second))
+    assert rc == 0, output[-4000:]
+    lists = {m[0]: (m[1], m[2]) for m in re.findall(r"(fs\d)\|([^|\s\"]+)\|([^|\s\"]+)", output)}
+    assert lists == {
+        "fs1": ("ws://10.0.0.31:8090/stream,ws://10.0.0.32:8090/stream",
+                "http://10.0.0.31:8090/readyz,http://10.0.0.32:8090/readyz"),
+        "fs2": ("ws://10.0.0.32:8090/stream,ws://10.0.0.31:8090/stream",
+                "http://10.0.0.32:8090/readyz,http://10.0.0.31:8090/readyz"),
+    }, output[-3000:]
+
+
+def test_freeswitch_secrets_reach_the_service_only_through_a_root_only_environment_file(
+        tmp_path: Path, collections_ready: None) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    role = ANSIBLE_DIR / "roles" / "freeswitch"
+    play = [{
+        "name": "Render the freeswitch role's environment file and systemd drop-in.",
+        "hosts": "fs1",
+        "connection": "local",
+        "gather_facts": False,
+        "tasks": [
+            {"name": "Load the role's defaults.", "ansible.builtin.include_role": {
+                "name": "freeswitch", "tasks_from": "preflight_conf", "public": True}},
+            {"name": "Environment file.", "ansible.builtin.template": {
+                "src": str(role / "templates" / "freeswitch-secrets.env.j2"),
+                "dest": f"{out}/secrets.env", "mode": "0600"}},
+            {"name": "Drop-in.", "ansible.builtin.template": {
+                "src": str(role / "templates" / "freeswitch-systemd.conf.j2"),
+                "dest": f"{out}/10-aivg.conf", "mode": "0644"}},
+        ],
+    }]
+    rc, output = _local_play(tmp_path, play)
+    assert rc == 0, output[-4000:]
+    env = dict(line.split("=", 1) for line in (out / "secrets.env").read_text().splitlines()
+               if line and not line.startswith("#"))
+    assert env == {"FREESWITCH_ESL_PASSWORD": "esl-test-secret",
+                   "FREESWITCH_STREAM_TOKEN": "stream-test-token"}
+    dropin = (out / "10-aivg.conf").read_text()
+    assert "EnvironmentFile=/etc/default/freeswitch-secrets" in dropin
+    assert "esl-test-secret" not in dropin
+    # The role writes the file root:root 0600 (tasks/configure.yml) and never logs it.
+    configure = yaml.safe_load((role / "tasks" / "configure.yml").read_text())
+    task = next(t for t in configure
+                if t.get("ansible.builtin.template", {}).get("src") == "freeswitch-secrets.env.j2")
+    written = task["ansible.builtin.template"]
+    assert (written["mode"], written["owner"], written["group"]) == ("0600", "root", "root")
+    assert task["no_log"] is True
 
 
 def test_every_module_freeswitch_conf_loads_has_a_package_in_the_freeswitch_role() -> None:
@@ -194,8 +272,8 @@ _PRE = re.compile(r'<X-PRE-PROCESS\s+cmd="(?P<cmd>[a-z_-]+)"\s+data="(?P<data>[^
 
 def _preprocess(path: Path, variables: dict[str, str]) -> str:
     """What FreeSWITCH's XML pre-processor makes of a file: includes resolved beside the including file
-    (the <include> wrapper dropped, comments and XML declarations removed), `set` lines defining
-    $${vars}, and $${vars} substituted in the text that follows."""
+    (the <include> wrapper dropped, comments and XML declarations removed), `set` and `exec-set` lines
+    defining $${vars}, and $${vars} substituted in the text that follows."""
     text = re.sub(r"<\?xml[^>]*\?>", "", path.read_text())
     text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
     out: list[str] = []
@@ -206,6 +284,10 @@ def _preprocess(path: Path, variables: dict[str, str]) -> str:
         if match["cmd"] == "set":
             name, _, value = match["data"].partition("=")
             variables[name] = _expand(value, variables)
+        elif match["cmd"] == "exec-set":
+            # The command's output (scripts/secret.sh prints the secret from the environment).
+            name, _, _command = match["data"].partition("=")
+            variables[name] = "secret-from-the-environment"
         elif match["cmd"] == "include":
             for included in sorted(path.parent.glob(match["data"])):
                 body = _preprocess(included, variables)
@@ -221,7 +303,9 @@ def _expand(text: str, variables: dict[str, str]) -> str:
 def test_freeswitch_reads_one_well_formed_document_with_every_variable_resolved(
         rendered_freeswitch_conf: Path, tmp_path: Path) -> None:
     for worker, address in (("fs1", "10.0.0.21"), ("fs2", "10.0.0.22")):
-        document = _preprocess(rendered_freeswitch_conf / worker / "freeswitch.xml", {})
+        # conf_dir and the other directories are FreeSWITCH's own (switch_core.c), set before vars.xml.
+        document = _preprocess(rendered_freeswitch_conf / worker / "freeswitch.xml",
+                               {"conf_dir": "/etc/freeswitch", "script_dir": "/usr/share/freeswitch/scripts"})
         assert "$${" not in document, re.findall(r"\$\$\{[^}]*\}", document)
         expanded = tmp_path / f"{worker}.fsxml"
         expanded.write_text(document)
@@ -229,6 +313,48 @@ def test_freeswitch_reads_one_well_formed_document_with_every_variable_resolved(
         assert got.returncode == 0, got.stderr
         # The worker's own address is what its event socket and SIP profile bind to.
         assert f'name="listen-ip" value="{address}"' in document
+
+
+def test_rendered_gateway_env_carries_the_new_settings_and_the_gateway_accepts_it(
+        tmp_path: Path, collections_ready: None) -> None:
+    env_file = tmp_path / "gateway.env"
+    role = ANSIBLE_DIR / "roles" / "gateway"
+    play = [{
+        "name": "Render gateway.env for the example gateway.",
+        "hosts": "gw1",
+        "connection": "local",
+        "gather_facts": False,
+        "vars": {"gateway_engine_tokens": ["engine-test-token-0123"]},
+        "tasks": [
+            {"name": "Preflight (loads the defaults).", "ansible.builtin.include_role": {
+                "name": "gateway", "tasks_from": "preflight", "public": True}},
+            {"name": "Render.", "ansible.builtin.template": {
+                "src": str(role / "templates" / "gateway.env.j2"), "dest": str(env_file), "mode": "0600"}},
+        ],
+    }]
+    rc, output = _local_play(tmp_path, play)
+    assert rc == 0, output[-4000:]
+    text = env_file.read_text()
+    assert "metrics-test-token-0123" not in output and "ops-test-token-0123456" not in output
+    assert ("GATEWAY_ADMIN_TOKENS='prometheus:metrics:metrics-test-token-0123,"
+            "ops:control:ops-test-token-0123456'") in text
+    assert "GATEWAY_ADMIN_HOST='10.0.0.31'" in text
+    # The embedded engine accepts the token; the gateway sends it as its bearer.
+    assert "GATEWAY_ENGINE_TOKENS='engine-test-token-0123'" in text
+    assert "GATEWAY_OPENAI_API_KEY='engine-test-token-0123'" in text
+    assert "GATEWAY_MODEL_URL='ws://127.0.0.1:8092/v1'" in text
+    for line in ("GATEWAY_MAX_STREAMS_PER_SOURCE='1000'", "GATEWAY_STREAM_RATE_PER_SOURCE='50'",
+                 "GATEWAY_STREAM_BURST_PER_SOURCE='100'", "GATEWAY_UPGRADE_HEADER_TIMEOUT_S='5'",
+                 "GATEWAY_MODEL_PROBE_INTERVAL_S='2'", "GATEWAY_MODEL_PROBE_TIMEOUT_S='1'"):
+        assert line in text, line
+    assert "GATEWAY_TWILIO" not in text  # off without an auth token
+    # The repository's gateway parses the file as systemd would hand it over (the role's validate step).
+    got = run([sys.executable, "-c",
+               "from gateway.settings import load_settings; s = load_settings();"
+               "print(sorted(s.esl_workers), s.model_url, s.admin_host)"],
+              env={"GATEWAY_ENV_FILE": str(env_file), "PATH": "/usr/bin:/bin"})
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert got.stdout.split() == ["['fs1',", "'fs2']", "ws://127.0.0.1:8092/v1", "10.0.0.31"], got.stdout
 
 
 def test_scrape_jobs_cover_every_node_gateway_and_edge_of_the_inventory(
@@ -251,6 +377,9 @@ def test_scrape_jobs_cover_every_node_gateway_and_edge_of_the_inventory(
     assert sorted(targets["node"]) == sorted(
         f"10.0.0.{n}:9100" for n in (10, 21, 22, 31, 40))
     assert targets["gateway"] == ["10.0.0.31:8091"]
+    # The gateways' /metrics takes a metrics-scoped admin token, read from a file Prometheus can read.
+    assert jobs["gateway"]["authorization"] == {
+        "type": "Bearer", "credentials_file": "/etc/prometheus/aivg-gateway-metrics.token"}
     assert targets["kamailio"] == ["10.0.0.10:5080"]
 
 
