@@ -1,4 +1,5 @@
-"""The ESL client and call control against a real FreeSWITCH (skipped unless FREESWITCH_ESL is set).
+"""The ESL client and call control against a real FreeSWITCH: the build on this machine started with
+freeswitch-conf/ (tests/conftest.py), or an external one named by FREESWITCH_ESL=host:port:password.
 
 Uses loopback channels parked inline, so it needs no SIP, no gateway and no particular dialplan.
 """
@@ -6,7 +7,6 @@ Uses loopback channels parked inline, so it needs no SIP, no gateway and no part
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid as uuidlib
 from collections.abc import AsyncIterator
 
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.freeswitch
 
 
 @pytest.fixture
-async def live() -> AsyncIterator[EslClient]:
-    host, port, password = parse_address(os.environ["FREESWITCH_ESL"])
+async def live(freeswitch_esl: str) -> AsyncIterator[EslClient]:
+    host, port, password = parse_address(freeswitch_esl)
     client = EslClient(host, port, password, reconnect=False)
     await client.connect()
     try:
@@ -64,8 +64,8 @@ async def test_channel_events_fan_out_by_unique_id(live: EslClient) -> None:
     assert event.unique_id == leg and event.get("Hangup-Cause") == "NORMAL_CLEARING"
 
 
-async def test_call_control_verbs_on_a_real_channel() -> None:
-    plane = ControlPlane.from_settings({"live": os.environ["FREESWITCH_ESL"]})
+async def test_call_control_verbs_on_a_real_channel(freeswitch_esl: str) -> None:
+    plane = ControlPlane.from_settings({"live": freeswitch_esl})
     await plane.start()
     await plane.wait_connected(10)
     client = plane.clients["live"]

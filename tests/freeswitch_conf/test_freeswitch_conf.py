@@ -20,13 +20,18 @@ GLOBAL_VAR = re.compile(r"\$\$\{([A-Za-z0-9_]+)\}")
 INTENDED_MODULES = [
     "mod_console", "mod_logfile", "mod_event_socket", "mod_sofia", "mod_loopback", "mod_commands",
     "mod_conference", "mod_dptools", "mod_dialplan_xml", "mod_spandsp", "mod_sndfile", "mod_native_file",
-    "mod_tone_stream", "mod_audio_stream",
+    "mod_tone_stream", "mod_audio_stream", "mod_curl", "mod_lua",
 ]
 
 
 def vars_defined() -> dict[str, str]:
     text = (CONF / "vars.xml").read_text()
-    return dict(re.findall(r'<X-PRE-PROCESS cmd="set" data="([A-Za-z0-9_]+)=([^"]*)"/>', text))
+    # set: a value; exec-set: the command whose output is the value (secrets, see vars.xml)
+    return dict(re.findall(r'<X-PRE-PROCESS cmd="(?:exec-)?set" data="([A-Za-z0-9_]+)=([^"]*)"/>', text))
+
+
+# Set by FreeSWITCH itself from its command line (-conf), not by vars.xml.
+CORE_VARS = {"conf_dir"}
 
 
 def expand(path: Path, depth: int = 0) -> str:
@@ -52,7 +57,7 @@ def expand(path: Path, depth: int = 0) -> str:
     text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
     text = PREPROCESS_INCLUDE.sub(include, text)
     if depth == 0:
-        values = vars_defined()
+        values = {**vars_defined(), "conf_dir": str(CONF)}
         text = re.sub(r'<X-PRE-PROCESS cmd="set" data="[^"]*"/>', "", text)
         text = GLOBAL_VAR.sub(lambda m: values[m.group(1)], text)
     return text
@@ -76,8 +81,16 @@ def test_every_global_variable_used_is_defined_and_documented() -> None:
     used: set[str] = set()
     for path in XML_FILES:
         for name in GLOBAL_VAR.findall(re.sub(r"<!--.*?-->", "", path.read_text(), flags=re.S)):
+            if name in CORE_VARS:
+                continue
             used.add(name)
             assert name in defined, f"{path.relative_to(CONF)} uses $${{{name}}}, not defined in vars.xml"
+    # Read at run time: by the Lua scripts (getGlobalVariable / global("...")) or as ${name} in the dialplan.
+    for script in (CONF / "scripts").glob("*.lua"):
+        names = re.findall(r'(?:getGlobalVariable|global)\("([a-z_]+)"\)', script.read_text())
+        used.update(n for n in names if n in defined)
+    for path in XML_FILES:
+        used.update(n for n in re.findall(r"(?<!\$)\$\{([a-z_]+)\}", path.read_text()) if n in defined)
     assert set(defined) == used, f"defined but never used: {sorted(set(defined) - used)}"
     for name in defined:
         assert re.search(rf"^\s+{name}\s", header, re.M), f"{name} is not documented at the top of vars.xml"
@@ -171,9 +184,12 @@ def test_dialplan_starts_the_stream_with_contract_metadata(document: ET.Element)
     assert _set_value(actions, "STREAM_MESSAGE_DEFLATE") == "true"
     assert json.loads(_set_value(actions, "STREAM_EXTRA_HEADERS")) == {
         "Authorization": f"Bearer {values['stream_token']}"}
-    start = _set_value(actions, "ai_stream_result")
-    assert start == ("${uuid_audio_stream(${uuid} start " + values["gateway_stream_url"]
-                     + "/${uuid} mono ${ai_stream_rate} ${ai_stream_metadata})}")
+    # The stream is started (and its connect awaited) by the Lua script, from the gateway list.
+    assert ("lua", "$${conf_dir}/scripts/ai_stream_start.lua") in [
+        (app, d.replace(str(CONF), "$${conf_dir}")) for app, d in actions]
+    script = (CONF / "scripts" / "ai_stream_start.lua").read_text()
+    assert '" start " .. url .. "/" .. uuid .. " mono " .. rate' in script
+    assert values["gateway_stream_urls"].startswith("ws://")
     # Expand the metadata as FreeSWITCH would for a sample call: it must be the contract's JSON.
     sample = {"ai_caller": "+15551234567", "ai_callee": "+15550100", "ai_call_id": "CA" + "0" * 32,
               "ai_profile": "front-desk", "ai_stream_rate_hz": "8000"}
@@ -228,7 +244,8 @@ def test_outbound_legs_leave_through_the_edge(document: ET.Element) -> None:
     assert bridges and all("sofia/gateway/kamailio-edge/" in b for b in bridges)
     uri = _actions(document, "ai-transfer", "ai-transfer-uri")
     (bridge,) = [d for app, d in uri if app == "bridge"]
-    assert f"fs_path=<sip:{vars_defined()['kamailio_edge']};lr>" in bridge
+    # The edge is the next hop (Route), the target stays the R-URI (fs_path= made it sip:EDGE;lr).
+    assert f"sip_route_uri=sip:{vars_defined()['kamailio_edge']};lr}}" in bridge and "fs_path" not in bridge
     conference = _actions(document, "ai-transfer", "ai-conference")
     assert ("conference", "$1@" + vars_defined()["conference_profile"] + "+flags{endconf}") in conference
 
