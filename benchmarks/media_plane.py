@@ -344,38 +344,59 @@ def run_load(server_cmd: list[str], env: dict[str, str], port: int, calls: int, 
 
 
 def session_path_cost(frames: int = 50000) -> float:
-    """The gateway's own work per frame pair (validate, u-law, null model, playout, streamAudio), with a
-    socket stand-in whose send costs nothing: what the media plane adds on top of the WebSocket stack."""
+    """The gateway's own work per frame pair (validate, u-law, null model, playback driver, streamAudio),
+    through the call's public path with an in-memory transport whose send costs nothing: what the media
+    plane adds on top of the WebSocket stack."""
     from gateway.call.session import CallSession
+    from gateway.call.transport import CallerAudio, StreamStart
     from gateway.profiles import load_profiles
     from gateway.proto import audio_stream as wire
     from gateway.settings import Settings
 
-    class _NoSocket:
-        closed = False
-
-        async def send_str(self, text: str) -> None:
-            return None
-
     now = [0.0]
+    span = [0.0, 0.0]
+    codec = wire.AudioStreamCodec("bench", default_rate=8000)
+
+    class _MemoryTransport:
+        codec_name, frame_ms, echoes_marks, closed = "freeswitch", 20, False, False
+        sent = 0
+
+        async def start(self, timeout: float) -> StreamStart:  # noqa: ASYNC109 - the seam's signature
+            (start,) = codec.start_timeout()
+            assert isinstance(start, StreamStart)
+            return start
+
+        async def events(self):  # type: ignore[no-untyped-def]
+            frame = bytes(320)
+            span[0] = time.perf_counter()  # from the first frame: call set-up is not per-frame work
+            for _ in range(frames):
+                now[0] += 0.02
+                for event in codec.feed_binary(frame):
+                    assert isinstance(event, CallerAudio)
+                    yield event
+                await asyncio.sleep(0)  # the playback driver's turn, as between two socket reads
+            span[1] = time.perf_counter()
+
+        async def send_audio(self, audio: bytes) -> bool:
+            codec.agent_audio(audio)
+            self.sent += 1
+            return True
+
+        async def clear(self) -> None: ...
+        async def mark(self, name: str) -> None: ...
+        async def send_side_text(self, doc: dict) -> None: ...
+        async def close(self, code: int, reason: str) -> None: ...
+
     settings = Settings(model_backend="null-echo")
     profiles = load_profiles(settings.profiles_dir, settings.default_profile)
-    call = CallSession("bench", _NoSocket(), settings=settings, profiles=profiles,  # type: ignore[arg-type]
+    transport = _MemoryTransport()
+    call = CallSession(transport, settings=settings, profiles=profiles,  # type: ignore[arg-type]
                        fallback_audio=lambda p, r: b"", clock=lambda: now[0])
 
     async def run() -> float:
-        call.state, call._frame_len = "active", 320  # noqa: SLF001 - set up what _run() would
-        call._model = call._make_model()  # noqa: SLF001
-        frame = bytes(320)
-        t0 = time.perf_counter()
-        for _ in range(frames):
-            now[0] += 0.02
-            wire.check_audio_frame(frame, 8000)
-            call._in_receive = True  # noqa: SLF001 - as the receive loop does
-            call._on_caller_audio(frame)  # noqa: SLF001
-            call._in_receive = False  # noqa: SLF001
-            await call._pump()  # noqa: SLF001
-        return (time.perf_counter() - t0) / frames
+        await call.run()
+        assert transport.sent >= frames - 5, "the echo did not come back"
+        return (span[1] - span[0]) / frames
 
     return round(asyncio.run(run()) * 1e6, 2)
 

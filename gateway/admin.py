@@ -1,9 +1,11 @@
 """Admin API (FastAPI, its own port): health, readiness, Prometheus metrics, live calls, call verbs.
-OpenAPI docs at /docs."""
+OpenAPI docs at /docs. Every verb goes through the call object; call-control error kinds become HTTP
+statuses here and nowhere else."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import PlainTextResponse, Response
@@ -11,11 +13,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from gateway import __version__
-from gateway.call.control import CallControlError
+from gateway.call.control import CallControlError, ErrorKind
+from gateway.call.registry import CallRegistry
 from gateway.metrics import REGISTRY
 
-if TYPE_CHECKING:
-    from gateway.serve import Gateway
+HTTP_STATUS = {
+    ErrorKind.INVALID: 400,  # refused before it reached the switch
+    ErrorKind.CONFLICT: 409,
+    ErrorKind.REFUSED: 502,  # the switch's own error text
+    ErrorKind.UNREACHABLE: 503,
+    ErrorKind.UNAVAILABLE: 503,
+    ErrorKind.TIMEOUT: 504,
+}
 
 
 class TargetBody(BaseModel):
@@ -25,28 +34,23 @@ class TargetBody(BaseModel):
     )
 
 
-def make_admin_app(gateway: Gateway) -> FastAPI:
+def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | None] = lambda: None) -> FastAPI:
     app = FastAPI(title="AI voice gateway admin API", version=__version__)
 
     def _call(uuid: str) -> Any:
-        session = gateway.calls.get(uuid)
+        session = registry.get(uuid)
         if session is None:
             raise HTTPException(404, f"no live call {uuid}")
         return session
 
-    def _control(session: Any) -> Any:
-        if session.control is None:
-            why = gateway.control_error or "call control unavailable (GATEWAY_ESL_WORKERS not set)"
-            raise HTTPException(503, why)
-        return session.control
-
-    async def _verb(coro: Any) -> None:
+    async def _verb(coro: Any) -> Any:
         try:
-            await coro
+            return await coro
         except CallControlError as exc:
-            # FreeSWITCH's own -ERR text; 400 when the verb refused the target before sending it
-            status = exc.status if exc.status in (400, 404, 409, 502, 503, 504) else 502
-            raise HTTPException(status, str(exc)) from None
+            detail = str(exc)
+            if exc.kind is ErrorKind.UNAVAILABLE:
+                detail = control_error() or "call control unavailable (GATEWAY_ESL_WORKERS not set)"
+            raise HTTPException(HTTP_STATUS.get(exc.kind, 502), detail) from None
 
     @app.get("/healthz", summary="the process is alive")
     async def healthz() -> dict[str, str]:
@@ -54,7 +58,7 @@ def make_admin_app(gateway: Gateway) -> FastAPI:
 
     @app.get("/readyz", summary="accepting new streams")
     async def readyz() -> Response:
-        ready = gateway.started and not gateway.draining
+        ready = registry.accepting
         return PlainTextResponse("ready\n" if ready else "not ready\n", status_code=200 if ready else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
@@ -63,7 +67,7 @@ def make_admin_app(gateway: Gateway) -> FastAPI:
 
     @app.get("/calls", summary="live calls")
     async def calls() -> list[dict[str, Any]]:
-        return [s.info() for s in list(gateway.calls.values())]
+        return [s.info() for s in list(registry.calls.values())]
 
     @app.get("/calls/{uuid}", summary="one live call")
     async def call(uuid: str) -> dict[str, Any]:
@@ -71,24 +75,17 @@ def make_admin_app(gateway: Gateway) -> FastAPI:
 
     @app.post("/calls/{uuid}/hangup", summary="end the call")
     async def hangup(uuid: str) -> dict[str, Any]:
-        session = _call(uuid)
-        await session.hangup("admin hangup")
+        await _call(uuid).hangup("admin hangup")
         return {"ok": True, "uuid": uuid}
 
-    @app.post("/calls/{uuid}/transfer", summary="blind transfer through FreeSWITCH")
+    @app.post("/calls/{uuid}/transfer", summary="blind transfer (after what the agent said has played)")
     async def transfer(uuid: str, body: TargetBody) -> dict[str, Any]:
-        session = _call(uuid)
-        control = _control(session)
-        target = (session.profile.resolve_target(body.target) if session.profile else None) or body.target
-        await _verb(control.transfer(target))
+        target = await _verb(_call(uuid).transfer(body.target))
         return {"ok": True, "uuid": uuid, "target": target}
 
     @app.post("/calls/{uuid}/conference", summary="bring a human in (conference, AI leg as coach)")
     async def conference(uuid: str, body: TargetBody) -> dict[str, Any]:
-        session = _call(uuid)
-        control = _control(session)
-        target = (session.profile.resolve_target(body.target) if session.profile else None) or body.target
-        await _verb(control.add_participant(target))
+        target = await _verb(_call(uuid).add_participant(body.target))
         return {"ok": True, "uuid": uuid, "target": target}
 
     return app

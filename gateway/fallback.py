@@ -11,12 +11,11 @@ import io
 import logging
 import shutil
 import subprocess
-from math import gcd
 
 import numpy as np
 import soundfile
-from scipy.signal import resample_poly
 
+from gateway.audio.resample import float_to_pcm16
 from gateway.log import fields
 from gateway.profiles import ProfileSet
 
@@ -31,22 +30,14 @@ def synthesize(text: str, rate: int, voice: str = "en-us") -> np.ndarray:
     cmd = [exe, "-v", voice, "--stdout", text]
     wav = subprocess.run(cmd, capture_output=True, check=True, timeout=30).stdout
     data, src_rate = soundfile.read(io.BytesIO(wav), dtype="float64", always_2d=True)
-    return to_rate(data.mean(axis=1), src_rate, rate)
-
-
-def to_rate(samples: np.ndarray, src_rate: int, rate: int) -> np.ndarray:
-    """One-off conversion of a whole float signal in [-1, 1] to int16 at `rate` (any rates)."""
-    if src_rate != rate:
-        g = gcd(src_rate, rate)
-        samples = resample_poly(samples, rate // g, src_rate // g)
-    return np.clip(np.rint(samples * 32767.0), -32768, 32767).astype(np.int16)
+    return float_to_pcm16(data.mean(axis=1), src_rate, rate)
 
 
 def _tone(rate: int) -> np.ndarray:
     t = np.arange(int(rate * 0.4)) / rate
     beep = 0.3 * np.sin(2 * np.pi * 425 * t)
     gap = np.zeros(int(rate * 0.2))
-    return to_rate(np.concatenate([beep, gap, beep]), rate, rate)
+    return float_to_pcm16(np.concatenate([beep, gap, beep]), rate, rate)
 
 
 class FallbackPrompts:

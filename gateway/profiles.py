@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.proto.realtime import TOOL_SCHEMAS
+from gateway.call.tools import TOOLS, unknown_tools
 
 
 class ProfileError(Exception):
@@ -52,9 +52,9 @@ class Profile(BaseModel):
     @field_validator("tools")
     @classmethod
     def _known_tools(cls, tools: list[str]) -> list[str]:
-        unknown = sorted(set(tools) - set(TOOL_SCHEMAS))
+        unknown = unknown_tools(tools)
         if unknown:
-            raise ValueError(f"unknown tools {unknown}; known: {sorted(TOOL_SCHEMAS)}")
+            raise ValueError(f"unknown tools {unknown}; known: {sorted(TOOLS)}")
         return tools
 
     @field_validator("numbers", mode="before")

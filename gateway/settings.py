@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_PROFILES_DIR = Path(__file__).parent / "profiles"
 LOCAL_ENGINE_URL = "ws://127.0.0.1:8092/v1"
+# Secrets that ship in public configs (freeswitch-conf/vars.xml, FreeSWITCH's own default): refused.
+PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "cluecon"})
 
 
 class Settings(BaseSettings):
@@ -57,7 +59,15 @@ class Settings(BaseSettings):
     # Call control over ESL (gateway/call/control.py); JSON objects worker id -> "host:port:password".
     esl_workers: dict[str, str] = Field(default_factory=dict)
     playback_mode: dict[str, Literal["stream", "file"]] = Field(default_factory=dict)
-    file_chunk_ms: int = Field(200, ge=20, le=2000)  # audio per streamAudio message in file mode
+    file_chunk_ms: int = Field(200, ge=20, le=2000)  # smallest audio per streamAudio message in file mode
+    file_max_chunk_ms: int = Field(4000, ge=20, le=30000)  # largest: each file costs a ~100 ms gap
+
+    # Twilio Media Streams ingress (off unless the auth token is set). `twilio_public_url` is the base
+    # URL Twilio uses to reach this listener (https://host[:port]): signatures are computed over it.
+    twilio_auth_token: SecretStr | None = None
+    twilio_public_url: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_api_base_url: str | None = None  # tests point the official SDK at a local fake REST server
 
     @field_validator("auth_tokens", mode="before")
     @classmethod
@@ -65,6 +75,28 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
+
+    @field_validator("auth_tokens")
+    @classmethod
+    def _no_placeholder_tokens(cls, tokens: list[str]) -> list[str]:
+        for token in tokens:
+            if token.lower() in PLACEHOLDER_SECRETS:
+                raise ValueError(f"{token!r} is a placeholder from the shipped config: set a real token")
+        return tokens
+
+    @field_validator("esl_workers")
+    @classmethod
+    def _esl_passwords(cls, workers: dict[str, str]) -> dict[str, str]:
+        from gateway.esl.client import parse_address
+
+        for worker, spec in workers.items():
+            try:
+                _, _, password = parse_address(spec)
+            except ValueError as exc:
+                raise ValueError(f"worker {worker!r}: {exc}") from None
+            if password.lower() in PLACEHOLDER_SECRETS:
+                raise ValueError(f"worker {worker!r}: the ESL password is FreeSWITCH's public default")
+        return workers
 
     @field_validator("default_rate")
     @classmethod

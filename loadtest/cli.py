@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "embedded engine or OpenAI ('engine'), or its null-echo backend")
     media.add_argument("--profile-name", default="", help="agent profile put in the stream metadata")
     media.add_argument("--token", help="bearer token for the gateway")
+    media.add_argument("--protocol", choices=["freeswitch", "twilio"], default="freeswitch",
+                       help="speak as mod_audio_stream (default) or as Twilio Media Streams")
+    media.add_argument("--twilio-auth-token", help="auth token that signs the upgrade (--protocol twilio)")
     media.add_argument("--call-timeout", type=float, default=60.0, help="seconds before a call is failed")
     media.add_argument("--ready-url", help="wait for this to answer 200 first, e.g. http://gw:8091/readyz")
     media.add_argument("--ready-timeout", type=float, default=30.0, help="seconds to wait for --ready-url")
@@ -211,6 +214,7 @@ def _cmd_media(args: argparse.Namespace) -> int:
                          sample_rate=args.sample_rate, question=args.question, audio=args.audio,
                          model=args.model, processes=args.processes,
                          profile_name=args.profile_name, token=args.token, call_timeout_s=args.call_timeout,
+                         protocol=args.protocol, twilio_auth_token=args.twilio_auth_token,
                          ready_url=args.ready_url, ready_timeout_s=args.ready_timeout,
                          gateway_pid=args.gateway_pid, engine_pid=args.engine_pid,
                          engine_port=args.engine_port, max_failed_ratio=args.max_failed_ratio,

@@ -34,7 +34,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loadtest.model import Check, Point, RunResult, StepResult
 from loadtest.procstat import find_listener_pid, samplers_for
@@ -62,6 +62,9 @@ class MediaLoad(BaseModel):
         "engine", description="what the gateway talks to: the embedded engine/OpenAI, or null-echo")
     profile_name: str = ""
     token: str | None = None
+    protocol: Literal["freeswitch", "twilio"] = Field(
+        "freeswitch", description="speak as mod_audio_stream, or as Twilio Media Streams (8 kHz mu-law)")
+    twilio_auth_token: str | None = Field(None, description="signs the Twilio upgrade (--protocol twilio)")
     call_timeout_s: float = Field(60.0, gt=0, le=600)
     processes: int = Field(1, ge=1, le=32, description="generator processes sharing the calls")
     ready_url: str | None = Field(None, description="admin /readyz to wait for (200) before the first call")
@@ -76,6 +79,12 @@ class MediaLoad(BaseModel):
     @property
     def base_url(self) -> str:
         return self.url.rstrip("/").removesuffix("/stream")
+
+    @model_validator(mode="after")
+    def _twilio(self) -> MediaLoad:
+        if self.protocol == "twilio" and (self.sample_rate != 8000 or not self.twilio_auth_token):
+            raise ValueError("--protocol twilio speaks 8 kHz mu-law and needs --twilio-auth-token")
+        return self
 
 
 @dataclass
@@ -240,6 +249,28 @@ def _light(s) -> SimpleNamespace:
         frames_received=s.frames_received)
 
 
+async def _one_twilio(load: MediaLoad, speech: np.ndarray, rec: CallRecord, *, max_duration: float,
+                      echo: bool) -> None:
+    """One Twilio Media Streams call (`gateway call --protocol twilio`'s core) into the same record."""
+    from gateway.client.twilio_call import place_twilio_call
+
+    try:
+        s = await asyncio.wait_for(place_twilio_call(
+            f"{load.base_url}/twilio/stream", speech, auth_token=load.twilio_auth_token or "",
+            profile=load.profile_name, wait_for_greeting=not echo, max_duration=max_duration,
+            reply_timeout=min(15.0, load.call_timeout_s)), timeout=load.call_timeout_s + 10)
+        # Twilio media is mu-law: one byte per sample, so the L16 jitter helper gets half the rate.
+        rec.jitter = playout_jitter_ms(s.reply_arrivals, 4000)
+        rec.summary = SimpleNamespace(
+            errors=list(s.errors), reply_s=s.reply_s, first_reply_latency_ms=s.first_reply_latency_ms,
+            speech_end_t=None, transcripts=[], send_lateness_ms={}, frames_sent=s.frames_sent,
+            frames_received=len(s.reply_arrivals))
+    except TimeoutError:
+        rec.error = "client timeout"
+    except Exception as exc:  # noqa: BLE001 - one broken call must not stop the load
+        rec.error = f"{type(exc).__name__}: {exc}"
+
+
 async def drive_calls(load: MediaLoad, speech: np.ndarray, indices: list[int], records: list[CallRecord], *,
                       progress=None, t_run: float | None = None, concurrency: int | None = None,
                       rate: float | None = None) -> list[CallRecord]:
@@ -264,6 +295,10 @@ async def drive_calls(load: MediaLoad, speech: np.ndarray, indices: list[int], r
             metadata = {"caller": f"+1415555{i:04d}", "callee": "+18005550100",
                         "call_id": f"CA{uuidlib.uuid4().hex}", "worker": "loadtest",
                         "profile": load.profile_name, "rate": load.sample_rate}
+            if load.protocol == "twilio":
+                await _one_twilio(load, speech, rec, max_duration=max_duration, echo=echo)
+                rec.ended = time.monotonic()
+                return
             try:
                 s = await asyncio.wait_for(place_call(
                     f"{load.base_url}/stream/{call_uuid}", speech, rate=load.sample_rate, metadata=metadata,

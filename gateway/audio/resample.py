@@ -1,8 +1,8 @@
 """Stateful streaming polyphase resampler for 8 / 16 / 24 kHz L16 audio.
 
-Why not per-frame `resample_poly`: without carried state every 20 ms frame edge clicks (research:
-1 100-5 000 LSB errors) and variable-size chunks give the wrong number of samples. Why not soxr: it holds
-back 12-73 ms of audio and emits in bursts, which would eat the whole barge-in budget.
+Why not per-frame `resample_poly`: without carried state every 20 ms frame edge clicks (measured here:
+1 100-5 000 LSB errors at each edge) and variable-size chunks give the wrong number of samples. Why not
+soxr: it holds back 12-73 ms of audio and emits in bursts, which would eat the whole barge-in budget.
 
 This is a rational L/M polyphase FIR (Kaiser beta 8.6, ~-86 dB stopband) that keeps the last T-1 input
 samples and a global output phase, so feeding a signal in any chunking gives exactly the same samples as
@@ -91,3 +91,14 @@ class StreamResampler:
 def resample_once(pcm: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """Whole-signal resampling with the same filter (what the chunked path must equal)."""
     return StreamResampler(rate_in, rate_out).process(pcm)
+
+
+def float_to_pcm16(samples: np.ndarray, src_rate: int, rate: int) -> np.ndarray:
+    """One-off conversion of a whole float signal in [-1, 1] at any `src_rate` (a WAV file, a synthesised
+    prompt) to int16 at `rate`. Not for streams: it has no carried state."""
+    if src_rate != rate:
+        from scipy.signal import resample_poly  # any ratio (22.05 kHz espeak output, 44.1 kHz files)
+
+        g = gcd(int(src_rate), int(rate))
+        samples = resample_poly(samples, int(rate) // g, int(src_rate) // g)
+    return np.clip(np.rint(samples * 32767.0), -32768, 32767).astype(np.int16)

@@ -1,7 +1,9 @@
 """Call control over ESL: one `CallControl` per call, one `ControlPlane` (EslClient per worker) per process.
 
-Every verb maps 1:1 to documented FreeSWITCH commands (research/freeswitch_protocols.md §2.8-2.9) and
-turns a `-ERR` into `CallControlError` carrying FreeSWITCH's own text. The commands and the dialplan
+Every verb maps 1:1 to documented FreeSWITCH commands (mod_commands,
+https://developer.signalwire.com/freeswitch/FreeSWITCH-Explained/Modules/mod_commands_1966741/, and
+mod_conference's API) and turns a `-ERR` into `CallControlError` carrying FreeSWITCH's own text and a
+`kind` (the admin API maps kinds to HTTP statuses; nothing here knows HTTP). The commands and the dialplan
 extensions they rely on (freeswitch-conf/dialplan/gateway.xml) are:
 
     hangup(cause)            uuid_kill <uuid> <cause>
@@ -21,19 +23,22 @@ extensions they rely on (freeswitch-conf/dialplan/gateway.xml) are:
     start/stop_recording     uuid_record <uuid> start|stop <path>
 
 File mode (upstream MIT mod_audio_stream): every `streamAudio` message the gateway sends comes back as
-a `mod_audio_stream::play` event naming a temp file; `CallControl` plays those files in arrival order
-and `flush_playback()` (barge-in) drops what is not yet queued and breaks what is.
+a `mod_audio_stream::play` event naming a temp file; `CallControl` hands each path to `on_play_file`
+(the call's playback driver, gateway/call/playback.py), which plays them in order with `play()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import time
 import uuid as uuidlib
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import Enum
 
 from gateway.esl import commands
 from gateway.esl.client import EslClient, Subscription, parse_address
@@ -50,17 +55,22 @@ from gateway.log import fields, pii
 log = logging.getLogger("gateway.control")
 
 
+class ErrorKind(Enum):
+    INVALID = "invalid"  # a target or argument the switch could never accept; refused before sending
+    REFUSED = "refused"  # the switch (or a dialled leg) said no; `reply` holds its own text
+    CONFLICT = "conflict"  # the verb does not apply in the call's state (kick outside a conference)
+    UNREACHABLE = "unreachable"  # the worker / REST API cannot be reached
+    TIMEOUT = "timeout"  # no answer in time
+    UNAVAILABLE = "unavailable"  # this call has no call control at all
+
+
 class CallControlError(Exception):
-    """A call-control verb failed. `str()` is a message fit for an operator or for the model to speak.
+    """A call-control verb failed. `str()` is a message fit for an operator or for the model to speak."""
 
-    `status` is the HTTP status the admin API should answer with: 400 a target FreeSWITCH could never
-    accept, 502 FreeSWITCH refused (`reply` holds its `-ERR` text), 503 worker unreachable, 504 timeout.
-    """
-
-    def __init__(self, message: str, *, status: int = 502, command: str | None = None,
+    def __init__(self, message: str, *, kind: ErrorKind = ErrorKind.REFUSED, command: str | None = None,
                  reply: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.kind = kind
         self.command = command
         self.reply = reply
 
@@ -82,6 +92,10 @@ class ControlSettings:
     # How long add_participant waits for the caller and the coach leg to appear in the conference.
     member_join_timeout: float = 10.0
     member_poll_interval: float = 0.2
+    # How long add_participant waits for the human to answer, and how long after joining a failure of
+    # the human's leg (e.g. INCOMPATIBLE_DESTINATION right after answer) still counts as a failed add.
+    participant_answer_timeout: float = 45.0
+    participant_settle_s: float = 1.0
     # Kill calls whose audio fork failed, or closed while the call is still parked: nobody can hear or
     # answer that caller any more.
     hangup_on_stream_error: bool = True
@@ -115,25 +129,49 @@ def _conference_member(list_body: str, unique_id: str) -> str | None:
     return None
 
 
+class _LegWatch:
+    """Watches one leg the gateway dialled; `cause` is set when FreeSWITCH reports it hung up."""
+
+    def __init__(self, client: EslClient, uuid: str) -> None:
+        self.uuid = uuid
+        self.cause: str | None = None
+        self._ended = asyncio.Event()
+        self._sub: Subscription | None = client.subscribe(self._on_event, uuid)
+
+    def _on_event(self, event: Event) -> None:
+        if event.name in ("CHANNEL_HANGUP", "CHANNEL_HANGUP_COMPLETE") and self.cause is None:
+            self.cause = event.get("Hangup-Cause") or "hung up"
+            self._ended.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Sleep `seconds`, waking early if the leg hangs up."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), seconds)
+
+    def cancel(self) -> None:
+        if self._sub is not None:
+            self._sub.cancel()
+            self._sub = None
+
+
 class CallControl:
     """Control verbs of one call on one FreeSWITCH worker."""
 
-    def __init__(self, uuid: str, client: EslClient, *, worker_id: str, playback_mode: str = "stream",
+    def __init__(self, uuid: str, client: EslClient, *, worker_id: str,
                  on_dtmf: Callable[[str], None] | None = None, settings: ControlSettings | None = None,
-                 on_release: Callable[[CallControl], None] | None = None) -> None:
+                 on_release: Callable[[CallControl], None] | None = None,
+                 on_move: Callable[[str], None] | None = None) -> None:
         commands.uuid(uuid)  # refuse a malformed uuid before it can reach a command line
         self.uuid = uuid
         self.worker_id = worker_id
-        self.playback_mode = playback_mode
         self.settings = settings or ControlSettings()
         self._client = client
-        self._on_dtmf = on_dtmf
+        self.on_dtmf = on_dtmf
+        self.on_play_file: Callable[[str], None] | None = None  # file mode: set by the call's playback
         self._on_release = on_release
+        self._on_move = on_move
         self._subscription: Subscription | None = client.subscribe(self._on_event, uuid)
-        self._play_queue: deque[str] = deque()
-        self._play_wakeup = asyncio.Event()
         self._play_lock = asyncio.Lock()  # one broadcast or break on the wire at a time, in order
-        self._player: asyncio.Task[None] | None = None
         self.conference: str | None = None
         self.coach_uuid: str | None = None
         self.released = False
@@ -149,15 +187,16 @@ class CallControl:
         """Blind transfer: dialplan extension/number, `sip:`/`sips:` URI, or `refer:<uri>` (SIP REFER)."""
         target = target.strip()
         if not target:
-            raise CallControlError("empty transfer target", status=400)
+            raise CallControlError("empty transfer target", kind=ErrorKind.INVALID)
         for name, value in (headers or {}).items():
             await self._api(commands.uuid_setvar, self.uuid, self._header_var(name), value)
+        self._moving()
         if target.startswith("refer:"):
             await self._api(commands.uuid_deflect, self.uuid, target[len("refer:"):])
         elif target.startswith(("sip:", "sips:")):
             if not _SIP_URI.fullmatch(target):
                 raise CallControlError(
-                    f"transfer target must be a plain sip:user@host URI: {target!r}", status=400)
+                    f"transfer target must be a plain sip:user@host URI: {target!r}", kind=ErrorKind.INVALID)
             await self._api(commands.uuid_setvar, self.uuid, "ai_transfer_uri", target)
             await self._api(commands.uuid_transfer, self.uuid, self.settings.transfer_uri_extension, "XML",
                             self.settings.transfer_context)
@@ -188,23 +227,36 @@ class CallControl:
         if target.startswith(("sip:", "sips:")):
             if not _SIP_URI.fullmatch(target):
                 raise CallControlError(f"participant must be a plain sip:user@host URI: {target!r}",
-                                       status=400)
+                                       kind=ErrorKind.INVALID)
             human_vars = {"origination_uuid": human_uuid, "ai_transfer_uri": target,
                           "loopback_export": "ai_transfer_uri"}
             human_dial = f"loopback/{s.transfer_uri_extension}/{s.transfer_context}"
         elif target.startswith("refer:") or not target:
             raise CallControlError(f"a conference participant must be a number or SIP URI, not {target!r}",
-                                   status=400)
+                                   kind=ErrorKind.INVALID)
         else:
             self._check_extension(target)
             human_vars = {"origination_uuid": human_uuid}
             human_dial = f"loopback/{target}/{s.transfer_context}"
+        human_leg = _LegWatch(self._client, human_uuid)
+        try:
+            await self._conference_with(name, target, human_dial, human_vars, coach_uuid)
+            await self._confirm_participant(name, human_leg)
+        finally:
+            human_leg.cancel()
+        log.info("participant added", extra=fields(call=self.uuid, worker=self.worker_id, target=pii(target),
+                                             conference=name))
+
+    async def _conference_with(self, name: str, target: str, human_dial: str, human_vars: dict[str, str],
+                               coach_uuid: str) -> None:
+        s = self.settings
         if self.conference is not None:
             # Already in the conference with its coach: just dial one more human in.
             await self._api(commands.conference_dial, name, human_dial, s.caller_id_number, "Caller",
                             human_vars)
         else:
             await self._api(commands.uuid_setvar, self.uuid, "ai_conference", name)
+            self._moving()
             await self._api(commands.uuid_transfer, self.uuid, s.conference_extension, "XML",
                             s.transfer_context)
             self.conference = name
@@ -217,21 +269,59 @@ class CallControl:
             self.coach_uuid = coach_uuid
             caller_member, coach_member = await self._wait_members(name, self.uuid, coach_uuid)
             await self._api(commands.conference_relate, name, coach_member, caller_member, "nospeak")
-        log.info("participant added", extra=fields(call=self.uuid, worker=self.worker_id, target=pii(target),
-                                             conference=name))
+
+    async def _confirm_participant(self, name: str, leg: _LegWatch) -> None:
+        """Success only once the human's leg is in the conference and still up a moment later: a
+        loopback bridge whose far side fails (no common codec, busy, no route) hangs up the leg."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + s.participant_answer_timeout
+        while True:
+            if leg.cause is not None:
+                raise CallControlError(f"the participant's call failed: {leg.cause}", reply=leg.cause)
+            try:
+                body = await self._client.api(commands.conference_list(name))
+            except EslCommandError:
+                body = ""
+            except EslError as exc:
+                raise CallControlError(f"FreeSWITCH worker {self.worker_id}: {exc}",
+                                       kind=ErrorKind.UNREACHABLE) from exc
+            if _conference_member(body, leg.uuid) is not None:
+                break
+            if loop.time() >= deadline:
+                raise CallControlError(f"the participant did not answer within "
+                                       f"{s.participant_answer_timeout:g} s", kind=ErrorKind.TIMEOUT)
+            await leg.wait(s.member_poll_interval)
+        await leg.wait(s.participant_settle_s)
+        if leg.cause is not None:
+            raise CallControlError(f"the participant's call failed: {leg.cause}", reply=leg.cause)
 
     async def kick(self, member: str) -> None:
         if self.conference is None:
-            raise CallControlError("the call is not in a conference", status=409)
+            raise CallControlError("the call is not in a conference", kind=ErrorKind.CONFLICT)
         await self._api(commands.conference_kick, self.conference, member)
 
     async def play(self, path: str) -> None:
         async with self._play_lock:
             await self._api(commands.uuid_broadcast, self.uuid, path, "aleg")
+        self.files_played += 1
+
+    async def displace(self, path: str) -> None:
+        """Play `path` to the caller at once, mixed into the channel's output (file mode, gapless)."""
+        await self._api(commands.uuid_displace, self.uuid, "start", path)
+        self.files_played += 1
+
+    async def stop_displace(self, path: str) -> None:
+        """Stop a displaced file early (barge-in); one that has just ended is not an error."""
+        try:
+            await self._client.api(commands.uuid_displace(self.uuid, "stop", path))
+        except EslCommandError as exc:  # "-ERR Cannot stop displace session!": it had finished
+            log.debug("displace already over", extra=fields(call=self.uuid, reply=exc.reply))
+        except EslError as exc:
+            raise CallControlError(f"ESL error: {exc}") from exc
 
     async def flush_playback(self) -> None:
-        """Barge-in: forget files not yet handed to FreeSWITCH, then stop the current and queued ones."""
-        self._play_queue.clear()
+        """Barge-in (file mode): stop the file playing now and those FreeSWITCH has queued."""
         async with self._play_lock:  # after an in-flight broadcast, so the break also covers it
             await self._api(commands.uuid_break, self.uuid, True)
 
@@ -249,46 +339,52 @@ class CallControl:
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
-        if self._player is not None:
-            self._player.cancel()
-        self._play_queue.clear()
+        self.on_play_file = None
         if self._on_release is not None:
             self._on_release(self)
 
     # ------------------------------------------------------------------ internals
 
+    def _moving(self) -> None:
+        """The gateway is about to take the call out of park: its stream will close, and that close
+        must not be mistaken for a lost gateway (ControlPlane hangs up parked calls whose stream ends)."""
+        if self._on_move is not None:
+            self._on_move(self.uuid)
+
     def _check_extension(self, target: str) -> None:
         if not re.fullmatch(self.settings.extension_pattern, target):
             raise CallControlError(f"no such transfer target {target!r} (not a number or sip: URI)",
-                                   status=400)
+                                   kind=ErrorKind.INVALID)
 
     @staticmethod
     def _header_var(name: str) -> str:
         try:
             return commands.sip_header_variable(name)
         except EslArgumentError as exc:
-            raise CallControlError(str(exc), status=400) from None
+            raise CallControlError(str(exc), kind=ErrorKind.INVALID) from None
 
     async def _api(self, builder: Callable[..., str], *args: object) -> str:
         try:
             command = builder(*args)
         except EslArgumentError as exc:
-            raise CallControlError(f"invalid argument: {exc}", status=400) from None
+            raise CallControlError(f"invalid argument: {exc}", kind=ErrorKind.INVALID) from None
         try:
             return await self._client.api(command)
         except EslCommandError as exc:
             log.warning("call control refused",
                         extra=fields(call=self.uuid, worker=self.worker_id,
                                command=command.split(" ", 1)[0], reply=exc.reply))
-            raise CallControlError(exc.reason, status=502, command=command, reply=exc.reply) from None
+            raise CallControlError(exc.reason, command=command, reply=exc.reply) from None
         except EslTimeout as exc:
-            raise CallControlError(f"FreeSWITCH worker {self.worker_id} did not answer in time", status=504,
+            raise CallControlError(f"FreeSWITCH worker {self.worker_id} did not answer in time",
+                                   kind=ErrorKind.TIMEOUT,
                                    command=command) from exc
         except EslConnectionError as exc:
-            raise CallControlError(f"FreeSWITCH worker {self.worker_id} is unreachable", status=503,
+            raise CallControlError(f"FreeSWITCH worker {self.worker_id} is unreachable",
+                                   kind=ErrorKind.UNREACHABLE,
                                    command=command) from exc
         except EslError as exc:
-            raise CallControlError(f"ESL error: {exc}", status=502, command=command) from exc
+            raise CallControlError(f"ESL error: {exc}", command=command) from exc
 
     async def _wait_members(self, name: str, *uuids: str) -> list[str]:
         s = self.settings
@@ -300,13 +396,14 @@ class CallControl:
             except EslCommandError:
                 body = ""  # "Conference ... not found" until the first member is in
             except EslError as exc:
-                raise CallControlError(f"FreeSWITCH worker {self.worker_id}: {exc}", status=503) from exc
+                raise CallControlError(f"FreeSWITCH worker {self.worker_id}: {exc}",
+                                       kind=ErrorKind.UNREACHABLE) from exc
             members = [_conference_member(body, u) for u in uuids]
             if all(members):
                 return [m for m in members if m]
             if loop.time() >= deadline:
                 raise CallControlError(f"conference {name}: participants did not join within "
-                                       f"{s.member_join_timeout:g} s", status=504)
+                                       f"{s.member_join_timeout:g} s", kind=ErrorKind.TIMEOUT)
             await asyncio.sleep(s.member_poll_interval)
 
     def _on_event(self, event: Event) -> None:
@@ -316,11 +413,11 @@ class CallControl:
 
     def _event_dtmf(self, event: Event) -> None:
         digit = event.get("DTMF-Digit")
-        if digit and self._on_dtmf is not None:
-            self._on_dtmf(digit)
+        if digit and self.on_dtmf is not None:
+            self.on_dtmf(digit)
 
     def _event_play(self, event: Event) -> None:
-        if self.playback_mode != "file":
+        if self.on_play_file is None:  # stream mode: the module plays what we send itself
             return
         try:
             body = event.json_body()
@@ -331,25 +428,7 @@ class CallControl:
         except (ValueError, KeyError, EslArgumentError) as exc:
             log.warning("play event refused", extra=fields(call=self.uuid, error=str(exc)[:200]))
             return
-        self._play_queue.append(path)
-        self._play_wakeup.set()
-        if self._player is None or self._player.done():
-            self._player = asyncio.ensure_future(self._play_files())
-
-    async def _play_files(self) -> None:
-        while not self.released:
-            while self._play_queue:
-                async with self._play_lock:
-                    if not self._play_queue:  # flushed while we waited for the lock
-                        break
-                    path = self._play_queue.popleft()
-                    try:
-                        await self._client.api(commands.uuid_broadcast(self.uuid, path, "aleg"))
-                        self.files_played += 1
-                    except EslError as exc:
-                        log.warning("file playback failed", extra=fields(call=self.uuid, error=str(exc)))
-            self._play_wakeup.clear()
-            await self._play_wakeup.wait()
+        self.on_play_file(path)
 
     def _event_hangup_complete(self, event: Event) -> None:
         self.hangup_cause = event.get("Hangup-Cause")
@@ -366,27 +445,29 @@ _EVENT_TABLE: dict[str, Callable[[CallControl, Event], None]] = {
 class ControlPlane:
     """One ESL connection per FreeSWITCH worker, shared by every call on that worker."""
 
-    def __init__(self, clients: dict[str, EslClient], playback_mode: dict[str, str] | None = None,
-                 settings: ControlSettings | None = None) -> None:
-        for worker, mode in (playback_mode or {}).items():
-            if mode not in ("stream", "file"):
-                raise ValueError(f"playback mode of worker {worker!r} must be stream or file, not {mode!r}")
+    # How long a call the gateway moved out of park is remembered (its stream closes within ms of the
+    # move; the bound only keeps the table small).
+    MOVED_TTL_S = 60.0
+    MOVED_MAX = 10000
+
+    def __init__(self, clients: dict[str, EslClient], settings: ControlSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.clients = clients
-        self.playback_mode = dict(playback_mode or {})
         self.settings = settings or ControlSettings()
         self.calls: dict[str, CallControl] = {}
+        self._moved: OrderedDict[str, float] = OrderedDict()
+        self._clock = clock
         self._tasks: set[asyncio.Task[object]] = set()
 
     @classmethod
-    def from_settings(cls, workers: dict[str, str], playback_mode: dict[str, str] | None = None,
-                      **client_options: object) -> ControlPlane:
+    def from_settings(cls, workers: dict[str, str], **client_options: object) -> ControlPlane:
         """`workers`: worker id -> "host:port:password" (GATEWAY_ESL_WORKERS)."""
         clients = {}
         for worker, spec in workers.items():
             host, port, password = parse_address(spec)
             clients[worker] = EslClient(host, port, password, name=worker,
                                         **client_options)  # type: ignore[arg-type]
-        return cls(clients, playback_mode)
+        return cls(clients)
 
     async def start(self) -> None:
         """Connect to every worker in the background; a worker that is down now is retried with backoff."""
@@ -421,9 +502,8 @@ class ControlPlane:
         if existing is not None and not existing.released:
             return existing
         try:
-            control = CallControl(uuid, client, worker_id=worker_id,
-                                  playback_mode=self.playback_mode.get(worker_id, "stream"), on_dtmf=on_dtmf,
-                                  settings=self.settings, on_release=self._released)
+            control = CallControl(uuid, client, worker_id=worker_id, on_dtmf=on_dtmf,
+                                  settings=self.settings, on_release=self._released, on_move=self.mark_moved)
         except EslArgumentError:
             log.warning("call control: malformed channel uuid", extra=fields(call=uuid[:80]))
             return None
@@ -434,6 +514,22 @@ class ControlPlane:
         if self.calls.get(control.uuid) is control:
             del self.calls[control.uuid]
 
+    def mark_moved(self, uuid: str) -> None:
+        """The gateway itself is moving this call out of park (transfer, conference)."""
+        self._moved[uuid] = self._clock() + self.MOVED_TTL_S
+        self._moved.move_to_end(uuid)
+        while len(self._moved) > self.MOVED_MAX:
+            self._moved.popitem(last=False)
+
+    def moved(self, uuid: str) -> bool:
+        now = self._clock()
+        while self._moved:
+            first, expiry = next(iter(self._moved.items()))
+            if expiry > now:
+                break
+            del self._moved[first]
+        return uuid in self._moved
+
     def _on_worker_event(self, worker: str, event: Event) -> None:
         if not self.settings.hangup_on_stream_error or not event.unique_id:
             return
@@ -441,10 +537,12 @@ class ControlPlane:
             # The fork failed (connect refused, TLS, timeout): the caller can no longer be served.
             why = "audio stream failed, hanging up"
         elif (event.subclass == "mod_audio_stream::disconnect"
-              and event.get("variable_current_application") == "park"):
+              and event.get("variable_current_application") == "park"
+              and not self.moved(event.unique_id)):
             # The stream closed while the call is still parked for us (gateway restart, crash, network):
             # nobody will ever talk to this caller again; better a hang-up than an hour of silence.
-            # A transfer or conference leaves park first, so its own `stop` never lands here.
+            # A transfer or conference the gateway starts may close the stream before the channel has
+            # left park (the model-failure fallback did exactly that): those calls are in `moved`.
             why = "audio stream closed on a parked call, hanging up"
         else:
             return

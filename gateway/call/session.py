@@ -1,42 +1,74 @@
-"""One object per call: owns the stream socket, the resamplers, the playout clock and the model link.
+"""One object per call: the model link, the call's audio formats, its playback and its control verbs.
+
+It holds no socket and imports no web framework: the ingress's `MediaTransport` brings caller audio,
+DTMF, marks and the end of the stream as events, and takes agent audio, `clear` and `mark` back.
 
 Life of a call (`CallSession.run`):
-  metadata frame -> profile -> model link (session.update + greeting) -> caller audio in, agent audio out
-  paced by the playout clock -> end (caller hung up, tool end_call, admin hangup, model failure after
-  the fallback prompt, or shutdown).
+  stream start -> profile -> model link (session.update + greeting) -> caller audio in, agent audio
+  out through the playback driver -> end (caller hung up, end_call, a transfer/conference, admin
+  hang-up, model failure after the fallback prompt, or shutdown).
+
+Actions the gateway starts (transfer, escalation, conference, hang-up, end_call, fallback) first stop
+new agent audio and let what was sent play out, then act: the caller hears "Transferring you..." in
+full, and the switch never holds queued audio at the moment the channel leaves (a voxcom
+mod_audio_stream channel wedges if it does). Barge-in never waits: it jumps the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from aiohttp import WSMsgType, web
+from typing import Any, Protocol
 
 from gateway import metrics as m
-from gateway.audio import g711
-from gateway.audio.playout import PlayoutClock
-from gateway.audio.resample import StreamResampler
+from gateway.audio.formats import CallAudio
+from gateway.call.control import CallControlError, ErrorKind
 from gateway.call.model_link import ModelLink, NullLink, RealtimeLink
-from gateway.call.tools import run_tool
+from gateway.call.playback import Playback
+from gateway.call.tools import TOOLS, run_tool, schemas
+from gateway.call.transport import (
+    CallerAudio,
+    Dtmf,
+    MarkPlayed,
+    MediaTransport,
+    StreamStart,
+    StreamStopped,
+    StreamText,
+)
 from gateway.log import fields, pii
 from gateway.profiles import Profile, ProfileSet
-from gateway.proto import audio_stream as wire
 from gateway.proto import realtime as rt
+from gateway.proto.audio_stream import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NORMAL,
+    StreamProtocolError,
+)
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.call")
 
-FRAME_MS = 20
-FINISH_TIMEOUT_S = 30.0  # longest goodbye / fallback prompt we wait for before hanging up anyway
+FINISH_TIMEOUT_S = 30.0  # longest goodbye / fallback prompt we wait for before acting anyway
+CONFIRMATION_WAIT_S = 10.0  # for the model's spoken confirmation of a transfer before acting anyway
+SETTLE_S = 0.02  # after the playout clock says "played": one more frame for the far end's write buffer
+
+
+class Control(Protocol):
+    """Call-control verbs of one call (FreeSWITCH over ESL, or Twilio's REST API)."""
+
+    async def hangup(self, cause: str = ...) -> None: ...
+    async def transfer(self, target: str, headers: dict[str, str] | None = None) -> None: ...
+    async def escalate(self, target: str, reason: str, urgency: str, summary: str) -> None: ...
+    async def add_participant(self, target: str) -> None: ...
+    def release(self) -> None: ...
+
+
+ControlFactory = Callable[["CallSession", StreamStart], "Control | None"]
 
 
 @dataclass
@@ -52,37 +84,44 @@ class CallStats:
     reply_latencies_ms: list[float] = field(default_factory=list)
 
 
-@dataclass
-class _Segment:
-    item_id: str | None
-    pcm: bytearray
+class _InputTimeline:
+    """When each millisecond of caller audio reached us, so the model's `audio_end_ms` (a position in
+    the input audio) becomes a clock time: the end of the caller's speech."""
+
+    # 5 s of 20 ms frames: the model reports the end of speech within its silence window (~0.5 s) of it.
+    def __init__(self, keep: int = 250) -> None:
+        self.ms = 0.0
+        self._points: deque[tuple[float, float]] = deque(maxlen=keep)  # (input ms at frame end, clock)
+
+    def add(self, ms: float, now: float) -> None:
+        self.ms += ms
+        self._points.append((self.ms, now))
+
+    def time_of(self, audio_ms: float) -> float | None:
+        for end_ms, at in self._points:
+            if end_ms >= audio_ms:
+                return at - (end_ms - audio_ms) / 1000.0
+        return None
 
 
 class CallSession:
-    def __init__(
-        self,
-        uuid: str,
-        ws: web.WebSocketResponse,
-        *,
-        settings: Settings,
-        profiles: ProfileSet,
-        fallback_audio: Callable[[str, int], bytes],
-        control_plane: Any = None,
-        query: dict[str, str] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.uuid = uuid
-        self.ws = ws
+    def __init__(self, transport: MediaTransport, *, settings: Settings, profiles: ProfileSet,
+                 fallback_audio: Callable[[str, int], bytes], control_factory: ControlFactory | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 model_factory: Callable[[CallSession], ModelLink] | None = None) -> None:
+        self.transport = transport
         self.settings = settings
         self.profiles = profiles
         self._fallback_audio = fallback_audio
-        self._control_plane = control_plane
-        self._query = query or {}
+        self._control_factory = control_factory
+        self._model_factory = model_factory
         self._clock = clock
-        self.meta = wire.StreamMetadata()
+        self.uuid = ""
+        self.start_info: StreamStart | None = None
         self.rate = settings.default_rate
         self.profile: Profile | None = None
-        self.control: Any = None
+        self.control: Control | None = None
+        self.playback_mode = "stream"
         self.state = "starting"
         self.outcome: str | None = None
         self.last_error: str | None = None
@@ -91,24 +130,20 @@ class CallSession:
         self.ended: float | None = None
         self.stats = CallStats()
         self.transcript: list[dict[str, str]] = []
-        self.playout = PlayoutClock(clock, lead_ms=settings.playout_lead_ms, frame_ms=FRAME_MS)
+        self.audio: CallAudio | None = None
+        self.playback: Playback | None = None
         self._model: ModelLink | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._out: deque[_Segment] = deque()
-        self._out_ready = asyncio.Event()
         self._response_active = False
         self._response_id: str | None = None
         self._dropped_responses: set[str] = set()
         self._dropped_items: set[str] = set()
         self._generated_ms: dict[str, float] = {}
-        self._speech_stopped_at: float | None = None
-        self._ending = False  # tool end_call / fallback: finish playing, then hang up
+        self._input = _InputTimeline()
+        self._speech_ended_at: float | None = None
+        self._leaving = False  # an action that ends or moves the call is under way
+        self._responses_done = 0
         self._closed = asyncio.Event()
-        self._pumping = False
-        self._in_receive = False  # caller audio being handled: the receive loop pumps right after
-        self._frame_len = 0
-        self._up: StreamResampler | None = None
-        self._down: StreamResampler | None = None
         self._dispatch_table: dict[str, Callable[[dict[str, Any]], None]] = {
             "error": self._on_error,
             "response.created": self._on_response_created,
@@ -122,49 +157,92 @@ class CallSession:
         }
 
     # ------------------------------------------------------------------ public view (admin API)
+    @property
+    def meta(self) -> StreamStart:
+        return self.start_info or StreamStart(call_id=self.uuid, rate=self.rate)
+
     def info(self) -> dict[str, Any]:
         now = self._clock()
         redact = self.settings.log_redact_pii
+        meta = self.meta
+        playout = self.playback.clock if self.playback else None
         return {
             "uuid": self.uuid,
+            "ingress": self.transport.codec_name,
             "state": self.state,
             "outcome": self.outcome,
-            "caller": "[redacted]" if redact and self.meta.caller else self.meta.caller,
-            "callee": "[redacted]" if redact and self.meta.callee else self.meta.callee,
-            "call_id": self.meta.call_id,
-            "worker": self.meta.worker,
+            "caller": "[redacted]" if redact and meta.caller else meta.caller,
+            "callee": "[redacted]" if redact and meta.callee else meta.callee,
+            "call_id": meta.sip_call_id,
+            "worker": meta.worker,
             "profile": self.profile.name if self.profile else None,
             "rate": self.rate,
             "started_at": self.started_wall,
             "duration_s": round((self.ended or now) - self.started, 3),
-            "agent_audio_s": round(self.playout.stats.sent_ms / 1000.0, 3),
+            "agent_audio_s": round(playout.stats.sent_ms / 1000.0, 3) if playout else 0.0,
             "frames_in": self.stats.frames_in,
             "frames_out": self.stats.frames_out,
             "barge_ins": self.stats.barge_ins,
-            "underruns": self.playout.stats.underruns,
+            "underruns": playout.stats.underruns if playout else 0,
             "model_errors": self.stats.model_errors,
             "last_reply_latency_ms": self.stats.last_reply_latency_ms,
             "last_error": self.last_error,
             "call_control": self.control is not None,
         }
 
+    # ------------------------------------------------------------------ verbs (admin API, tools)
+    def _require_control(self) -> Control:
+        if self.control is None:
+            raise CallControlError("call control unavailable for this call", kind=ErrorKind.UNAVAILABLE)
+        return self.control
+
+    def resolve(self, target: str) -> str:
+        return (self.profile.resolve_target(target) if self.profile else None) or target
+
+    async def transfer(self, target: str) -> str:
+        """Operator transfer: stop the agent, let the sent audio play out, then move the call."""
+        control = self._require_control()
+        target = self.resolve(target)
+        await self._quiet_then(lambda: control.transfer(target), "transferred")
+        return target
+
+    async def add_participant(self, target: str) -> str:
+        control = self._require_control()
+        target = self.resolve(target)
+        await self._quiet_then(lambda: control.add_participant(target), "conference")
+        return target
+
     async def hangup(self, reason: str = "admin hangup") -> None:
-        """End the call: through FreeSWITCH when call control is available, else by ending the stream."""
+        """End the call: through call control when available, else by ending the stream."""
         log.info("hangup requested", extra=fields(call=self.uuid, reason=reason))
         self.outcome = self.outcome or "hangup"
         if self.control is not None:
             try:
-                await self.control.hangup()
+                await self._quiet_then(self.control.hangup, None)
             except Exception as exc:
                 log.warning("hangup via call control failed", extra=fields(call=self.uuid, error=str(exc)))
-        await self.close(wire.CLOSE_NORMAL, reason)
+        await self.close(CLOSE_NORMAL, reason)
+
+    async def _quiet_then(self, act: Callable[[], Any], outcome: str | None) -> None:
+        """Stop new agent audio, wait until the far end has played what it already holds, then run
+        `act`. On failure the call goes on (agent audio resumes)."""
+        self._leaving = True
+        if self.playback is not None:
+            self.playback.stop_new()
+            await self.playback.played_out(FINISH_TIMEOUT_S)
+            await asyncio.sleep(SETTLE_S)
+        try:
+            await act()
+        except BaseException:
+            self._leaving = False
+            if self.playback is not None:
+                self.playback.accepting = True
+            raise
+        if outcome is not None:
+            self.outcome = outcome
 
     async def close(self, code: int, reason: str) -> None:
-        if not self.ws.closed:
-            # aiohttp sends the close frame, waits (bounded) for the module's reply, and the server then
-            # drops TCP: a close frame with TCP left open blocks FreeSWITCH's channel teardown.
-            with contextlib.suppress(Exception):
-                await self.ws.close(code=code, message=reason.encode()[:120])
+        await self.transport.close(code, reason)
         self._closed.set()
 
     # ------------------------------------------------------------------ main
@@ -172,164 +250,143 @@ class CallSession:
         m.ACTIVE_CALLS.inc()
         try:
             await self._run()
-        except wire.StreamProtocolError as exc:
+        except StreamProtocolError as exc:
             self.outcome = "refused"
             self.last_error = exc.reason
             m.STREAMS_REFUSED.labels(reason=_reason_label(exc.close_code)).inc()
             log.warning("stream refused",
-                        extra=fields(call=self.uuid, close_code=exc.close_code, reason=exc.reason))
+                        extra=fields(call=self.uuid, ingress=self.transport.codec_name,
+                                     close_code=exc.close_code, reason=exc.reason))
             await self.close(exc.close_code, exc.reason)
         except asyncio.CancelledError:
             self.outcome = self.outcome or "shutdown"
-            await self.close(wire.CLOSE_GOING_AWAY, "gateway shutting down")
+            await self.close(CLOSE_GOING_AWAY, "gateway shutting down")
             raise
         except Exception as exc:  # a bug must end this call only
             self.outcome = "error"
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("call failed", extra=fields(call=self.uuid))
-            await self.close(wire.CLOSE_INTERNAL_ERROR, "internal error")
+            await self.close(CLOSE_INTERNAL_ERROR, "internal error")
         finally:
-            self.state = "ended"
-            self.ended = self._clock()
-            for task in list(self._tasks):
-                task.cancel()
-            if self._model is not None:
-                await self._model.close()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            m.ACTIVE_CALLS.dec()
-            self.outcome = self.outcome or "completed"
-            m.CALLS.labels(outcome=self.outcome).inc()
-            log.info(
-                "call ended",
-                extra=fields(call=self.uuid, outcome=self.outcome,
-                             duration_s=round(self.ended - self.started, 3), frames_in=self.stats.frames_in,
-                             frames_out=self.stats.frames_out,
-                             barge_ins=self.stats.barge_ins, underruns=self.playout.stats.underruns),
-            )
+            await self._finish()
+
+    async def _finish(self) -> None:
+        self.state = "ended"
+        self.ended = self._clock()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._model is not None:
+            await self._model.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.control is not None:  # the call is over for us: no more of its events
+            self.control.release()
+        m.ACTIVE_CALLS.dec()
+        self.outcome = self.outcome or "completed"
+        m.CALLS.labels(outcome=self.outcome).inc()
+        if self.playback is not None:
+            self.stats.frames_out = self.playback.frames_out
+            self.stats.bytes_out = self.playback.bytes_out
+        log.info(
+            "call ended",
+            extra=fields(call=self.uuid, outcome=self.outcome, duration_s=round(self.ended - self.started, 3),
+                         frames_in=self.stats.frames_in, frames_out=self.stats.frames_out,
+                         barge_ins=self.stats.barge_ins, underruns=self.stats.underruns),
+        )
 
     async def _run(self) -> None:
-        early: list[bytes] = []
-        await self._read_metadata(early)
-        self.profile = self.profiles.select(self.meta.profile, self.meta.callee)
-        if self._control_plane is not None:
+        start = await self.transport.start(self.settings.metadata_timeout_s)
+        self.start_info = start
+        self.uuid = start.call_id
+        self.rate = start.rate
+        self.profile = self.profiles.select(start.profile, start.callee)
+        if self._control_factory is not None:
             try:
-                self.control = self._control_plane.for_call(self.uuid, self.meta.worker or None,
-                                                            on_dtmf=self._on_dtmf)
+                self.control = self._control_factory(self, start)
             except Exception as exc:
                 log.warning("call control unavailable", extra=fields(call=self.uuid, error=str(exc)))
-        if self._playback_mode() == "file":
+        self.audio = CallAudio(start.rate, start.encoding)
+        self.playback_mode = self.settings.playback_mode.get(start.worker, "stream")
+        frame_ms: float = self.transport.frame_ms
+        lead_ms: float = self.settings.playout_lead_ms
+        files = None
+        max_chunk_ms = None
+        if self.playback_mode == "file" and self.control is not None and hasattr(self.control, "play"):
             # Upstream module: each message becomes a temp file played with uuid_broadcast. 20 ms files
             # would mean 50 broadcasts a second; larger chunks keep FreeSWITCH's work sane, and barge-in
-            # still stops at once through uuid_break (flush_playback).
-            chunk = self.settings.file_chunk_ms
-            self.playout = PlayoutClock(self._clock, lead_ms=max(self.settings.playout_lead_ms, 2 * chunk),
-                                        frame_ms=chunk)
-        if self.rate == 16000:
-            self._up = StreamResampler(16000, rt.MODEL_PCM_RATE)
-            self._down = StreamResampler(rt.MODEL_PCM_RATE, 16000)
+            # still stops at once through uuid_break.
+            frame_ms = self.settings.file_chunk_ms
+            lead_ms = max(lead_ms, 2 * frame_ms)
+            max_chunk_ms = self.settings.file_max_chunk_ms
+            files = self.control  # type: ignore[assignment]
+        self.playback = Playback(self.transport, self.audio, self._clock, lead_ms=lead_ms, frame_ms=frame_ms,
+                                 more_coming=lambda: self._response_active,
+                                 on_first_audio=self._on_first_audio, on_underrun=self._on_underrun,
+                                 files=files, max_chunk_ms=max_chunk_ms)
+        if files is not None:
+            self.control.on_play_file = self.playback.on_play_file  # type: ignore[union-attr]
         log.info(
             "call started",
-            extra=fields(call=self.uuid, rate=self.rate, profile=self.profile.name, worker=self.meta.worker,
-                         call_id=self.meta.call_id, caller=pii(self.meta.caller),
-                         callee=pii(self.meta.callee)),
+            extra=fields(call=self.uuid, ingress=self.transport.codec_name, rate=self.rate,
+                         profile=self.profile.name, worker=start.worker, call_id=start.sip_call_id,
+                         caller=pii(start.caller), callee=pii(start.callee)),
         )
         self.state = "active"
-        self._frame_len = wire.frame_bytes(self.rate, int(self.playout.frame_ms))
-        self._model = self._make_model()
+        self._model = self._model_factory(self) if self._model_factory else self._make_model()
         self._spawn(self._model.run(self._setup_events()), "model")
-        self._spawn(self._playback(), "playback")
-        for frame in early:
-            self._on_caller_audio(frame)
+        self._spawn(self.playback.run(), "playback")
         await self._receive()
 
-    async def _read_metadata(self, early: list[bytes]) -> None:
-        """The module sends metadata first, but a binary frame may race it (research §1.5): accept the
-        metadata as long as it comes within the first few frames, and keep those frames."""
-        deadline = self._clock() + self.settings.metadata_timeout_s
-        while len(early) < 3:
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                break
-            try:
-                msg = await self.ws.receive(timeout=remaining)
-            except TimeoutError:
-                break
-            if msg.type == WSMsgType.TEXT:
-                self.meta = wire.parse_metadata(msg.data)
-                break
-            if msg.type == WSMsgType.BINARY:
-                wire.check_audio_frame(msg.data, self.rate)
-                early.append(msg.data)
-                continue
-            self._raise_for_message(msg)
-        rate = self.meta.rate or (wire.parse_rate(self._query["rate"]) if "rate" in self._query else None)
-        self.rate = rate or self.settings.default_rate
-        for frame in early:
-            wire.check_audio_frame(frame, self.rate)
-
-    def _raise_for_message(self, msg: Any) -> None:
-        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-            raise _StreamEnded()
-        if msg.type == WSMsgType.ERROR:
-            exc = self.ws.exception()
-            code = getattr(exc, "code", wire.CLOSE_PROTOCOL_ERROR)
-            raise wire.StreamProtocolError(int(code) if isinstance(code, int) else wire.CLOSE_PROTOCOL_ERROR,
-                                           f"bad frame: {exc}")
-        raise wire.StreamProtocolError(wire.CLOSE_UNSUPPORTED_DATA, f"unexpected message type {msg.type!r}")
-
     async def _receive(self) -> None:
-        ws = self.ws
-        try:
-            while not self._closed.is_set():
-                msg = await ws.receive()
-                if msg.type == WSMsgType.BINARY:
-                    wire.check_audio_frame(msg.data, self.rate)
-                    self._in_receive = True
-                    try:
-                        if self.stats.frames_in & 7:
-                            self._on_caller_audio(msg.data)
-                        else:  # one frame in eight is timed: the histogram costs a lock per observe
-                            t0 = time.perf_counter()
-                            self._on_caller_audio(msg.data)
-                            m.FRAME_WORK.observe(time.perf_counter() - t0)
-                    finally:
-                        self._in_receive = False
-                    if self._out:
-                        await self._pump()
-                        if self._out:  # more than the lead arrived at once (a burst): let the timer pace it
-                            self._out_ready.set()
-                elif msg.type == WSMsgType.TEXT:
-                    # `uuid_audio_stream stop <text>` sends one final text frame; anything else is logged.
-                    log.info("stream text", extra=fields(call=self.uuid, text=pii(msg.data[:200])))
-                else:
-                    self._raise_for_message(msg)
-        except _StreamEnded:
-            pass
-        if self.outcome is None:
-            self.outcome = "caller_hangup" if not self._ending else "completed"
+        moved = False
+        async for event in self.transport.events():
+            if isinstance(event, CallerAudio):
+                if self.stats.frames_in & 7:
+                    self._on_caller_audio(event.audio)
+                else:  # one frame in eight is timed: the histogram costs a lock per observe
+                    t0 = time.perf_counter()
+                    self._on_caller_audio(event.audio)
+                    m.FRAME_WORK.observe(time.perf_counter() - t0)
+            elif isinstance(event, Dtmf):
+                self.on_dtmf(event.digit)
+            elif isinstance(event, MarkPlayed):
+                if self.playback is not None:
+                    self.playback.on_mark(event.name)
+            elif isinstance(event, StreamText):
+                log.info("stream text", extra=fields(call=self.uuid, text=pii(event.text)))
+            elif isinstance(event, StreamStopped):
+                log.info("stream stopped by the far end", extra=fields(call=self.uuid, reason=event.reason))
+                break
+            if self._closed.is_set():
+                moved = True
+                break
+        if self.outcome is None and not moved:
+            if self.meta.caller == "ai-coach":  # the AI leg of a conference (freeswitch-conf ai-coach)
+                self.outcome = "coach"
+            else:
+                self.outcome = "caller_hangup" if not self._leaving else "completed"
 
     # ------------------------------------------------------------------ caller -> model
-    def _on_caller_audio(self, pcm: bytes) -> None:
+    def _on_caller_audio(self, audio: bytes) -> None:
         self.stats.frames_in += 1
-        self.stats.bytes_in += len(pcm)
-        if self.state != "active" or self._model is None or not pcm:
+        self.stats.bytes_in += len(audio)
+        if self.state != "active" or self._model is None or not audio or self.audio is None:
             return
-        if self.rate == 8000:
-            payload = g711.pcm16_to_ulaw(pcm)
-        else:
-            assert self._up is not None
-            payload = self._up.process_bytes(pcm)
-        self._model.append_audio(payload)
+        self._input.add(self.audio.transport_ms(len(audio)), self._clock())
+        self._model.append_audio(self.audio.to_model(audio))
+
+    def on_dtmf(self, digit: str) -> None:
+        if self._model is not None and self.state == "active":
+            log.info("dtmf", extra=fields(call=self.uuid, digit=pii(digit)))
+            self._model.send(rt.user_text_item(f"[The caller pressed DTMF key {digit}]"))
 
     # ------------------------------------------------------------------ model -> caller
     def _make_model(self) -> ModelLink:
         s = self.settings
+        assert self.audio is not None and self.profile is not None
         if s.model_backend.startswith("null"):
-            silence = g711.ULAW_SILENCE if self.rate == 8000 else 0
             return NullLink(mode=s.model_backend.removeprefix("null-"), audio_sink=self.model_audio,
-                            silence_byte=silence)
-        assert self.profile is not None
-        pending_frames = max(1, s.max_pending_input_ms // FRAME_MS)
+                            silence_byte=0xFF if self.rate == 8000 else 0)
+        pending_frames = max(1, s.max_pending_input_ms // 20)
         return RealtimeLink(
             call_uuid=self.uuid, base_url=s.model_url, api_key=s.api_key(), model=s.model_name,
             profile=self.profile.name, dispatch=self.dispatch, on_failure=self._on_model_failure,
@@ -338,10 +395,11 @@ class CallSession:
 
     def _setup_events(self) -> list[dict[str, Any]]:
         p = self.profile
-        assert p is not None
+        assert p is not None and self.audio is not None
         events = [
-            rt.session_update(rate=self.rate, instructions=p.instructions, voice=p.voice,
-                              turn_detection=p.turn_detection.model_dump(), tools=p.tools)
+            rt.session_update(audio_format=self.audio.model_format, instructions=p.instructions,
+                              voice=p.voice, turn_detection=p.turn_detection.model_dump(),
+                              tools=schemas(p.tools))
         ]
         if p.greeting:
             events.append(rt.greeting_response(p.greeting))
@@ -364,37 +422,40 @@ class CallSession:
         self._response_id = (event.get("response") or {}).get("id")
 
     def _on_response_done(self, event: dict[str, Any]) -> None:
+        self._responses_done += 1
         resp = event.get("response") or {}
         if resp.get("id") in (None, self._response_id):
             self._response_active = False
-        self._out_ready.set()  # flush a partial last frame
+        if self.playback is not None:
+            self.playback.reply_done()  # flush a partial last frame
 
     def _on_audio_delta(self, event: dict[str, Any]) -> None:
         self.model_audio(event.get("item_id"), event.get("response_id"), base64.b64decode(event["delta"]))
 
     def model_audio(self, item_id: str | None, response_id: str | None, payload: bytes) -> None:
-        """Agent audio in the session's model format (mu-law 8 kHz or PCM16 24 kHz)."""
-        if self.state != "active":
+        """Agent audio in the session's model format."""
+        if self.state != "active" or self.audio is None or self.playback is None:
             return
         if response_id in self._dropped_responses or item_id in self._dropped_items:
             return  # audio of a reply the caller interrupted, still in flight from the model
-        if self.rate == 8000:
-            pcm = g711.ulaw_to_pcm16(payload)
-        else:
-            assert self._down is not None
-            pcm = self._down.process_bytes(payload[: len(payload) & ~1])
         if item_id is not None:
-            self._generated_ms[item_id] = self._generated_ms.get(item_id, 0.0) + rt.audio_ms(len(payload),
-                                                                                               self.rate)
-        self._enqueue(item_id, pcm)
+            generated = self._generated_ms.get(item_id, 0.0) + self.audio.model_ms(len(payload))
+            self._generated_ms[item_id] = generated
+        self.playback.enqueue(item_id, self.audio.from_model(payload))
 
-    def _enqueue(self, item_id: str | None, pcm: bytes) -> None:
-        if self._out and self._out[-1].item_id == item_id:
-            self._out[-1].pcm += pcm
-        else:
-            self._out.append(_Segment(item_id, bytearray(pcm)))
-        if not self._in_receive:
-            self._out_ready.set()
+    def _on_first_audio(self, item_id: str | None) -> None:
+        """The first frame of a reply went to the caller: the reply latency ends here."""
+        if self._speech_ended_at is None or item_id == "fallback":
+            return
+        latency = self._clock() - self._speech_ended_at
+        self._speech_ended_at = None
+        m.REPLY_LATENCY.observe(latency)
+        self.stats.last_reply_latency_ms = round(latency * 1000.0, 1)
+        self.stats.reply_latencies_ms.append(self.stats.last_reply_latency_ms)
+
+    def _on_underrun(self) -> None:
+        self.stats.underruns += 1
+        m.UNDERRUNS.inc()
 
     def _on_agent_transcript(self, event: dict[str, Any]) -> None:
         text = str(event.get("transcript", ""))
@@ -409,29 +470,35 @@ class CallSession:
         self._forward({"type": "transcript", "role": "caller", "text": text})
 
     def _forward(self, doc: dict[str, Any]) -> None:
-        """Non-audio text reaches FreeSWITCH as a mod_audio_stream::json event (visible on ESL)."""
-        if self.settings.log_redact_pii or self.ws.closed:
+        if self.settings.log_redact_pii or self.transport.closed:
             return
-        self._spawn(self.ws.send_str(json.dumps(doc)), "forward")
+        self._spawn(self.transport.send_side_text(doc), "forward")
 
     def _on_speech_stopped(self, event: dict[str, Any]) -> None:
-        self._speech_stopped_at = self._clock()
+        # The caller stopped speaking at `audio_end_ms` of the input audio, which the model reports
+        # only after its silence window: the latency starts at the former, not at this event.
+        end_ms = event.get("audio_end_ms")
+        at = self._input.time_of(float(end_ms)) if isinstance(end_ms, int | float) else None
+        self._speech_ended_at = at if at is not None else self._clock()
 
     def _on_speech_started(self, event: dict[str, Any]) -> None:
         """Barge-in: stop agent audio at once; cancel and truncate so the model knows what was heard."""
-        self._speech_stopped_at = None
-        playing = bool(self._out) or self.playout.queued_ms() > 0 or self._response_active
-        if not playing or self._model is None:
+        self._speech_ended_at = None
+        pb = self.playback
+        if pb is None or self._model is None or self._leaving:
             return
-        item_id = self.playout.item_id
-        queued_items = [seg.item_id for seg in self._out if seg.item_id]
-        self._out.clear()  # control jumps the queue: nothing more goes to FreeSWITCH from this reply
-        heard = self.playout.interrupt()
+        if not (pb.busy() or self._response_active):
+            return
+        item_id, heard, queued_items = pb.interrupt()  # control jumps the queue
+        assert self.profile is not None
+        # Only an active response is cancelled (a cancel with none in flight earns an error event). If
+        # the server's interrupt_response got there first, its response_cancel_not_active error is
+        # benign and not counted as a model error (_on_error).
         if self._response_active:
             self._model.send(rt.response_cancel())
-            if self._response_id:
-                self._dropped_responses.add(self._response_id)
-            self._response_active = False
+        if self._response_active and self._response_id:
+            self._dropped_responses.add(self._response_id)
+        self._response_active = False
         if not item_id and queued_items:
             # The reply was queued but not a sample of it played yet: the caller heard 0 ms of it.
             item_id = queued_items[0]
@@ -441,61 +508,94 @@ class CallSession:
             self._model.send(rt.item_truncate(item_id, heard))
             self._dropped_items.add(item_id)
         self._dropped_items.update(i for i in queued_items if i != item_id)
-        if self._down is not None:  # no filter memory of the interrupted reply in the next one
-            self._down = StreamResampler(rt.MODEL_PCM_RATE, 16000)
         self.stats.barge_ins += 1
         m.BARGE_INS.inc()
         log.info("barge-in", extra=fields(call=self.uuid, item=item_id, heard_ms=heard))
-        if self.control is not None and self._playback_mode() == "file":
-            self._spawn(self.control.flush_playback(), "flush")
-
-    def _playback_mode(self) -> str:
-        mode = getattr(self.control, "playback_mode", None)
-        return mode or self.settings.playback_mode.get(self.meta.worker, "stream")
+        self._spawn(self.transport.clear(), "clear")
+        if self.playback_mode == "file":
+            self._spawn(pb.flush_files(), "flush")
 
     def _on_function_call(self, event: dict[str, Any]) -> None:
         self._spawn(self._tool(event), "tool")
 
     async def _tool(self, event: dict[str, Any]) -> None:
+        """Run a model tool. A tool that moves the call (transfer, escalate, conference) is checked and
+        answered first, so the model speaks its confirmation ("Transferring you..."); the verb runs once
+        that reply has played out. If the verb then fails, the model is told and speaks again."""
         assert self.profile is not None and self._model is not None
         name = str(event.get("name", ""))
+        tool = TOOLS.get(name)
         summary = " / ".join(f"{t['role']}: {t['text']}" for t in self.transcript[-6:])
-        result = await run_tool(name, str(event.get("arguments", "{}")), control=self.control,
+        moves = tool is not None and tool.moves_call and self.control is not None
+        deferred = _DeferredControl(self.control) if moves else None
+        result = await run_tool(name, str(event.get("arguments", "{}")),
+                                control=deferred if deferred is not None else self.control,
                                 profile=self.profile, call_uuid=self.uuid, summary=summary)
-        m.TOOL_CALLS.labels(tool=name if name in rt.TOOL_SCHEMAS else "unknown",
-                            result="ok" if result.output.get("ok") else "error").inc()
-        log.info("tool call", extra=fields(call=self.uuid, tool=name, ok=bool(result.output.get("ok")),
-                                           error=result.output.get("error")))
+        ok = bool(result.output.get("ok"))
         call_id = event.get("call_id")
+        done_before = self._responses_done
         if call_id and self._model is not None and self.state == "active":
             self._model.send(rt.function_call_output(str(call_id), result.output))
             if result.speak:
                 self._model.send(rt.response_create())
+        if ok and deferred is not None and deferred.pending is not None:
+            await self._confirmation_played(done_before)
+            try:
+                await deferred.pending()
+            except Exception as exc:
+                ok = False
+                self._leaving = False
+                if self.playback is not None:
+                    self.playback.accepting = True
+                error = str(exc).strip() or type(exc).__name__
+                log.warning("tool failed", extra=fields(call=self.uuid, tool=name, error=error))
+                if self._model is not None and self.state == "active":
+                    self._model.send(rt.user_text_item(f"[{name} failed: {error}. Tell the caller.]"))
+                    self._model.send(rt.response_create())
+            else:
+                self.outcome = {"transfer_call": "transferred", "escalate": "escalated",
+                                "add_participant": "conference"}.get(name, "transferred")
+        m.TOOL_CALLS.labels(tool=name if tool else "unknown", result="ok" if ok else "error").inc()
+        log.info("tool call",
+                 extra=fields(call=self.uuid, tool=name, ok=ok, error=result.output.get("error")))
         if result.end_call:
-            self._ending = True
+            self._leaving = True
             self._spawn(self._finish_after_playback("end_call"), "end")
+
+    async def _confirmation_played(self, done_before: int) -> None:
+        """Wait (bounded) for the reply that answers the tool result, then until the caller heard it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONFIRMATION_WAIT_S
+        while self._responses_done <= done_before and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        await self._reply_played()
+
+    async def _reply_played(self) -> None:
+        """Wait (bounded) until the model has finished the current reply and the caller heard it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FINISH_TIMEOUT_S
+        while self._response_active and loop.time() < deadline:  # noqa: ASYNC110 - set by the dispatch
+            await asyncio.sleep(0.02)
+        self._leaving = True
+        if self.playback is not None:
+            await self.playback.played_out(max(0.0, deadline - loop.time()))
+            self.playback.stop_new()
+            await asyncio.sleep(SETTLE_S)
 
     def _on_error(self, event: dict[str, Any]) -> None:
         err = event.get("error") or {}
-        self.stats.model_errors += 1
         if isinstance(err, dict):
             detail = f"{err.get('type')}/{err.get('code')}: {err.get('message')}"
         else:
             detail = str(err)
         if rt.is_fatal_error(event):
             self._on_model_failure("error_event", detail)
-        else:
-            m.MODEL_ERRORS.labels(kind="request").inc()
+        else:  # one refused request (e.g. a cancel that raced the response's end): not a model error
             log.info("model refused a request", extra=fields(call=self.uuid, error=detail))
-
-    def _on_dtmf(self, digit: str) -> None:
-        if self._model is not None and self.state == "active":
-            log.info("dtmf", extra=fields(call=self.uuid, digit=pii(digit)))
-            self._model.send(rt.user_text_item(f"[The caller pressed DTMF key {digit}]"))
 
     # ------------------------------------------------------------------ failure path
     def _on_model_failure(self, kind: str, detail: str) -> None:
-        if self.state != "active" or self._ending:
+        if self.state != "active" or self._leaving:
             return
         self.state = "fallback"
         self.last_error = f"model {kind}: {detail}"
@@ -503,23 +603,19 @@ class CallSession:
         m.MODEL_ERRORS.labels(kind=kind).inc()
         m.FALLBACKS.inc()
         log.error("model failed, playing fallback", extra=fields(call=self.uuid, kind=kind, error=detail))
-        self._out.clear()
-        self.playout.interrupt()
-        assert self.profile is not None
+        assert self.profile is not None and self.playback is not None and self.audio is not None
+        self.playback.interrupt()
         self._response_active = False
         if self._model is not None:  # no more model audio or events for this call
             self._spawn(self._model.close(), "model-close")
-        self._enqueue("fallback", self._fallback_audio(self.profile.name, self.rate))
+        prompt = self._fallback_audio(self.profile.name, self.rate)
+        self.playback.enqueue("fallback", self.audio.from_pcm16(prompt))
         self._spawn(self._finish_after_playback("fallback"), "fallback")
 
     async def _finish_after_playback(self, why: str) -> None:
         assert self.profile is not None
-        # Polled at frame rate: three conditions owned by different handlers; one wake-up per 20 ms is free.
-        # Bounded: a model that never finishes its response must not keep the call open forever.
-        deadline = self._clock() + FINISH_TIMEOUT_S
-        while (self._out or self._response_active or self.playout.queued_ms() > 0) and \
-                self._clock() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(FRAME_MS / 1000.0)
+        self._leaving = True
+        await self._reply_played()
         if why == "fallback":
             self.outcome = "fallback"
             fb = self.profile.fallback
@@ -527,8 +623,9 @@ class CallSession:
             if fb.action == "transfer" and self.control is not None and target:
                 try:
                     await self.control.transfer(target)
+                    self.outcome = "fallback_transferred"
                     log.info("fallback transfer", extra=fields(call=self.uuid, target=fb.target))
-                    await self.close(wire.CLOSE_NORMAL, "transferred")
+                    await self.close(CLOSE_NORMAL, "transferred")
                     return
                 except Exception as exc:
                     log.warning("fallback transfer failed", extra=fields(call=self.uuid, error=str(exc)))
@@ -536,72 +633,6 @@ class CallSession:
         else:
             self.outcome = "completed"
             await self.hangup(why)
-
-    # ------------------------------------------------------------------ paced playback
-    # Two things drive playback: the caller's own frames (FreeSWITCH sends one every 20 ms, so the receive
-    # loop pumps right after each), and this task's timer for when they do not (stream paused, a burst of
-    # model audio to pace out). In the steady state the receive loop does the work and this task sleeps,
-    # which saves a task wake-up per frame per call.
-    async def _playback(self) -> None:
-        while True:
-            if not self._out:
-                self._out_ready.clear()
-                await self._out_ready.wait()
-                continue
-            await self._pump()
-            if not self._out:
-                continue
-            wait = self.playout.seconds_until_room()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            else:  # half a frame while the model is still talking: wait for the rest rather than chop
-                self._out_ready.clear()
-                await self._out_ready.wait()
-
-    async def _pump(self) -> None:
-        """Send queued agent audio, one 20 ms message at a time, while it fits under the lead."""
-        if self._pumping:
-            return
-        self._pumping = True
-        try:
-            while self._out and self.playout.wants_frame():
-                if not await self._send_frame():
-                    return
-        finally:
-            self._pumping = False
-
-    async def _send_frame(self) -> bool:
-        seg = self._out[0]
-        frame_len = self._frame_len
-        if len(seg.pcm) < frame_len and len(self._out) == 1 and seg.item_id != "fallback" and \
-                self._response_active:
-            return False
-        frame = bytes(seg.pcm[:frame_len])
-        del seg.pcm[:frame_len]
-        if not seg.pcm:
-            self._out.popleft()
-        first = seg.item_id != self.playout.item_id or self.playout.item_id is None
-        if first:
-            self.playout.begin_item(seg.item_id)
-        if self.ws.closed:
-            self._out.clear()
-            return False
-        try:
-            await self.ws.send_str(wire.build_stream_audio(frame, self.rate))
-        except ConnectionResetError:  # the module dropped TCP: the receive loop ends the call
-            self._out.clear()
-            return False
-        if self.playout.on_sent(len(frame) * 1000.0 / (2 * self.rate), continuing=not first):
-            m.UNDERRUNS.inc()
-        if first and self._speech_stopped_at is not None:
-            latency = self._clock() - self._speech_stopped_at
-            self._speech_stopped_at = None
-            m.REPLY_LATENCY.observe(latency)
-            self.stats.last_reply_latency_ms = round(latency * 1000.0, 1)
-            self.stats.reply_latencies_ms.append(self.stats.last_reply_latency_ms)
-        self.stats.frames_out += 1
-        self.stats.bytes_out += len(frame)
-        return True
 
     # ------------------------------------------------------------------ helpers
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -622,14 +653,37 @@ class CallSession:
                 self.last_error = repr(exc)
                 self.outcome = self.outcome or "error"
                 loop = asyncio.get_running_loop()
-                loop.create_task(self.close(wire.CLOSE_INTERNAL_ERROR, "internal error"))
+                loop.create_task(self.close(CLOSE_INTERNAL_ERROR, "internal error"))
 
 
-class _StreamEnded(Exception):
-    """The module closed the stream (close frame or TCP EOF)."""
+class _DeferredControl:
+    """Stands in for call control while a tool is checked: records the verb to run it later."""
+
+    def __init__(self, control: Control | None) -> None:
+        self._control = control
+        self.pending: Callable[[], Any] | None = None
+
+    async def transfer(self, target: str, headers: dict[str, str] | None = None) -> None:
+        c = self._need()
+        self.pending = lambda: c.transfer(target, headers)
+
+    async def escalate(self, target: str, reason: str, urgency: str, summary: str) -> None:
+        c = self._need()
+        self.pending = lambda: c.escalate(target, reason, urgency, summary)
+
+    async def add_participant(self, target: str) -> None:
+        c = self._need()
+        self.pending = lambda: c.add_participant(target)
+
+    def _need(self) -> Control:
+        if self._control is None:
+            raise CallControlError("call control unavailable", kind=ErrorKind.UNAVAILABLE)
+        return self._control
 
 
 def _reason_label(code: int) -> str:
+    from gateway.proto import audio_stream as wire
+
     return {
         wire.CLOSE_TOO_BIG: "too_big",
         wire.CLOSE_INVALID_PAYLOAD: "invalid_payload",

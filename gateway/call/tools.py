@@ -1,28 +1,33 @@
-"""Model tool calls -> call-control verbs. Pure mapping plus one awaited verb; never raises.
+"""Model tools as one table: each entry is the schema the model sees and the handler that runs it.
 
-Each tool returns the JSON object given back to the model as `function_call_output`: `{"ok": true, ...}`
-or `{"ok": false, "error": "..."}`. Failures are returned (and then spoken by the model), never dropped.
-Targets the model names are looked up in the profile's `transfer_targets`; a raw number or URI from the
-model is refused, so a prompt injection cannot dial arbitrary destinations.
+A handler maps the model's arguments to one call-control verb and returns the JSON object given back
+to the model as `function_call_output`: `{"ok": true, ...}` or `{"ok": false, "error": "..."}`.
+Failures are returned (and then spoken by the model), never raised. Targets the model names are looked
+up in the profile's `transfer_targets`; a raw number or URI from the model is refused, so a prompt
+injection cannot dial arbitrary destinations. Profiles are checked against `TOOLS` when they load.
+
+Adding a tool is one entry in `TOOLS` (plus its name in a profile's `tools` list).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.log import fields
-from gateway.profiles import Profile
+
+if TYPE_CHECKING:
+    from gateway.profiles import Profile
 
 log = logging.getLogger("gateway.tools")
 
 NO_CONTROL = "call control unavailable"
 
 
-class _Control(Protocol):  # the subset of gateway.call.control.CallControl we call
-    async def hangup(self, cause: str = ...) -> None: ...
+class _Control(Protocol):  # the subset of the call's verbs the tools use
     async def transfer(self, target: str, headers: dict[str, str] | None = None) -> None: ...
     async def escalate(self, target: str, reason: str, urgency: str, summary: str) -> None: ...
     async def add_participant(self, target: str) -> None: ...
@@ -31,23 +36,131 @@ class _Control(Protocol):  # the subset of gateway.call.control.CallControl we c
 @dataclass
 class ToolResult:
     output: dict[str, Any]
-    end_call: bool = False  # the media session should end the stream once the goodbye has played
+    end_call: bool = False  # the call ends once the goodbye has played
     speak: bool = True  # ask the model for a response about the result
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    control: _Control | None
+    profile: Profile
+    call_uuid: str
+    summary: str = ""
+
+
+Handler = Callable[[dict[str, Any], ToolContext], Awaitable[ToolResult]]
+
+
+@dataclass(frozen=True)
+class Tool:
+    description: str
+    parameters: dict[str, Any]
+    handler: Handler
+    # True when the handler moves the call away (transfer, conference): the call lets what the agent
+    # already said play out first, so "Transferring you..." is heard in full.
+    moves_call: bool = False
+
+    def schema(self, name: str) -> dict[str, Any]:
+        """The Realtime `session.tools[]` entry."""
+        return {"type": "function", "name": name, "description": self.description,
+                "parameters": self.parameters}
 
 
 def _error_text(exc: Exception) -> str:
     return str(exc).strip() or type(exc).__name__
 
 
-async def run_tool(
-    name: str,
-    arguments: str,
-    *,
-    control: _Control | None,
-    profile: Profile,
-    call_uuid: str,
-    summary: str = "",
-) -> ToolResult:
+async def _verb(name: str, ctx: ToolContext, verb: Callable[[_Control], Awaitable[None]],
+                ok: dict[str, Any]) -> ToolResult:
+    if ctx.control is None:
+        return ToolResult({"ok": False, "error": NO_CONTROL})
+    try:
+        await verb(ctx.control)
+    except Exception as exc:  # CallControlError carries FreeSWITCH's (or Twilio's) own text
+        log.warning("tool failed", extra=fields(call=ctx.call_uuid, tool=name, error=_error_text(exc)))
+        return ToolResult({"ok": False, "error": _error_text(exc)})
+    return ToolResult({"ok": True, **ok})
+
+
+def _named_target(args: dict[str, Any], ctx: ToolContext) -> tuple[str, str | None, ToolResult | None]:
+    target_name = str(args.get("target", ""))
+    target = ctx.profile.resolve_target(target_name)
+    if target is None:
+        known = ", ".join(sorted(ctx.profile.transfer_targets)) or "none"
+        return target_name, None, ToolResult({"ok": False, "error": f"unknown target {target_name!r}; "
+                                                                 f"known targets: {known}"})
+    return target_name, target, None
+
+
+async def _transfer_call(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
+    name, target, refused = _named_target(args, ctx)
+    if refused is not None or target is None:
+        return refused or ToolResult({"ok": False})
+    return await _verb("transfer_call", ctx, lambda c: c.transfer(target), {"target": name})
+
+
+async def _add_participant(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
+    name, target, refused = _named_target(args, ctx)
+    if refused is not None or target is None:
+        return refused or ToolResult({"ok": False})
+    return await _verb("add_participant", ctx, lambda c: c.add_participant(target), {"target": name})
+
+
+async def _end_call(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
+    # The goodbye is in the same response; the call hangs up after it has played.
+    return ToolResult({"ok": True, "ending": True, "reason": str(args.get("reason", ""))}, end_call=True,
+                      speak=False)
+
+
+async def _escalate(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
+    p = ctx.profile
+    target = p.resolve_target(p.escalation_target) if p.escalation_target else None
+    if target is None:
+        return ToolResult({"ok": False, "error": "no escalation target configured"})
+    reason, urgency = str(args.get("reason", "")), str(args.get("urgency", "normal"))
+    return await _verb("escalate", ctx, lambda c: c.escalate(target, reason, urgency, ctx.summary),
+                       {"escalated_to": p.escalation_target})
+
+
+def _target_param(description: str | None = None) -> dict[str, Any]:
+    prop: dict[str, Any] = {"type": "string"}
+    if description:
+        prop["description"] = description
+    return {"type": "object", "properties": {"target": prop}, "required": ["target"]}
+
+
+TOOLS: dict[str, Tool] = {
+    "transfer_call": Tool(
+        "Transfer the caller to a named destination (a person or department).",
+        _target_param("destination name"), _transfer_call, moves_call=True),
+    "end_call": Tool(
+        "Hang up after saying goodbye.",
+        {"type": "object", "properties": {"reason": {"type": "string"}}, "required": ["reason"]},
+        _end_call),
+    "escalate": Tool(
+        "Hand the caller to a human colleague with a short reason.",
+        {"type": "object",
+         "properties": {"reason": {"type": "string"},
+                        "urgency": {"type": "string", "enum": ["low", "normal", "high"]}},
+         "required": ["reason", "urgency"]},
+        _escalate, moves_call=True),
+    "add_participant": Tool(
+        "Bring a human into the call as a conference participant.",
+        _target_param(), _add_participant, moves_call=True),
+}
+
+
+def schemas(names: list[str]) -> list[dict[str, Any]]:
+    return [TOOLS[name].schema(name) for name in names]
+
+
+def unknown_tools(names: list[str]) -> list[str]:
+    return sorted(set(names) - set(TOOLS))
+
+
+async def run_tool(name: str, arguments: str, *, control: _Control | None, profile: Profile,
+                   call_uuid: str, summary: str = "") -> ToolResult:
+    """Run one tool call from the model; never raises."""
     try:
         args = json.loads(arguments or "{}")
         if not isinstance(args, dict):
@@ -56,44 +169,7 @@ async def run_tool(
         return ToolResult({"ok": False, "error": f"bad arguments: {exc}"})
     if name not in profile.tools:
         return ToolResult({"ok": False, "error": f"tool {name!r} is not enabled for this agent"})
-
-    if name == "end_call":
-        reason = str(args.get("reason", ""))
-        # The goodbye is in the same response; the session hangs up after it has played.
-        return ToolResult({"ok": True, "ending": True, "reason": reason}, end_call=True, speak=False)
-
-    if name in ("transfer_call", "add_participant"):
-        target_name = str(args.get("target", ""))
-        target = profile.resolve_target(target_name)
-        if target is None:
-            known = ", ".join(sorted(profile.transfer_targets)) or "none"
-            error = f"unknown target {target_name!r}; known targets: {known}"
-            return ToolResult({"ok": False, "error": error})
-        if control is None:
-            return ToolResult({"ok": False, "error": NO_CONTROL})
-        try:
-            if name == "transfer_call":
-                await control.transfer(target)
-            else:
-                await control.add_participant(target)
-        except Exception as exc:  # CallControlError carries FreeSWITCH's -ERR text
-            log.warning("tool failed", extra=fields(call=call_uuid, tool=name, error=_error_text(exc)))
-            return ToolResult({"ok": False, "error": _error_text(exc)})
-        return ToolResult({"ok": True, "target": target_name})
-
-    if name == "escalate":
-        reason = str(args.get("reason", ""))
-        urgency = str(args.get("urgency", "normal"))
-        target = profile.resolve_target(profile.escalation_target) if profile.escalation_target else None
-        if target is None:
-            return ToolResult({"ok": False, "error": "no escalation target configured"})
-        if control is None:
-            return ToolResult({"ok": False, "error": NO_CONTROL})
-        try:
-            await control.escalate(target, reason, urgency, summary)
-        except Exception as exc:
-            log.warning("tool failed", extra=fields(call=call_uuid, tool=name, error=_error_text(exc)))
-            return ToolResult({"ok": False, "error": _error_text(exc)})
-        return ToolResult({"ok": True, "escalated_to": profile.escalation_target})
-
-    return ToolResult({"ok": False, "error": f"unknown tool {name!r}"})
+    tool = TOOLS.get(name)
+    if tool is None:
+        return ToolResult({"ok": False, "error": f"unknown tool {name!r}"})
+    return await tool.handler(args, ToolContext(control, profile, call_uuid, summary))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 import time
 import uuid as uuidlib
@@ -27,6 +26,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from gateway.audio.resample import float_to_pcm16
 from gateway.client import wsframe as wsf
 from gateway.proto.audio_stream import StreamProtocolError, parse_stream_audio
 
@@ -80,13 +80,7 @@ def load_audio(source: str | Path | np.ndarray | bytes, rate: int) -> np.ndarray
     import soundfile
 
     data, src_rate = soundfile.read(str(source), dtype="float64", always_2d=True)
-    mono = data.mean(axis=1)
-    if src_rate != rate:
-        from scipy.signal import resample_poly
-
-        g = math.gcd(int(src_rate), rate)
-        mono = resample_poly(mono, rate // g, int(src_rate) // g)
-    return np.clip(np.rint(mono * 32767.0), -32768, 32767).astype(np.int16)
+    return float_to_pcm16(data.mean(axis=1), int(src_rate), rate)
 
 
 def write_wav(path: str | Path, pcm: bytes, rate: int) -> None:
@@ -332,7 +326,12 @@ async def place_call(
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway call", description=__doc__.splitlines()[0])
     p.add_argument("wav", help="what the caller says: WAV/FLAC/OGG, any rate or sample format")
-    p.add_argument("--url", help="ws://host:port/stream/<uuid> (default: --gateway plus a fresh uuid)")
+    p.add_argument("--protocol", choices=["freeswitch", "twilio"], default="freeswitch",
+                   help="speak as mod_audio_stream (default) or as Twilio Media Streams")
+    p.add_argument("--twilio-auth-token", help="--protocol twilio: the auth token that signs the upgrade")
+    p.add_argument("--dtmf", default="", help="--protocol twilio: digits pressed before speaking")
+    p.add_argument("--url", help="ws://host:port/stream/<uuid> (default: --gateway plus a fresh uuid; "
+                   "/twilio/stream for --protocol twilio)")
     p.add_argument("--gateway", default="127.0.0.1:8090", help="host:port of `gateway serve` (%(default)s)")
     p.add_argument("--rate", type=int, default=8000, choices=[8000, 16000])
     p.add_argument("--token", help="bearer token (as STREAM_EXTRA_HEADERS would send it)")
@@ -350,6 +349,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.protocol == "twilio":
+        return _main_twilio(args)
     url = args.url or f"ws://{args.gateway}/stream/{uuidlib.uuid4()}"
     metadata = None if args.no_metadata else {
         "caller": args.caller, "callee": args.callee,
@@ -369,4 +370,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         doc["recording"] = args.record
     print(json.dumps(doc, indent=2))
+    return 0 if not summary.errors and summary.reply_s > 0 else 1
+
+
+def _main_twilio(args: argparse.Namespace) -> int:
+    from gateway.client.twilio_call import place_twilio_call
+
+    if not args.twilio_auth_token:
+        print(json.dumps({"errors": ["--protocol twilio needs --twilio-auth-token"]}))
+        return 2
+    url = args.url or f"ws://{args.gateway}/twilio/stream"
+    try:
+        summary = asyncio.run(place_twilio_call(
+            url, args.wav, auth_token=args.twilio_auth_token, caller=args.caller, called=args.callee,
+            profile=args.profile, dtmf=args.dtmf, wait_for_greeting=not args.no_wait_greeting,
+            reply_timeout=args.reply_timeout))
+    except (OSError, RuntimeError) as exc:
+        print(json.dumps({"errors": [f"{type(exc).__name__}: {exc}"]}))
+        return 1
+    print(json.dumps(summary.to_json(), indent=2))
     return 0 if not summary.errors and summary.reply_s > 0 else 1

@@ -17,7 +17,8 @@ MAX_SERVER_FRAME = 16 * 1024 * 1024
 
 def upgrade_request(host: str, port: int, path: str, extra_headers: dict[str, str] | None = None,
                     key: str | None = None) -> tuple[bytes, str]:
-    """libwsc's handshake (research freeswitch_protocols.md §1.4). Returns (bytes, key)."""
+    """libwsc's handshake as mod_audio_stream sends it (no space after header colons, an Origin header,
+    no extensions; see tests/gateway's captured ws_*_upgrade_request.bin). Returns (bytes, key)."""
     key = key or base64.b64encode(os.urandom(16)).decode()
     lines = [
         f"GET {path} HTTP/1.1",

@@ -523,6 +523,10 @@ def parse_address(spec: str) -> tuple[str, int, str]:
     """
     parts = spec.split(":", 2)
     if len(parts) < 2 or not parts[0] or not parts[1].isdigit():
-        raise ValueError(f"ESL address must be host:port[:password], not {spec!r}")
-    password = parts[2] if len(parts) == 3 and parts[2] else "ClueCon"
+        raise ValueError(f"ESL address must be host:port:password, not {spec!r}")
+    # No default: FreeSWITCH's shipped event_socket password is public knowledge, and a worker still
+    # using it would accept any `api` command from anyone who reaches the port.
+    password = parts[2] if len(parts) == 3 else ""
+    if not password:
+        raise ValueError(f"ESL address {parts[0]}:{parts[1]} has no password (host:port:password)")
     return parts[0], int(parts[1]), password

@@ -1,7 +1,9 @@
 """Builders for the FreeSWITCH API command lines the gateway sends (the text after `api `/`bgapi `).
 
 Pure functions: each returns one command string exactly as FreeSWITCH's mod_commands / mod_conference
-/ mod_audio_stream parse it (research/freeswitch_protocols.md §1.2, §2.8, §2.9). Arguments are checked
+/ mod_audio_stream parse it (mod_commands:
+https://developer.signalwire.com/freeswitch/FreeSWITCH-Explained/Modules/mod_commands_1966741/;
+mod_audio_stream: https://github.com/amigniter/mod_audio_stream#readme). Arguments are checked
 so a value from a model tool call or an HTTP request can never split into extra arguments or inject a
 second ESL command.
 """
@@ -53,6 +55,15 @@ def uuid_broadcast(channel: str, path: str, leg: str = "aleg") -> str:
     if leg not in ("aleg", "bleg", "holdb", "both"):
         raise EslArgumentError(f"broadcast leg must be aleg|bleg|holdb|both, not {leg!r}")
     return f"uuid_broadcast {uuid(channel)} {_token(path, what='playback path')} {leg}"
+
+
+def uuid_displace(channel: str, action: str, path: str) -> str:
+    """`start`: play `path` into what the caller hears as a media bug, beside whatever the channel runs
+    (no application switch, so files started back to back leave no gap); `stop`: end it early."""
+    if action not in ("start", "stop"):
+        raise EslArgumentError(f"displace action must be start|stop, not {action!r}")
+    tail = " 0 mux" if action == "start" else ""
+    return f"uuid_displace {uuid(channel)} {action} {_token(path, what='playback path')}{tail}"
 
 
 def uuid_break(channel: str, flush_all: bool = True) -> str:

@@ -1,7 +1,9 @@
 """Sans-I/O Event Socket (ESL) protocol: bytes from FreeSWITCH in, typed messages out; commands out as bytes.
 
 No sockets, clocks or asyncio here, so the parser can be fed a recorded session split at every byte
-offset (tests/esl). Facts this follows (research/freeswitch_protocols.md §2, fixtures/esl_*.fs.bin):
+offset (tests/esl). Facts this follows (the Event Socket documentation,
+https://developer.signalwire.com/freeswitch/FreeSWITCH-Explained/Modules/mod_event_socket_1048924/, and
+the captured sessions in tests/fakes/fixtures/esl_*.fs.bin):
 
 * Every message from FreeSWITCH is a header block ending in a blank line (`\\n\\n`), then exactly
   `Content-Length` *bytes* of body if that header is present. Framing is done on bytes; text is

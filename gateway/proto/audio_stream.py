@@ -1,6 +1,7 @@
 """mod_audio_stream wire format, sans-I/O: what FreeSWITCH sends us and what we send back.
 
-From the module (research freeswitch_protocols.md §1.5, fixtures ws_*):
+From the module (mod_audio_stream's README, https://github.com/amigniter/mod_audio_stream#readme, and
+the byte captures in tests/gateway's ws_* fixtures):
 - optional first text frame: the `start` metadata argument, verbatim (we ask the dialplan for JSON);
 - binary frames: L16 little-endian mono PCM at the `start` rate, one per 20 ms normally, any length possible;
 - on `stop <text>` one more text frame with that text, then close 1000.
@@ -8,6 +9,7 @@ Back to the module: text frames `{"type":"streamAudio","data":{"audioDataType":"
 "audioData":"<base64 L16>"}}` (binary frames from the server are ignored by every build).
 
 Every refusal is a `StreamProtocolError` carrying the WebSocket close code the adapter sends.
+`AudioStreamCodec` is this ingress's `gateway.call.transport.MediaCodec`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from gateway.proto.media import CallerAudio, InEvent, StreamStart, StreamText
 
 SUPPORTED_RATES = (8000, 16000)
 MAX_METADATA_BYTES = 8192  # the dialplan builds a few hundred bytes; anything bigger is not ours
@@ -147,3 +151,66 @@ def parse_stream_audio(text: str | bytes) -> tuple[int, bytes]:
     if len(pcm) % 2:
         raise StreamProtocolError(CLOSE_INVALID_PAYLOAD, "odd-length audio in streamAudio")
     return rate, pcm
+
+
+EARLY_FRAMES = 3  # binary frames accepted before the metadata frame (the module may race it)
+
+
+class AudioStreamCodec:
+    """One mod_audio_stream call: L16 binary frames in, `streamAudio` JSON out. No clear/mark messages
+    exist in this protocol: barge-in relies on the gateway keeping only a small lead in flight."""
+
+    name = "freeswitch"
+    echoes_marks = False
+
+    def __init__(self, uuid: str, *, default_rate: int, query_rate: str | None = None,
+                 frame_ms: int = 20) -> None:
+        self.uuid = check_stream_id(uuid)
+        self.frame_ms = frame_ms
+        self._default_rate = parse_rate(query_rate) if query_rate else default_rate
+        self.rate = self._default_rate
+        self._early: list[bytes] = []
+        self.started = False
+
+    def feed_text(self, text: str) -> list[InEvent]:
+        if not self.started:
+            return self._start(parse_metadata(text))
+        # `uuid_audio_stream stop <text>` sends one final text frame; anything else is logged.
+        return [StreamText(text[:200])]
+
+    def feed_binary(self, data: bytes) -> list[InEvent]:
+        check_audio_frame(data, self.rate)
+        if self.started:
+            return [CallerAudio(data)]
+        self._early.append(data)
+        if len(self._early) >= EARLY_FRAMES:
+            return self._start(StreamMetadata())
+        return []
+
+    def start_timeout(self) -> list[InEvent]:
+        return self._start(StreamMetadata())
+
+    def _start(self, meta: StreamMetadata) -> list[InEvent]:
+        self.started = True
+        self.rate = meta.rate or self._default_rate
+        for frame in self._early:
+            check_audio_frame(frame, self.rate)
+        start = StreamStart(call_id=self.uuid, rate=self.rate, encoding="l16", caller=meta.caller,
+                            callee=meta.callee, sip_call_id=meta.call_id, worker=meta.worker,
+                            profile=meta.profile, extra=dict(meta.extra))
+        events: list[InEvent] = [start, *(CallerAudio(f) for f in self._early)]
+        self._early = []
+        return events
+
+    def agent_audio(self, audio: bytes) -> str:
+        return build_stream_audio(audio, self.rate)
+
+    def clear(self) -> str | None:
+        return None
+
+    def mark(self, name: str) -> str | None:
+        return None
+
+    def side_text(self, doc: dict[str, Any]) -> str | None:
+        # Reaches FreeSWITCH as a mod_audio_stream::json event (visible on ESL).
+        return json.dumps(doc)

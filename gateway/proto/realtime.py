@@ -11,72 +11,31 @@ import base64
 import json
 from typing import Any
 
-# Path selection (design decision 3): narrowband calls speak G.711 mu-law to the model (a table lookup,
-# no resampling); wideband calls speak 24 kHz PCM through the streaming resampler.
+# The two session audio formats the gateway uses (chosen per call by gateway.audio.formats.CallAudio).
 FORMAT_PCMU: dict[str, Any] = {"type": "audio/pcmu"}
 FORMAT_PCM24: dict[str, Any] = {"type": "audio/pcm", "rate": 24000}
 MODEL_PCM_RATE = 24000
 
-TOOL_SCHEMAS: dict[str, dict[str, Any]] = {
-    "transfer_call": {
-        "description": "Transfer the caller to a named destination (a person or department).",
-        "parameters": {
-            "type": "object",
-            "properties": {"target": {"type": "string", "description": "destination name"}},
-            "required": ["target"],
-        },
-    },
-    "end_call": {
-        "description": "Hang up after saying goodbye.",
-        "parameters": {
-            "type": "object",
-            "properties": {"reason": {"type": "string"}},
-            "required": ["reason"],
-        },
-    },
-    "escalate": {
-        "description": "Hand the caller to a human colleague with a short reason.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "reason": {"type": "string"},
-                "urgency": {"type": "string", "enum": ["low", "normal", "high"]},
-            },
-            "required": ["reason", "urgency"],
-        },
-    },
-    "add_participant": {
-        "description": "Bring a human into the call as a conference participant.",
-        "parameters": {
-            "type": "object",
-            "properties": {"target": {"type": "string"}},
-            "required": ["target"],
-        },
-    },
-}
-
-
-def audio_format_for_rate(rate: int) -> dict[str, Any]:
-    return dict(FORMAT_PCMU) if rate == 8000 else dict(FORMAT_PCM24)
-
-
 def session_update(
     *,
-    rate: int,
+    audio_format: dict[str, Any],
     instructions: str,
     voice: str,
     turn_detection: dict[str, Any],
-    tools: list[str],
+    tools: list[dict[str, Any]],
     model: str | None = None,
 ) -> dict[str, Any]:
-    fmt = audio_format_for_rate(rate)
+    """`turn_detection`: the profile's settings (threshold, prefix_padding_ms, silence_duration_ms,
+    interrupt_response; defaults live in `gateway.profiles.TurnDetection`). `tools`: `session.tools[]`
+    entries (`gateway.call.tools.schemas`)."""
+    fmt = audio_format
     td = {
         "type": "server_vad",
-        "threshold": float(turn_detection.get("threshold", 0.5)),
-        "prefix_padding_ms": int(turn_detection.get("prefix_padding_ms", 300)),
-        "silence_duration_ms": int(turn_detection.get("silence_duration_ms", 500)),
+        "threshold": float(turn_detection["threshold"]),
+        "prefix_padding_ms": int(turn_detection["prefix_padding_ms"]),
+        "silence_duration_ms": int(turn_detection["silence_duration_ms"]),
         "create_response": True,
-        "interrupt_response": bool(turn_detection.get("interrupt_response", True)),
+        "interrupt_response": bool(turn_detection["interrupt_response"]),
     }
     session: dict[str, Any] = {
         "type": "realtime",
@@ -90,7 +49,7 @@ def session_update(
     if model:
         session["model"] = model
     if tools:
-        session["tools"] = [{"type": "function", "name": name, **TOOL_SCHEMAS[name]} for name in tools]
+        session["tools"] = [dict(t) for t in tools]
         session["tool_choice"] = "auto"
     return {"type": "session.update", "session": session}
 
@@ -134,11 +93,6 @@ def user_text_item(text: str) -> dict[str, Any]:
 def input_audio_append(payload: bytes) -> str:
     """`input_audio_buffer.append` as JSON text (payload already in the session's input format)."""
     return f'{{"type":"input_audio_buffer.append","audio":"{base64.b64encode(payload).decode("ascii")}"}}'
-
-
-def audio_ms(payload_len: int, rate: int) -> float:
-    """Milliseconds of model-format audio in `payload_len` bytes (mu-law 8 kHz or PCM16 24 kHz)."""
-    return payload_len / 8.0 if rate == 8000 else payload_len / (MODEL_PCM_RATE * 2 / 1000.0)
 
 
 # Error codes that concern a single request and leave the session usable (e.g. cancelling when the

@@ -276,7 +276,8 @@ async def test_start_connects_in_the_background() -> None:
 
 def test_parse_address() -> None:
     assert parse_address("10.0.0.5:8021:s3cr:et") == ("10.0.0.5", 8021, "s3cr:et")
-    assert parse_address("fs1:8021") == ("fs1", 8021, "ClueCon")
+    with pytest.raises(ValueError, match="no password"):  # never a silent fallback to ClueCon
+        parse_address("fs1:8021")
     with pytest.raises(ValueError):
         parse_address("fs1")
 

@@ -107,9 +107,13 @@ async def run_stack(fake_fs: FakeFreeSwitch, tmp_path: Path, **env_extra: str) -
 
 
 @pytest.fixture
-async def stack(fake_fs: FakeFreeSwitch, tmp_path: Path) -> AsyncIterator[Stack]:
-    async with run_stack(fake_fs, tmp_path) as running:
-        yield running
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    fake_fs = await FakeFreeSwitch(password="esl-test-secret").start()  # a placeholder password is refused
+    try:
+        async with run_stack(fake_fs, tmp_path) as running:
+            yield running
+    finally:
+        await fake_fs.close()
 
 
 async def _wait_call_control(stack: Stack, call_uuid: str) -> None:
@@ -190,10 +194,18 @@ async def test_admin_hangup_reaches_freeswitch_through_esl(stack: Stack, tmp_pat
         await asyncio.wait_for(call, 60)
 
 
-async def test_file_mode_worker_plays_returned_files_and_breaks_on_barge_in(fake_fs: FakeFreeSwitch,
+@pytest.fixture
+async def secret_fs() -> AsyncIterator[FakeFreeSwitch]:
+    fs = await FakeFreeSwitch(password="esl-test-secret").start()  # a placeholder password is refused
+    yield fs
+    await fs.close()
+
+
+async def test_file_mode_worker_plays_returned_files_and_breaks_on_barge_in(secret_fs: FakeFreeSwitch,
                                                                            tmp_path: Path) -> None:
-    """GATEWAY_PLAYBACK_MODE={"fs1":"file"} (upstream MIT module): play events become uuid_broadcast in
-    order, and the caller talking over the greeting becomes uuid_break all."""
+    """GATEWAY_PLAYBACK_MODE={"fs1":"file"} (upstream MIT module): play events become back-to-back
+    uuid_displace starts in order, and the caller talking over the greeting becomes uuid_break all."""
+    fake_fs = secret_fs
     async with run_stack(fake_fs, tmp_path, GATEWAY_PLAYBACK_MODE=json.dumps({"fs1": "file"})) as stack:
         call_uuid = str(uuidlib.uuid4())
         fake_fs.add_channel(call_uuid)
@@ -209,7 +221,7 @@ async def test_file_mode_worker_plays_returned_files_and_breaks_on_barge_in(fake
                                    body=json.dumps({"audioDataType": "raw", "sampleRate": 8000,
                                                     "file": f"/tmp/{call_uuid}_{n}.tmp.r8"}))
             for n in range(3):
-                expected = f"api uuid_broadcast {call_uuid} /tmp/{call_uuid}_{n}.tmp.r8 aleg"
+                expected = f"api uuid_displace {call_uuid} start /tmp/{call_uuid}_{n}.tmp.r8 0 mux"
                 await fake_fs.wait_for_command(expected, timeout=10)
             await fake_fs.wait_for_command(f"api uuid_break {call_uuid} all", timeout=30)
         finally:

@@ -19,7 +19,7 @@ from fakes.freeswitch_esl import FakeFreeSwitch  # noqa: E402 - tests/ is on sys
 
 @pytest.fixture
 async def freeswitch():
-    fs = await FakeFreeSwitch().start()
+    fs = await FakeFreeSwitch(password="esl-test-secret").start()
     yield fs
     await fs.close()
 

@@ -6,6 +6,9 @@ import pytest
 from openai.types.realtime import RealtimeClientEvent
 from pydantic import TypeAdapter
 
+from gateway.audio.formats import CallAudio
+from gateway.call.tools import schemas
+from gateway.profiles import TurnDetection
 from gateway.proto import realtime as rt
 
 CLIENT_EVENT = TypeAdapter(RealtimeClientEvent)
@@ -19,9 +22,9 @@ def _valid(event: dict) -> None:
 @pytest.mark.parametrize("rate,fmt", [(8000, {"type": "audio/pcmu"}),
                                       (16000, {"type": "audio/pcm", "rate": 24000})])
 def test_session_update_selects_the_codec_path_by_call_rate(rate, fmt):
-    ev = rt.session_update(rate=rate, instructions="be brief", voice="marin",
-                           turn_detection={"threshold": 0.6, "silence_duration_ms": 400},
-                           tools=["transfer_call", "end_call", "escalate", "add_participant"])
+    ev = rt.session_update(audio_format=CallAudio(rate).model_format, instructions="be brief", voice="marin",
+                           turn_detection=TurnDetection(threshold=0.6, silence_duration_ms=400).model_dump(),
+                           tools=schemas(["transfer_call", "end_call", "escalate", "add_participant"]))
     _valid(ev)
     audio = ev["session"]["audio"]
     assert audio["input"]["format"] == fmt and audio["output"]["format"] == fmt
@@ -55,5 +58,5 @@ def test_error_classification():
 
 
 def test_model_audio_durations():
-    assert rt.audio_ms(160, 8000) == 20.0
-    assert rt.audio_ms(960, 16000) == 20.0
+    assert CallAudio(8000).model_ms(160) == 20.0
+    assert CallAudio(16000).model_ms(960) == 20.0

@@ -56,3 +56,44 @@ async def test_spoken_question_gets_the_profiles_answer(make_gateway, engine_url
     assert any("Monday to Friday" in text for text in agent[1:])
     assert s.greeting_s > 2.0 and s.reply_s > s.greeting_s + 2.0
     assert s.first_reply_latency_ms is not None
+
+
+async def test_twilio_media_streams_call_converses_and_hangs_up_via_rest(make_gateway, engine_url,
+                                                                       question_wav):
+    """Twilio's side byte for byte: greeting, the answer in 8 kHz mu-law with marks echoed, DTMF, then an
+    admin hang-up that reaches Twilio's REST API (a local fake) as Status=completed."""
+    import asyncio
+    import secrets
+
+    import aiohttp
+    from fakes.twilio_rest import FakeTwilioRest
+
+    from gateway.client.twilio_call import place_twilio_call
+
+    token, account, host = secrets.token_hex(16), "AC" + "cd" * 16, "127.0.0.43"
+    rest = await FakeTwilioRest(account, token, host=host).start()
+    try:
+        gw = await make_gateway(model_url=engine_url, media_host=host, admin_host=host,
+                                twilio_auth_token=token, twilio_account_sid=account,
+                                twilio_api_base_url=rest.base_url)
+        s = await place_twilio_call(f"ws://{host}:{gw.media_port}/twilio/stream", question_wav,
+                                    auth_token=token, dtmf="1", reply_timeout=20, greeting_timeout=30)
+        assert s.errors == [], s
+        assert s.greeting_s > 2.0 and s.reply_s > 2.0 and s.first_reply_latency_ms is not None
+        assert s.marks_sent_back >= 2  # after the greeting and after the answer
+        # A second call, hung up by the operator: the gateway asks Twilio to complete it.
+        call = asyncio.create_task(place_twilio_call(f"ws://{host}:{gw.media_port}/twilio/stream",
+                                                     question_wav, auth_token=token, greeting_timeout=30))
+        async with aiohttp.ClientSession() as http:
+            for _ in range(400):
+                async with http.get(f"http://{host}:{gw.admin_port}/calls") as r:
+                    live = await r.json()
+                if live and live[0]["call_control"]:
+                    break
+                await asyncio.sleep(0.05)
+            async with http.post(f"http://{host}:{gw.admin_port}/calls/{live[0]['uuid']}/hangup") as r:
+                assert r.status == 200
+        await asyncio.wait_for(call, 30)
+        assert {"Status": "completed"} in rest.calls_updates()
+    finally:
+        await rest.close()

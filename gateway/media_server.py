@@ -1,0 +1,240 @@
+"""The public media listener: one WebSocket route per ingress codec, and the adapter between an
+aiohttp WebSocket and a pure `MediaCodec`.
+
+Why aiohttp for media: measured at 500 echo streams it used 40-51 % of a core where FastAPI/uvicorn
+saturated one (docs/benchmarks.md). A new ingress is a codec in `gateway/proto/` plus an entry in
+`INGRESSES` below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from gateway import metrics as m
+from gateway.call.registry import Refused
+from gateway.call.session import CallSession
+from gateway.call.transport import InEvent, MediaCodec, StreamStart
+from gateway.log import fields
+from gateway.proto import audio_stream as wire
+from gateway.proto import twilio_media as twilio
+from gateway.proto.audio_stream import StreamProtocolError
+from gateway.proto.twilio_media import TwilioMediaCodec
+
+if TYPE_CHECKING:
+    from gateway.serve import Gateway
+
+log = logging.getLogger("gateway.media")
+
+CLOSE_HANDSHAKE_TIMEOUT_S = 1.0  # then TCP is dropped anyway (libwsc never closes TCP itself)
+
+
+class _StreamEnded(Exception):
+    """The far end closed the stream (close frame or TCP EOF)."""
+
+
+class WsTransport:
+    """`MediaTransport` over an aiohttp WebSocket: moves the codec's messages, nothing else."""
+
+    def __init__(self, ws: web.WebSocketResponse, codec: MediaCodec) -> None:
+        self.ws = ws
+        self.codec = codec
+        self.codec_name = codec.name
+        self.frame_ms = codec.frame_ms
+        self.echoes_marks = codec.echoes_marks
+        self._pending: list[InEvent] = []
+
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed
+
+    async def _next(self, timeout: float | None = None) -> list[InEvent]:  # noqa: ASYNC109
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type == WSMsgType.BINARY:
+            return self.codec.feed_binary(msg.data)
+        if msg.type == WSMsgType.TEXT:
+            return self.codec.feed_text(msg.data)
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            raise _StreamEnded()
+        if msg.type == WSMsgType.ERROR:
+            exc = self.ws.exception()
+            code = getattr(exc, "code", wire.CLOSE_PROTOCOL_ERROR)
+            raise StreamProtocolError(int(code) if isinstance(code, int) else wire.CLOSE_PROTOCOL_ERROR,
+                                      f"bad frame: {exc}")
+        raise StreamProtocolError(wire.CLOSE_UNSUPPORTED_DATA, f"unexpected message type {msg.type!r}")
+
+    async def start(self, timeout: float) -> StreamStart:  # noqa: ASYNC109 - the ingress's deadline
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        events: list[InEvent] = []
+        while not any(isinstance(e, StreamStart) for e in events):
+            remaining = deadline - loop.time()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                events += await self._next(remaining)
+            except TimeoutError:
+                events += self.codec.start_timeout()
+            except _StreamEnded:
+                raise StreamProtocolError(wire.CLOSE_NORMAL, "stream closed before it started") from None
+        i = next(i for i, e in enumerate(events) if isinstance(e, StreamStart))
+        self._pending = events[i + 1:]
+        start = events[i]
+        assert isinstance(start, StreamStart)
+        return start
+
+    async def events(self) -> AsyncIterator[InEvent]:
+        pending, self._pending = self._pending, []
+        for event in pending:
+            yield event
+        while True:
+            try:
+                batch = await self._next()
+            except _StreamEnded:
+                return
+            for event in batch:
+                yield event
+
+    async def send_audio(self, audio: bytes) -> bool:
+        if self.ws.closed:
+            return False
+        try:
+            await self.ws.send_str(self.codec.agent_audio(audio))
+        except ConnectionResetError:  # the far end dropped TCP: the receive loop ends the call
+            return False
+        return True
+
+    async def _send(self, text: str | None) -> None:
+        if text is not None and not self.ws.closed:
+            with contextlib.suppress(ConnectionResetError):
+                await self.ws.send_str(text)
+
+    async def clear(self) -> None:
+        await self._send(self.codec.clear())
+
+    async def mark(self, name: str) -> None:
+        await self._send(self.codec.mark(name))
+
+    async def send_side_text(self, doc: dict[str, Any]) -> None:
+        await self._send(self.codec.side_text(doc))
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self.ws.closed:
+            # aiohttp sends the close frame, waits (bounded) for the reply, and the server then drops
+            # TCP: a close frame with TCP left open blocks FreeSWITCH's channel teardown.
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=code, message=reason.encode()[:120])
+
+
+@dataclass(frozen=True)
+class Ingress:
+    path: str
+    make_codec: Callable[[Gateway, web.Request], MediaCodec]  # may raise StreamProtocolError
+    authorized: Callable[[Gateway, web.Request], bool]
+    max_msg_size: int
+    enabled: Callable[[Gateway], bool] = lambda gateway: True
+    unauthorized_status: int = 401
+
+
+def _freeswitch_codec(gateway: Gateway, request: web.Request) -> MediaCodec:
+    return wire.AudioStreamCodec(request.match_info["uuid"], default_rate=gateway.settings.default_rate,
+                                 query_rate=request.query.get("rate"))
+
+
+def _bearer(gateway: Gateway, request: web.Request) -> bool:
+    return _authorized([t.encode() for t in gateway.settings.auth_tokens], request)
+
+
+def _twilio_signed(gateway: Gateway, request: web.Request) -> bool:
+    from gateway.twilio_webhook import valid_signature
+
+    return valid_signature(gateway.settings, request, {})
+
+
+INGRESSES: list[Ingress] = [
+    Ingress("/stream/{uuid}", _freeswitch_codec, _bearer, wire.max_frame_bytes()),
+    Ingress("/twilio/stream", lambda gateway, request: TwilioMediaCodec(), _twilio_signed,
+            twilio.MAX_MESSAGE_BYTES, enabled=lambda gateway: gateway.settings.twilio_auth_token is not None,
+            unauthorized_status=403),
+]
+
+
+def _authorized(tokens: list[bytes], request: web.Request) -> bool:
+    if not tokens:
+        return True
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+    # Compare against every token (no early exit) so timing says nothing about which one is close.
+    ok = False
+    for valid in tokens:
+        ok |= hmac.compare_digest(presented, valid)
+    return ok and bool(presented)
+
+
+def media_app(gateway: Gateway) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+
+    def handler(ingress: Ingress) -> Callable[[web.Request], Any]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            key = request.match_info.get("uuid")
+            peer = request.remote
+            if not gateway.registry.accepting:
+                m.STREAMS_REFUSED.labels(reason="draining").inc()
+                log.warning("stream refused: draining", extra=fields(call=key, peer=peer))
+                return web.Response(status=503, text="gateway is draining\n")
+            if not ingress.authorized(gateway, request):
+                m.AUTH_FAILURES.inc()
+                m.STREAMS_REFUSED.labels(reason="auth").inc()
+                log.warning("stream refused: bad or missing token", extra=fields(call=key, peer=peer))
+                if ingress.unauthorized_status == 401:
+                    return web.Response(status=401, text="unauthorized\n",
+                                        headers={"WWW-Authenticate": "Bearer"})
+                return web.Response(status=ingress.unauthorized_status, text="bad signature\n")
+            try:
+                codec = ingress.make_codec(gateway, request)
+            except StreamProtocolError as exc:
+                m.STREAMS_REFUSED.labels(reason="bad_uuid").inc()
+                log.warning("stream refused: bad request", extra=fields(peer=peer, reason=exc.reason))
+                return web.Response(status=400, text="bad channel uuid\n")
+            try:
+                gateway.registry.admit(key)
+            except Refused as exc:
+                m.STREAMS_REFUSED.labels(reason=exc.reason).inc()
+                log.warning("stream refused", extra=fields(call=key, peer=peer, reason=str(exc)))
+                return web.Response(status=409 if exc.reason == "duplicate" else 503, text=f"{exc}\n")
+            ws = web.WebSocketResponse(
+                compress=False,  # libwsc's permessage-deflate handling is unreliable: never negotiate it
+                max_msg_size=ingress.max_msg_size, timeout=CLOSE_HANDSHAKE_TIMEOUT_S, autoping=True)
+            if not ws.can_prepare(request).ok:
+                m.STREAMS_REFUSED.labels(reason="not_websocket").inc()
+                return web.Response(status=400, text="expected a WebSocket upgrade\n")
+            await ws.prepare(request)
+            session = CallSession(WsTransport(ws, codec), settings=gateway.settings,
+                                  profiles=gateway.profiles, fallback_audio=gateway.fallback,
+                                  control_factory=gateway.control_for)
+            await gateway.registry.run(key or str(id(session)), session)
+            # Returning ends the handler; aiohttp then closes the transport (no keep-alive after a
+            # WebSocket).
+            return ws
+
+        return handle
+
+    for ingress in INGRESSES:
+        if ingress.enabled(gateway):
+            app.router.add_get(ingress.path, handler(ingress))
+    if gateway.settings.twilio_auth_token is not None:
+        from gateway.twilio_webhook import voice_webhook
+
+        async def twilio_voice(request: web.Request) -> web.StreamResponse:
+            return await voice_webhook(gateway, request)
+
+        app.router.add_post("/twilio/voice", twilio_voice)
+    return app

@@ -1,0 +1,69 @@
+"""Twilio's side of the public listener: X-Twilio-Signature checks and the TwiML voice webhook.
+
+Twilio signs every request (the voice webhook's form POST and the stream's WebSocket upgrade) with
+HMAC-SHA1 over the full URL and sorted POST parameters, keyed with the account's auth token
+(https://www.twilio.com/docs/usage/webhooks/webhooks-security); the official `twilio` package's
+RequestValidator checks it. The webhook answers `<Connect><Stream>` (bidirectional,
+https://www.twilio.com/docs/voice/twiml/stream) with the call's details as `<Parameter>`s.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from twilio.request_validator import RequestValidator
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from gateway import metrics as m
+from gateway.log import fields, pii
+from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.serve import Gateway
+
+log = logging.getLogger("gateway.twilio")
+
+
+def public_url(settings: Settings, request: web.Request, *, scheme: str | None = None) -> str:
+    """The URL Twilio used (and signed): the configured public base plus the request's path."""
+    base = (settings.twilio_public_url or f"{request.scheme}://{request.host}").rstrip("/")
+    if scheme is not None:
+        base = scheme + base[base.index("://"):]
+    return base + request.rel_url.path_qs
+
+
+def valid_signature(settings: Settings, request: web.Request, params: dict[str, Any]) -> bool:
+    token = settings.twilio_auth_token
+    signature = request.headers.get("X-Twilio-Signature", "")
+    if token is None or not signature:
+        return False
+    validator = RequestValidator(token.get_secret_value())
+    url = public_url(settings, request)
+    if request.method == "GET" and url.startswith("http"):  # the upgrade: Twilio signs the wss:// URL
+        url = "ws" + url[4:]
+    return bool(validator.validate(url, params, signature))
+
+
+async def voice_webhook(gateway: Gateway, request: web.Request) -> web.StreamResponse:
+    form = await request.post()
+    params = {k: str(v) for k, v in form.items()}
+    if not valid_signature(gateway.settings, request, params):
+        m.AUTH_FAILURES.inc()
+        log.warning("twilio webhook refused: bad signature", extra=fields(peer=request.remote))
+        return web.Response(status=403, text="bad signature\n")
+    call_sid, caller, called = params.get("CallSid", ""), params.get("From", ""), params.get("To", "")
+    profile = gateway.profiles.select("", called)
+    base = public_url(gateway.settings, request, scheme=None).removesuffix(request.rel_url.path_qs)
+    stream_url = ("wss" if base.startswith("https") else "ws") + base[base.index("://"):] + "/twilio/stream"
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(url=stream_url)
+    for name, value in (("profile", profile.name), ("caller", caller), ("called", called),
+                        ("callSid", call_sid)):
+        stream.parameter(name=name, value=value)
+    response.append(connect)
+    log.info("twilio call", extra=fields(call=call_sid, profile=profile.name, caller=pii(caller),
+                                         callee=pii(called)))
+    return web.Response(text=str(response), content_type="application/xml")

@@ -1,0 +1,92 @@
+"""A local stand-in for Twilio's REST API (api.twilio.com/2010-04-01), for the calls the gateway makes.
+
+It answers the documented JSON resources (https://www.twilio.com/docs/voice/api/call-resource,
+https://www.twilio.com/docs/voice/api/conference-participant-resource) and Twilio's error body
+(`{"code", "message", "more_info", "status"}`), checks HTTP Basic auth (AccountSid:AuthToken), and
+records every request so tests assert on what Twilio would have received.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    form: dict[str, str]
+
+
+@dataclass
+class FakeTwilioRest:
+    account_sid: str
+    auth_token: str
+    host: str = "127.0.0.1"
+    requests: list[Request] = field(default_factory=list)
+    unknown_calls: set[str] = field(default_factory=set)  # CallSids answered with 404
+    _runner: web.AppRunner | None = None
+    port: int = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> FakeTwilioRest:
+        app = web.Application()
+        app.router.add_post("/2010-04-01/Accounts/{ac}/Calls/{sid}.json", self._update_call)
+        app.router.add_post("/2010-04-01/Accounts/{ac}/Conferences/{conf}/Participants.json",
+                            self._participant)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _authorized(self, request: web.Request) -> bool:
+        expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        return request.headers.get("Authorization") == f"Basic {expected}" and \
+            request.match_info["ac"] == self.account_sid
+
+    @staticmethod
+    def _error(status: int, code: int, message: str) -> web.Response:
+        body = {"code": code, "message": message, "more_info": f"https://www.twilio.com/docs/errors/{code}",
+                "status": status}
+        return web.json_response(body, status=status)
+
+    async def _update_call(self, request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        self.requests.append(Request("POST", request.path, form))
+        if not self._authorized(request):
+            return self._error(401, 20003, "Authenticate")
+        sid = request.match_info["sid"]
+        if sid in self.unknown_calls:
+            return self._error(404, 20404, f"The requested resource {request.path} was not found")
+        return web.json_response({
+            "sid": sid, "account_sid": self.account_sid, "status": form.get("Status", "in-progress"),
+            "to": "+15550100", "from": "+15550111", "direction": "inbound", "api_version": "2010-04-01",
+            "uri": f"/2010-04-01/Accounts/{self.account_sid}/Calls/{sid}.json",
+        })
+
+    async def _participant(self, request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        self.requests.append(Request("POST", request.path, form))
+        if not self._authorized(request):
+            return self._error(401, 20003, "Authenticate")
+        return web.json_response({
+            "account_sid": self.account_sid, "call_sid": "CA" + "1" * 32,
+            "conference_sid": "CF" + "2" * 32, "status": "queued", "muted": False, "hold": False,
+            "coaching": False, "label": None,
+        }, status=201)
+
+    def calls_updates(self) -> list[dict[str, Any]]:
+        return [r.form for r in self.requests if "/Calls/" in r.path]
