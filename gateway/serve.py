@@ -54,6 +54,11 @@ class Gateway:
         self.started = False
         self.draining = False
 
+    @property
+    def ready(self) -> bool:
+        """Readiness (/readyz on the admin API and on the media listener): accepting new streams."""
+        return self.registry.accepting
+
     def control_for(self, session: CallSession, start: StreamStart) -> CallControl | TwilioControl | None:
         """The call's control verbs: Twilio's REST API for Twilio calls, ESL for FreeSWITCH calls (None
         without ESL workers: the call then runs without transfers)."""
