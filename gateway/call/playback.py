@@ -74,6 +74,8 @@ class Playback:
         self._displacing: list[tuple[str, float]] = []
         self.gapless = files is not None and hasattr(files, "displace")
         self._wakeup = asyncio.Event()
+        self._wake_handle: asyncio.Handle | None = None
+        self._send_lock = asyncio.Lock()  # one sender at a time: the driver or the inline fast path
         self._idle = asyncio.Event()
         self._idle.set()
         self._marks: dict[str, tuple[str | None, float]] = {}  # mark name -> (item, sent ms at the mark)
@@ -102,7 +104,7 @@ class Playback:
         else:
             self._out.append(_Segment(item_id, bytearray(audio)))
         self._idle.clear()
-        self._wakeup.set()
+        self._wake_soon()
 
     def reply_done(self) -> None:
         """The model finished a reply: a partial last frame may go now."""
@@ -177,6 +179,35 @@ class Playback:
         return not self.busy()
 
     # ------------------------------------------------------------------ the driver
+    def _wake_soon(self) -> None:
+        """Wake the driver after the current task step, and only if audio is still queued then: the
+        caller's task usually sends a due frame itself right after queueing it (`pump`), and one
+        callback is much cheaper than a task wake per frame per call."""
+        if self._wake_handle is not None:
+            return
+        try:
+            self._wake_handle = asyncio.get_running_loop().call_soon(self._wake_if_queued)
+        except RuntimeError:  # no loop running (a test driving the queue by hand)
+            self._wakeup.set()
+
+    def _wake_if_queued(self) -> None:
+        self._wake_handle = None
+        if self._out or self._file_queue:
+            self._wakeup.set()
+
+    async def pump(self) -> None:
+        """The inline fast path: send the frames due now from the caller's own task (the media
+        transport's receive loop calls this after each caller frame, so in the steady state the
+        driver below sleeps). What does not fit under the lead is left to the driver's timer."""
+        if not self._out or not self.clock.wants_frame() or self._send_lock.locked():
+            return
+        async with self._send_lock:
+            while self._out and self.clock.wants_frame():
+                if not await self._send_frame():
+                    break  # a partial frame while the model is still talking
+        if not self._out and not self._file_queue:
+            self._idle.set()
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -189,7 +220,9 @@ class Playback:
                 waits.append(start_at - loop.time())
             if self._out:
                 if self.clock.wants_frame():
-                    if await self._send_frame():
+                    async with self._send_lock:
+                        sent = await self._send_frame()
+                    if sent:
                         continue
                     # a partial frame while the model is still talking: wait for the rest, not chop
                 else:
