@@ -74,7 +74,7 @@ class Playback:
         self._displacing: list[tuple[str, float]] = []
         self.gapless = files is not None and hasattr(files, "displace")
         self._wakeup = asyncio.Event()
-        self._wake_handle: asyncio.Handle | None = None
+        self._pumper: asyncio.Task[object] | None = None  # the task that calls pump() after its input
         self._send_lock = asyncio.Lock()  # one sender at a time: the driver or the inline fast path
         self._idle = asyncio.Event()
         self._idle.set()
@@ -104,7 +104,7 @@ class Playback:
         else:
             self._out.append(_Segment(item_id, bytearray(audio)))
         self._idle.clear()
-        self._wake_soon()
+        self._wake_unless_pumped()
 
     def reply_done(self) -> None:
         """The model finished a reply: a partial last frame may go now."""
@@ -179,33 +179,31 @@ class Playback:
         return not self.busy()
 
     # ------------------------------------------------------------------ the driver
-    def _wake_soon(self) -> None:
-        """Wake the driver after the current task step, and only if audio is still queued then: the
-        caller's task usually sends a due frame itself right after queueing it (`pump`), and one
-        callback is much cheaper than a task wake per frame per call."""
-        if self._wake_handle is not None:
-            return
+    def _wake_unless_pumped(self) -> None:
+        """Wake the driver, unless this audio was queued by the task that calls `pump` right after
+        (the receive loop, with the null model or any in-process source): that task sends the due frame
+        itself, and `pump` wakes the driver only for what is left. A task wake per frame per call is
+        what the inline path saves."""
         try:
-            self._wake_handle = asyncio.get_running_loop().call_soon(self._wake_if_queued)
+            if asyncio.current_task() is self._pumper and self._pumper is not None:
+                return
         except RuntimeError:  # no loop running (a test driving the queue by hand)
-            self._wakeup.set()
-
-    def _wake_if_queued(self) -> None:
-        self._wake_handle = None
-        if self._out or self._file_queue:
-            self._wakeup.set()
+            pass
+        self._wakeup.set()
 
     async def pump(self) -> None:
         """The inline fast path: send the frames due now from the caller's own task (the media
         transport's receive loop calls this after each caller frame, so in the steady state the
         driver below sleeps). What does not fit under the lead is left to the driver's timer."""
-        if not self._out or not self.clock.wants_frame() or self._send_lock.locked():
-            return
-        async with self._send_lock:
-            while self._out and self.clock.wants_frame():
-                if not await self._send_frame():
-                    break  # a partial frame while the model is still talking
-        if not self._out and not self._file_queue:
+        self._pumper = asyncio.current_task()
+        if self._out and self.clock.wants_frame() and not self._send_lock.locked():
+            async with self._send_lock:
+                while self._out and self.clock.wants_frame():
+                    if not await self._send_frame():
+                        break  # a partial frame while the model is still talking
+        if self._out or self._file_queue:
+            self._wakeup.set()  # more than the lead, or a partial frame: the driver's timer paces it
+        else:
             self._idle.set()
 
     async def run(self) -> None:
