@@ -256,6 +256,17 @@ def media_app(gateway: Gateway) -> web.Application:
 
         return handle
 
+    # The FreeSWITCH workers probe readiness here (their Lua watchdog and per-call start): the admin API
+    # usually listens on localhost only. Unauthenticated, and nothing beyond ready / not ready.
+    async def readyz(request: web.Request) -> web.StreamResponse:
+        ready = gateway.ready
+        return web.Response(status=200 if ready else 503, text="ready\n" if ready else "not ready\n")
+
+    async def healthz(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok\n")
+
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/healthz", healthz)
     for ingress in INGRESSES:
         if ingress.enabled(gateway):
             app.router.add_get(ingress.path, handler(ingress))

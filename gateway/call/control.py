@@ -36,7 +36,7 @@ import re
 import time
 import uuid as uuidlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -97,9 +97,6 @@ class ControlSettings:
     # the human's leg (e.g. INCOMPATIBLE_DESTINATION right after answer) still counts as a failed add.
     participant_answer_timeout: float = 45.0
     participant_settle_s: float = 1.0
-    # Kill calls whose audio fork failed, or closed while the call is still parked: nobody can hear or
-    # answer that caller any more.
-    hangup_on_stream_error: bool = True
     # Escalation headers travel in one INVITE over UDP: keep them well under a fragment.
     max_reason_chars: int = 200
     max_summary_chars: int = 600
@@ -348,7 +345,7 @@ class CallControl:
 
     def _moving(self) -> None:
         """The gateway is about to take the call out of park: its stream will close, and that close
-        must not be mistaken for a lost gateway (ControlPlane hangs up parked calls whose stream ends)."""
+        is expected, not a lost stream (ControlPlane logs only unexpected losses)."""
         if self._on_move is not None:
             self._on_move(self.uuid)
 
@@ -458,7 +455,6 @@ class ControlPlane:
         self.calls: dict[str, CallControl] = {}
         self._moved: OrderedDict[str, float] = OrderedDict()
         self._clock = clock
-        self._tasks: set[asyncio.Task[object]] = set()
 
     @classmethod
     def from_settings(cls, workers: dict[str, str], **client_options: object) -> ControlPlane:
@@ -483,8 +479,6 @@ class ControlPlane:
         for control in list(self.calls.values()):
             control.release()
         await asyncio.gather(*(c.close() for c in self.clients.values()), return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
 
     def for_call(self, uuid: str, worker_id: str | None,
                  on_dtmf: Callable[[str], None] | None = None) -> CallControl | None:
@@ -532,35 +526,22 @@ class ControlPlane:
         return uuid in self._moved
 
     def _on_worker_event(self, worker: str, event: Event) -> None:
-        if not self.settings.hangup_on_stream_error or not event.unique_id:
+        """A call's stream failed or closed. The worker owns what happens next, not the gateway: its
+        ai_stream_start.lua tries the next gateway when a connect fails (the `error` may come from that
+        attempt, for a call this gateway never had), and its ai_stream_lost.lua reconnects a call left
+        parked without a stream to a ready gateway, or releases it (freeswitch-conf/scripts/). A
+        hang-up from here would race that reconnect, so the gateway only logs the loss of its own calls."""
+        if event.subclass not in ("mod_audio_stream::error", "mod_audio_stream::disconnect"):
             return
-        if event.subclass == "mod_audio_stream::error":
-            # The fork failed (connect refused, TLS, timeout): the caller can no longer be served.
-            why = "audio stream failed, hanging up"
-        elif (event.subclass == "mod_audio_stream::disconnect"
-              and event.get("variable_current_application") == "park"
-              and not self.moved(event.unique_id)):
-            # The stream closed while the call is still parked for us (gateway restart, crash, network):
-            # nobody will ever talk to this caller again; better a hang-up than an hour of silence.
-            # A transfer or conference the gateway starts may close the stream before the channel has
-            # left park (the model-failure fallback did exactly that): those calls are in `moved`.
-            why = "audio stream closed on a parked call, hanging up"
-        else:
-            return
-        log.warning(why, extra=fields(call=event.unique_id, worker=worker,
-                                detail=(event.body or "")[:200]))
-        self._spawn(self._kill(worker, event.unique_id))
-
-    async def _kill(self, worker: str, unique_id: str) -> None:
-        try:
-            await self.clients[worker].api(commands.uuid_kill(unique_id, "NORMAL_TEMPORARY_FAILURE"))
-        except (EslError, ValueError) as exc:
-            log.info("stream-error hangup not done", extra=fields(call=unique_id, error=str(exc)))
-
-    def _spawn(self, coro: Awaitable[object]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        uuid = event.unique_id
+        if not uuid or uuid not in self.calls:
+            return  # not a call of this gateway (another gateway's, or a failover attempt)
+        if event.subclass == "mod_audio_stream::disconnect" and (
+                self.moved(uuid) or event.get("variable_current_application") != "park"):
+            return  # the gateway moved the call (transfer, conference): the dialplan stopped the stream
+        log.warning("audio stream lost on a parked call; the worker reconnects or releases it",
+                    extra=fields(call=uuid, worker=worker, event=event.subclass,
+                                 detail=(event.body or "")[:200]))
 
     def status(self) -> dict[str, object]:
         return {w: {"connected": c.connected, "connects": c.connects} for w, c in self.clients.items()}

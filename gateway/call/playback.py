@@ -74,6 +74,8 @@ class Playback:
         self._displacing: list[tuple[str, float]] = []
         self.gapless = files is not None and hasattr(files, "displace")
         self._wakeup = asyncio.Event()
+        self._pumper: asyncio.Task[object] | None = None  # the task that calls pump() after its input
+        self._send_lock = asyncio.Lock()  # one sender at a time: the driver or the inline fast path
         self._idle = asyncio.Event()
         self._idle.set()
         self._marks: dict[str, tuple[str | None, float]] = {}  # mark name -> (item, sent ms at the mark)
@@ -102,7 +104,7 @@ class Playback:
         else:
             self._out.append(_Segment(item_id, bytearray(audio)))
         self._idle.clear()
-        self._wakeup.set()
+        self._wake_unless_pumped()
 
     def reply_done(self) -> None:
         """The model finished a reply: a partial last frame may go now."""
@@ -177,6 +179,33 @@ class Playback:
         return not self.busy()
 
     # ------------------------------------------------------------------ the driver
+    def _wake_unless_pumped(self) -> None:
+        """Wake the driver, unless this audio was queued by the task that calls `pump` right after
+        (the receive loop, with the null model or any in-process source): that task sends the due frame
+        itself, and `pump` wakes the driver only for what is left. A task wake per frame per call is
+        what the inline path saves."""
+        try:
+            if asyncio.current_task() is self._pumper and self._pumper is not None:
+                return
+        except RuntimeError:  # no loop running (a test driving the queue by hand)
+            pass
+        self._wakeup.set()
+
+    async def pump(self) -> None:
+        """The inline fast path: send the frames due now from the caller's own task (the media
+        transport's receive loop calls this after each caller frame, so in the steady state the
+        driver below sleeps). What does not fit under the lead is left to the driver's timer."""
+        self._pumper = asyncio.current_task()
+        if self._out and self.clock.wants_frame() and not self._send_lock.locked():
+            async with self._send_lock:
+                while self._out and self.clock.wants_frame():
+                    if not await self._send_frame():
+                        break  # a partial frame while the model is still talking
+        if self._out or self._file_queue:
+            self._wakeup.set()  # more than the lead, or a partial frame: the driver's timer paces it
+        else:
+            self._idle.set()
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -189,7 +218,9 @@ class Playback:
                 waits.append(start_at - loop.time())
             if self._out:
                 if self.clock.wants_frame():
-                    if await self._send_frame():
+                    async with self._send_lock:
+                        sent = await self._send_frame()
+                    if sent:
                         continue
                     # a partial frame while the model is still talking: wait for the rest, not chop
                 else:

@@ -363,6 +363,8 @@ class CallSession:
                     t0 = time.perf_counter()
                     self._on_caller_audio(event.audio)
                     m.FRAME_WORK.observe(time.perf_counter() - t0)
+                if self.playback is not None:
+                    await self.playback.pump()  # send what is due now, without waking the driver
             elif isinstance(event, Dtmf):
                 self.on_dtmf(event.digit)
             elif isinstance(event, MarkPlayed):

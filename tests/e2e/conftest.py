@@ -6,6 +6,7 @@ Tests run one after another in a pytest process, so they may reuse addresses; ev
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,9 @@ if not (shutil.which("kamailio") or Path("/usr/sbin/kamailio").exists()) or not 
                 allow_module_level=True)
 if not shutil.which("espeak-ng") or not shutil.which("sox"):
     pytest.skip("espeak-ng and sox are installed by `make test`", allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packaging"))
+from fsmod_support import have_freeswitch, patched_module_so  # noqa: E402
 
 IPS = [f"127.0.0.{i}" for i in range(21, 39)]
 MODEL_IP = "127.0.0.39"
@@ -35,15 +39,28 @@ def shared_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayMo
         model.stop(timeout=5)
 
 
+@pytest.fixture(scope="session")
+def shipped_module() -> Path | None:
+    """The mod_audio_stream the project ships as its "voxcom" edition: the voxcom-us fork with
+    packaging/mod_audio_stream/patches applied (built once into a cache outside the tree). None without
+    FreeSWITCH's headers (the freeswitch tests are skipped then anyway)."""
+    if not have_freeswitch():
+        return None
+    return patched_module_so()
+
+
 @pytest.fixture
 def callpath(tmp_path: Path, freeswitch_factory, request: pytest.FixtureRequest,
-             shared_model: GatewayModel) -> Iterator[Callable[..., CallPath]]:
+             shared_model: GatewayModel, shipped_module: Path | None) -> Iterator[Callable[..., CallPath]]:
     """Factory: ``make(edition="voxcom", workers=1, own_model=False, **CallPath kwargs)`` -> a started
-    CallPath."""
+    CallPath. "voxcom" loads the patched build the project ships (packaging/mod_audio_stream), not the
+    stock fork of the shared FreeSWITCH build; "upstream" is the shared build's amigniter module."""
     made: list[CallPath] = []
 
     def make(edition: str = "voxcom", workers: int = 1, own_model: bool = False,
              **kwargs: object) -> CallPath:
+        if edition == "voxcom" and shipped_module is not None:
+            kwargs.setdefault("audio_stream_so", shipped_module)
         if not own_model:
             kwargs["model"] = shared_model
         path = CallPath(tmp_path / f"path{len(made)}", Addresses.block(IPS, workers), freeswitch_factory,

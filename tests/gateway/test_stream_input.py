@@ -188,6 +188,9 @@ async def test_graceful_shutdown_refuses_new_streams_then_ends_live_calls(make_g
             assert r.status == 503
         async with http.get(f"http://127.0.0.1:{gw.admin_port}/healthz") as r:
             assert r.status == 200
+        # The workers probe the media listener (the admin API is usually on localhost only).
+        async with http.get(f"http://127.0.0.1:{gw.media_port}/readyz") as r:
+            assert r.status == 503 and await r.text() == "not ready\n"
     refused = await RawStream.open(gw.media_port, fixture_request("ws_upstream_mono16k", new_uuid()))
     assert refused.status == 503
     assert not live.done()  # the live call keeps going during the drain
@@ -195,3 +198,19 @@ async def test_graceful_shutdown_refuses_new_streams_then_ends_live_calls(make_g
     s = await asyncio.wait_for(live, 10)
     assert s.closed_by == "gateway" and s.close_code == 1001 and s.server_closed_tcp
     assert s.greeting_s > 1.0  # it was heard until the drain timeout ended it
+
+
+async def test_media_listener_answers_readiness_without_a_token(make_gateway, fake_model):
+    # FreeSWITCH's Lua watchdog and per-call start GET /readyz on the media address (freeswitch-conf
+    # gateway_ready_urls): no token, and nothing beyond ready / not ready.
+    import aiohttp
+
+    model = await fake_model()
+    gw = await make_gateway(model_url=model.url)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{gw.media_port}/readyz") as r:
+            assert r.status == 200 and await r.text() == "ready\n"
+        async with http.get(f"http://127.0.0.1:{gw.media_port}/healthz") as r:
+            assert r.status == 200 and await r.text() == "ok\n"
+        async with http.get(f"http://127.0.0.1:{gw.media_port}/calls") as r:
+            assert r.status == 404  # the admin API stays on its own listener

@@ -116,7 +116,8 @@ class CallPath:
                                      # a dead gateway is noticed by the stream's ping within 2 s
                                      "stream_heart_beat": "2", **(fs_vars or {})})
             for i, host in enumerate(addrs.workers)]
-        mode = "stream" if edition == "voxcom" and audio_stream_so is None else "file"
+        # voxcom and its patched build (audio_stream_so) play streamAudio in real time; upstream: files
+        mode = "stream" if edition == "voxcom" else "file"
         # Several gateways (preferred first) share the one model; every worker lists them all.
         self.gateways = [GatewayServe(
             workdir / "gateway", addrs.gateway, token=token, model_url=self.model.url,

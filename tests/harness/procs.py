@@ -129,8 +129,9 @@ class GatewayServe(Process):
 
     @property
     def ready_url(self) -> str:
-        """What freeswitch-conf's gateway_ready_urls holds for this gateway."""
-        return f"{self.admin_url}/readyz"
+        """What freeswitch-conf's gateway_ready_urls holds for this gateway: /readyz on the media
+        listener, which the workers reach (the admin API usually listens on localhost only)."""
+        return f"http://{self.host}:{self.media_port}/readyz"
 
     @property
     def admin_url(self) -> str:
