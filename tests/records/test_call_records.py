@@ -10,6 +10,7 @@ import hmac
 import io
 import json
 import logging
+import re
 import uuid as uuidlib
 from typing import Any
 
@@ -340,4 +341,6 @@ async def test_redaction_sink_store_with_a_stricter_policy(records_gateway, real
     store = open_store(f"sqlite:///{tmp_path}/r.db")
     (row,) = store.list_records(RecordFilter())
     dump = json.dumps(store.get_record(call_uuid))
-    assert row["caller"] == "[PHONE]" and "0132" not in dump and "0111" not in dump and "[PHONE]" in dump
+    # Whole digit groups only: generated item ids ("item_001324") may contain the same four digits.
+    assert row["caller"] == "[PHONE]" and "[PHONE]" in dump
+    assert not re.search(r"\b(0132|0111)\b", dump), dump
