@@ -165,3 +165,32 @@ async def test_mandatory_srtp_refuses_plain_and_answers_crypto_with_media(srtp_p
     finally:
         await c_esl.close()
         await w_esl.close()
+
+
+async def test_optional_default_and_off(freeswitch_factory) -> None:  # type: ignore[no-untyped-def]
+    """No gateway here, so every call is refused; what tells is the code: 488 when the SDP negotiation
+    refuses the offer, 503 (no gateway ready) when the offer was acceptable. The negotiation comes
+    first: under the same conditions an unacceptable offer gets 488, not 503."""
+    worker: FreeSwitch = freeswitch_factory(WORKER_IP)
+    carrier: FreeSwitch = freeswitch_factory(CARRIER_IP)
+    assert worker.global_var("rtp_secure_media_inbound") == "optional"  # the shipped default
+    c_esl = await esl(carrier)
+    seen: asyncio.Queue[Event] = asyncio.Queue()
+    c_esl.subscribe(seen.put_nowait)
+
+    async def status(srtp: str) -> str | None:
+        leg = str(uuidlib.uuid4())
+        with pytest.raises(EslCommandError):
+            await c_esl.api(dial(worker, srtp, leg), timeout=20)
+        return (await wait_event(seen, "CHANNEL_HANGUP_COMPLETE", leg, 10)).get("variable_sip_term_status")
+
+    try:
+        assert await status("forbidden") == "503"  # optional: a plain offer is taken
+        assert await status("mandatory") == "503"  # optional: an SRTP-only offer is taken
+        worker.set_vars(carrier_srtp="off")
+        assert worker.api("reloadxml").strip() == "+OK [Success]"
+        assert worker.global_var("rtp_secure_media_inbound") == "off"
+        assert await status("mandatory") == "488"  # off: SRTP-only offer refused
+        assert await status("forbidden") == "503"
+    finally:
+        await c_esl.close()
