@@ -194,3 +194,31 @@ async def test_optional_default_and_off(freeswitch_factory) -> None:  # type: ig
         assert await status("forbidden") == "503"
     finally:
         await c_esl.close()
+
+
+async def test_outbound_offers(freeswitch_factory) -> None:  # type: ignore[no-untyped-def]
+    """What a leg the worker sends towards the carrier offers, per carrier_srtp_outbound (the carrier
+    here takes any offer and then refuses the call 503: no gateway; its received SDP is what counts)."""
+    worker: FreeSwitch = freeswitch_factory(WORKER_IP)
+    carrier: FreeSwitch = freeswitch_factory(CARRIER_IP)
+    assert worker.global_var("rtp_secure_media_outbound") == "off"  # the shipped default
+    c_esl = await esl(carrier)
+    seen: asyncio.Queue[Event] = asyncio.Queue()
+    c_esl.subscribe(seen.put_nowait)
+    got: dict[str, tuple[list[str], list[str]]] = {}
+    try:
+        for mode in ("off", "mandatory", "optional"):
+            worker.set_vars(carrier_srtp_outbound=mode)
+            assert worker.api("reloadxml").strip() == "+OK [Success]"
+            worker.api(f"originate {{absolute_codec_string=PCMU,originate_timeout=10}}"
+                       f"sofia/kamailio/sip:1000@{carrier.host}:{carrier.sip_port} &park()", timeout=20)
+            end = await wait_event(seen, "CHANNEL_HANGUP_COMPLETE", None, 10)
+            offer = end.get("variable_switch_r_sdp") or ""
+            got[mode] = (re.findall(r"^m=audio \d+ (\S+)", offer, re.M),
+                         re.findall(r"^a=crypto:\d+ (\S+) inline:", offer, re.M))
+    finally:
+        await c_esl.close()
+    suites = ["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32"]  # carrier_srtp_suites, in order
+    assert got["off"] == (["RTP/AVP"], []), got
+    assert got["mandatory"] == (["RTP/SAVP"], suites), got
+    assert got["optional"] == (["RTP/SAVP", "RTP/AVP"], suites), got
