@@ -9,9 +9,12 @@ configured for it (it passes), the WebSocket connect is refused."""
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import pytest
-from conftest import Rig
+
+if TYPE_CHECKING:  # `from conftest import` at run time picks whichever area's conftest loaded last
+    from conftest import Rig
 
 pytestmark = [pytest.mark.freeswitch, pytest.mark.slow]
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 import pytest
-from conftest import Rig
 from fsmod_support import StreamSession, stream_audio_message, tone
 from harness.sipp import Sipp
+
+if TYPE_CHECKING:  # `from conftest import` at run time picks whichever area's conftest loaded last
+    from conftest import Rig
 
 pytestmark = [pytest.mark.freeswitch, pytest.mark.slow]
 
