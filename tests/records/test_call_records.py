@@ -131,7 +131,7 @@ async def test_memory_of_a_caller_is_carried_into_their_next_call(records_gatewa
         s.of_type("session.update")[0]["session"]["instructions"] for s in model.sessions
     )
     assert "earlier call" not in first
-    assert "earlier call" in second and "Maria Lopez" in second
+    assert "earlier call" in second and "\nCaller name: Maria Lopez\n" in second
     assert "[PHONE ***0132]" in second and "415-555-0132" not in second  # memory holds redacted words only
     assert "earlier call" not in stranger
 
