@@ -23,6 +23,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 
+from gateway.auth import OPEN
 from gateway.records.recorder import Records
 from gateway.records.store import RecordFilter, StoreError
 
@@ -158,6 +159,8 @@ def records_router(records: Records) -> APIRouter:
     )
     async def forget(caller: str, request: Request) -> dict[str, Any]:
         principal = getattr(request.state, "principal", None)  # the admin token's name, when tokens are on
+        if principal is OPEN:  # no tokens configured: the operator names themself, else the client address
+            principal = None
         actor = (
             getattr(principal, "name", None)
             or request.headers.get("X-Operator")

@@ -197,6 +197,7 @@ class CallRecorder:
         self._seq = 0
         self.caller_key = records.caller_key(_conversation_id(start) or start.caller)
         self.turns: list[dict[str, Any]] = []  # redacted, for the post-call record and memory
+        self.model_summary: str | None = None  # with OpenAI: the model's out-of-band summary, in clear
         self.events: list[dict[str, Any]] = []
         self.usage: dict[str, int] = {}
         self._latency_by_item: dict[str, float] = {}
@@ -327,6 +328,11 @@ class CallRecorder:
             redactor=self.redactor,
         )
         record.update({"call_id": self.call_id, "profile": self.profile.name})
+        if self.model_summary:
+            # The model read the words in clear: its summary goes through the policy like everything else.
+            record["extractive_summary"] = record["summary"]
+            record["summary"] = self.redactor.text(self.model_summary[:2000])
+            record["analysed_by"] = "model"
         self._submit("analysis", {"call_id": self.call_id, "analysis": record})
         if self.enabled and self.policy.memory.mode == "on" and self.caller_key:
             self.records.spawn(self._remember(record), f"memory-{self.call_id}")

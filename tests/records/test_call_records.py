@@ -341,3 +341,63 @@ async def test_redaction_sink_store_with_a_stricter_policy(records_gateway, real
     (row,) = store.list_records(RecordFilter())
     dump = json.dumps(store.get_record(call_uuid))
     assert row["caller"] == "[PHONE]" and "0132" not in dump and "0111" not in dump and "[PHONE]" in dump
+
+
+async def _analysis(gw: Any, call_uuid: str) -> dict[str, Any]:
+    for _ in range(200):
+        rec = await gw.records.get_record(call_uuid)
+        if rec and rec["analysis"] is not None:
+            return rec["analysis"]
+        await asyncio.sleep(0.05)
+    raise AssertionError("no post-call record")
+
+
+async def test_with_openai_the_summary_comes_from_an_out_of_band_response(
+    records_gateway, realtime_fake, tmp_path
+):
+    written = "Maria Lopez called about her appointment; call her back at 415-555-0132."
+    model = await realtime_fake(greeting_ms=300, reply_ms=300, speed=10.0, caller_transcript=SAID,
+                                oob_text=written)
+    gw = await records_gateway(model_url=model.url, records_url=f"sqlite:///{tmp_path}/r.db",
+                               records_model_summary=True)
+    call_uuid = str(uuidlib.uuid4())
+    summary = await call(gw, call_uuid)
+    assert summary.errors == []
+    (session,) = model.sessions
+    assert session.invalid_client_events == []
+    (ask,) = [e for e in session.of_type("response.create") if e["response"].get("conversation") == "none"]
+    assert ask["response"]["output_modalities"] == ["text"]
+    assert ask["response"]["metadata"] == {"purpose": "post_call_summary"}
+    assert "summary" in ask["response"]["instructions"]
+    # Asked for before the session closed: the fake answered on the same socket.
+    assert session.sent_types[-1] == "response.done"
+    a = await _analysis(gw, call_uuid)
+    assert a["analysed_by"] == "model"
+    assert a["summary"] == "Maria Lopez called about her appointment; call her back at [PHONE ***0132]."
+    assert a["extractive_summary"].startswith("Caller Maria Lopez (appointment)")
+    assert a["usage"]["tokens"]["output_tokens"] >= 20  # the summary's tokens are counted too
+    # The caller heard nothing of it: no audio after the summary request.
+    assert summary.transcripts[-1]["text"] != written
+
+
+async def test_a_model_that_does_not_answer_leaves_the_extractive_summary(
+    records_gateway, realtime_fake, tmp_path
+):
+    model = await realtime_fake(greeting_ms=300, reply_ms=300, speed=10.0, caller_transcript=SAID,
+                                oob_text=None)
+    gw = await records_gateway(model_url=model.url, records_url=f"sqlite:///{tmp_path}/r.db",
+                               records_model_summary=True, records_summary_timeout_s=0.5)
+    call_uuid = str(uuidlib.uuid4())
+    assert (await call(gw, call_uuid)).errors == []
+    a = await _analysis(gw, call_uuid)
+    assert a["analysed_by"] == "extractive" and a["summary"].startswith("Caller Maria Lopez (appointment)")
+
+
+async def test_the_engine_path_asks_for_no_model_summary_by_default(records_gateway, realtime_fake, tmp_path):
+    model = await realtime_fake(greeting_ms=300, reply_ms=300, speed=10.0, caller_transcript=SAID)
+    gw = await records_gateway(model_url=model.url, records_url=f"sqlite:///{tmp_path}/r.db")
+    call_uuid = str(uuidlib.uuid4())
+    assert (await call(gw, call_uuid)).errors == []
+    (session,) = model.sessions
+    assert all(e["response"].get("conversation") != "none" for e in session.of_type("response.create"))
+    assert (await _analysis(gw, call_uuid))["analysed_by"] == "extractive"
