@@ -401,3 +401,40 @@ async def test_the_engine_path_asks_for_no_model_summary_by_default(records_gate
     (session,) = model.sessions
     assert all(e["response"].get("conversation") != "none" for e in session.of_type("response.create"))
     assert (await _analysis(gw, call_uuid))["analysed_by"] == "extractive"
+
+
+async def test_twilio_conversation_sid_keys_the_callers_memory(records_gateway, realtime_fake, tmp_path):
+    """Two Twilio calls from different numbers in one Twilio Conversation share memory; a third call from
+    the first number in another Conversation does not get it."""
+    import secrets
+
+    from gateway.client.twilio_call import place_twilio_call
+
+    token, account = secrets.token_hex(16), "AC" + "ef" * 16
+    model = await realtime_fake(greeting_ms=300, reply_ms=300, speed=10.0, caller_transcript=SAID)
+    pdir = profiles_dir(tmp_path, memory={"mode": "on", "turns": 4})
+    gw = await records_gateway(model_url=model.url, records_url=f"sqlite:///{tmp_path}/r.db",
+                               profiles_dir=pdir, twilio_auth_token=token, twilio_account_sid=account,
+                               twilio_api_base_url="http://127.0.0.221:9")  # no REST call is made
+    conv, other = "CH" + "a1" * 16, "CH" + "b2" * 16
+
+    async def twilio_call(caller: str, conversation: str) -> Any:
+        return await place_twilio_call(f"ws://{GW_HOST}:{gw.media_port}/twilio/stream", speech(),
+                                       auth_token=token, caller=caller, profile="front-desk",
+                                       parameters={"ConversationSid": conversation},
+                                       wait_for_greeting=False, reply_timeout=10)
+
+    assert (await twilio_call("+14155550111", conv)).errors == []
+    for _ in range(100):
+        if await gw.records.get_memory(conv):
+            break
+        await asyncio.sleep(0.05)
+    assert await gw.records.get_memory(conv) and not await gw.records.get_memory("+14155550111")
+    await twilio_call("+14155550222", conv)
+    await twilio_call("+14155550111", other)
+    first, same_conversation, other_conversation = (
+        s.of_type("session.update")[0]["session"]["instructions"] for s in model.sessions
+    )
+    assert "earlier call" not in first
+    assert "earlier call" in same_conversation and "Caller name: Maria Lopez" in same_conversation
+    assert "earlier call" not in other_conversation
