@@ -438,3 +438,49 @@ async def test_twilio_conversation_sid_keys_the_callers_memory(records_gateway, 
     assert "earlier call" not in first
     assert "earlier call" in same_conversation and "Caller name: Maria Lopez" in same_conversation
     assert "earlier call" not in other_conversation
+
+
+async def test_turns_are_posted_to_the_twilio_conversation_when_turned_on(
+    records_gateway, realtime_fake, tmp_path
+):
+    """The official SDK against a local Twilio REST fake: each turn, redacted, becomes a Message of the
+    call's Conversation, in the order said."""
+    import secrets
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from fakes.twilio_rest import FakeTwilioRest
+
+    from gateway.client.twilio_call import place_twilio_call
+
+    token, account = secrets.token_hex(16), "AC" + "cd" * 16
+    rest = await FakeTwilioRest(account, token, host="127.0.0.221").start()
+    try:
+        model = await realtime_fake(greeting_ms=300, reply_ms=300, speed=10.0, caller_transcript=SAID)
+        gw = await records_gateway(model_url=model.url, records_url=f"sqlite:///{tmp_path}/r.db",
+                                   twilio_auth_token=token, twilio_account_sid=account,
+                                   twilio_api_base_url=rest.base_url, records_twilio_conversations=True)
+        conv = "CH" + "c3" * 16
+        s = await place_twilio_call(f"ws://{GW_HOST}:{gw.media_port}/twilio/stream", speech(),
+                                    auth_token=token, profile="front-desk",
+                                    parameters={"ConversationSid": conv}, wait_for_greeting=False,
+                                    reply_timeout=10)
+        assert s.errors == []
+        for _ in range(200):
+            if len(rest.messages(conv)) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        posted = [(m["Author"], m["Body"]) for m in rest.messages(conv)]
+        assert posted[:3] == [
+            ("agent", "Thank you for calling."),
+            ("caller", "Hi, my name is Maria Lopez, call me back at [PHONE ***0132] about my appointment"),
+            ("agent", "We are open Monday to Friday."),
+        ]
+        # A call without a Conversation posts nothing.
+        await place_twilio_call(f"ws://{GW_HOST}:{gw.media_port}/twilio/stream", speech(),
+                                auth_token=token, profile="front-desk", wait_for_greeting=False,
+                                reply_timeout=10)
+        assert len([r for r in rest.requests if "/Conversations/" in r.path]) == len(posted)
+    finally:
+        await rest.close()
