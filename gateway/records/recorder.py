@@ -112,6 +112,8 @@ class Records:
         await self.writer.close()
         if self.webhook is not None:
             await self.webhook.close()
+        if self.conversations is not None:
+            await self.conversations.close()
 
     # ------------------------------------------------------------------ keys
     def caller_key(self, caller: str) -> str:

@@ -28,9 +28,13 @@ MAX_PENDING = 200  # turns waiting to be posted for one call; beyond that the ol
 
 class ConversationSync:
     def __init__(self, account_sid: str, auth_token: str, base_url: str | None = None) -> None:
-        self._client = Client(account_sid, auth_token, http_client=AsyncTwilioHttpClient())
+        self._http = AsyncTwilioHttpClient()
+        self._client = Client(account_sid, auth_token, http_client=self._http)
         if base_url:
             self._client.conversations.base_url = base_url.rstrip("/")
+
+    async def close(self) -> None:
+        await self._http.close()
 
     def open(self, conversation_sid: str, call_id: str) -> CallSync:
         return CallSync(self._client, conversation_sid, call_id)
