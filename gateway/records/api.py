@@ -158,11 +158,11 @@ def records_router(records: Records) -> APIRouter:
         summary="erase a caller's records and memory (audited)",
     )
     async def forget(caller: str, request: Request) -> dict[str, Any]:
-        principal = getattr(request.state, "principal", None)  # the admin token's name, when tokens are on
-        if principal is OPEN:  # no tokens configured: the operator names themself, else the client address
-            principal = None
+        # The admin token's name when tokens are on; on an open loopback API (no tokens) the operator may
+        # name themselves with X-Operator, else the peer address.
+        principal = getattr(request.state, "principal", None)
         actor = (
-            getattr(principal, "name", None)
+            (principal.name if principal is not None and principal is not OPEN else None)
             or request.headers.get("X-Operator")
             or (request.client.host if request.client else "admin-api")
         )
