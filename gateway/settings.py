@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     records_max_buffered: int = Field(100_000, ge=100)  # ops kept while the store is down, then dropped
     records_webhook_url: str | None = None  # post-call record, signed with records_webhook_secret
     records_webhook_secret: SecretStr | None = None
+    # The post-call summary written by the model (an out-of-band text response before the session closes):
+    # unset = on when an OpenAI key is set (the embedded engine keeps the extractive one).
+    records_model_summary: bool | None = None
+    records_summary_timeout_s: float = Field(5.0, gt=0, le=60)  # then the extractive summary is kept
+    # Post each Twilio call's turns (redacted) into its Twilio Conversation (ConversationSid parameter).
+    records_twilio_conversations: bool = False
     # Twilio Media Streams ingress (off unless the auth token is set). `twilio_public_url` is the base
     # URL Twilio uses to reach this listener (https://host[:port]): signatures are computed over it.
     twilio_auth_token: SecretStr | None = None
@@ -161,6 +167,8 @@ class Settings(BaseSettings):
         url = self.records_url
         if url and not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("records_url must start with sqlite:/// or postgresql://")
+        if self.records_twilio_conversations and not (self.twilio_account_sid and self.twilio_auth_token):
+            raise ValueError("records_twilio_conversations needs twilio_account_sid and twilio_auth_token")
         if self.records_webhook_url and not self.records_webhook_secret:
             raise ValueError("records_webhook_url needs records_webhook_secret (deliveries are signed)")
         return self

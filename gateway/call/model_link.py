@@ -65,6 +65,10 @@ class RealtimeLink:
         self._audio.append(rt.input_audio_append(payload))
         self._wakeup.set()
 
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._closing
+
     def send(self, event: dict[str, Any]) -> None:
         self._control.append(event)
         self._wakeup.set()

@@ -152,6 +152,7 @@ class CallSession:
         self.recorder: CallRecorder | None = None
         self.redactor: Redactor = NO_REDACTION
         self._memory = ""
+        self._summary: asyncio.Future[str] | None = None  # the model's post-call summary, when asked for
         self._speech_start_ms: float | None = None
         self._speech_end_ms: float | None = None
         self._dispatch_table: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -282,6 +283,7 @@ class CallSession:
             await self._finish()
 
     async def _finish(self) -> None:
+        await self._ask_model_for_summary()  # before the model session closes
         self.state = "ended"
         self.ended = self._clock()
         for task in list(self._tasks):
@@ -439,12 +441,20 @@ class CallSession:
                         extra=fields(call=self.uuid, type=event.get("type"), error=str(exc)))
 
     def _on_response_created(self, event: dict[str, Any]) -> None:
+        if _is_summary(event):
+            return  # the out-of-band post-call summary: not a reply to the caller
         self._response_active = True
         self._response_id = (event.get("response") or {}).get("id")
 
     def _on_response_done(self, event: dict[str, Any]) -> None:
-        self._responses_done += 1
         resp = event.get("response") or {}
+        if _is_summary(event):
+            if self.recorder is not None:
+                self.recorder.usage_from(resp)
+            if self._summary is not None and not self._summary.done():
+                self._summary.set_result(rt.response_text(resp) if resp.get("status") == "completed" else "")
+            return
+        self._responses_done += 1
         if resp.get("id") in (None, self._response_id):
             self._response_active = False
         if self.recorder is not None:
@@ -690,6 +700,29 @@ class CallSession:
         if self.recorder is not None:
             self.recorder.event(kind, data)
 
+    async def _ask_model_for_summary(self) -> None:
+        """With OpenAI, the post-call summary comes from the model: an out-of-band text response over the
+        call's conversation, asked for after the caller left and before the session closes; bounded by
+        `records_summary_timeout_s`, after which the extractive summary stays."""
+        rec, model = self.recorder, self._model
+        wanted = self.settings.records_model_summary
+        if wanted is None:
+            wanted = self.settings.openai_api_key is not None
+        if (not wanted or rec is None or not rec.enabled or model is None
+                or not getattr(model, "connected", False) or self.state != "active"
+                or self.outcome in ("shutdown", "error", "refused", "fallback", "fallback_transferred")
+                or not rec.turns):
+            return
+        self._summary = asyncio.get_running_loop().create_future()
+        model.send(rt.summary_request(SUMMARY_INSTRUCTIONS))
+        try:
+            text = await asyncio.wait_for(self._summary, self.settings.records_summary_timeout_s)
+        except TimeoutError:
+            text = ""
+            log.warning("model summary timed out", extra=fields(call=self.uuid))
+        if text:
+            rec.model_summary = text
+
     def _record_end(self) -> None:
         if self.recorder is None:
             return
@@ -777,3 +810,15 @@ def _reason_label(code: int) -> str:
         wire.CLOSE_PROTOCOL_ERROR: "protocol_error",
         wire.CLOSE_POLICY_VIOLATION: "policy",
     }.get(code, "other")
+
+
+SUMMARY_INSTRUCTIONS = (
+    "The call is over; the caller cannot hear you. Write a summary of this call for the business's staff "
+    "in at most three sentences: who called, what they wanted, what was done or promised, and anything "
+    "still to do. Plain text, no lists, no greeting."
+)
+
+
+def _is_summary(event: dict[str, Any]) -> bool:
+    meta = (event.get("response") or {}).get("metadata")
+    return isinstance(meta, dict) and meta.get("purpose") == rt.SUMMARY_PURPOSE

@@ -103,6 +103,7 @@ async def place_twilio_call(
     called: str = "+15550100",
     profile: str = "",
     dtmf: str = "",
+    parameters: dict[str, str] | None = None,
     wait_for_greeting: bool = True,
     greeting_timeout: float = 10.0,
     quiet_s: float = 0.8,
@@ -163,7 +164,8 @@ async def place_twilio_call(
         await ws.send_str(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
         await ws.send_str(msg("start", start={
             "streamSid": stream_sid, "accountSid": new_sid("AC"), "callSid": call_sid, "tracks": ["inbound"],
-            "customParameters": {"profile": profile, "caller": caller, "called": called, "callSid": call_sid},
+            "customParameters": {"profile": profile, "caller": caller, "called": called, "callSid": call_sid,
+                                 **(parameters or {})},
             "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}))
         reader = asyncio.create_task(read_loop())
         t0 = time.monotonic()

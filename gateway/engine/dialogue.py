@@ -19,6 +19,10 @@ from .profiles import EngineProfile, Intent, ToolCall
 # `Say exactly: "..."` in response instructions: the gateway's greeting contract (docs/gateway.md).
 _SAY_EXACTLY = re.compile(r'say\s+exactly\s*:\s*["“](?P<text>.*?)["”]\s*$', re.IGNORECASE | re.DOTALL)
 MATCH_THRESHOLD = 0.6
+# `Caller name: Maria Lopez` on a line of its own in the session instructions: the gateway's caller memory
+# (docs/records.md). Only letters, spaces, hyphens and apostrophes: the name is spoken, never markup.
+_WORD = r"[^\W\d_]+(?:['-][^\W\d_]+)*"
+_CALLER_NAME = re.compile(rf"^Caller name:[ \t]*(?P<name>{_WORD}(?: {_WORD}){{0,3}})[ \t]*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,21 @@ def say_exactly(instructions: str | None) -> str | None:
         return None
     m = _SAY_EXACTLY.search(instructions.strip())
     return m.group("text").strip() if m else None
+
+
+def caller_name(instructions: str | None) -> str | None:
+    """The caller's name from the session instructions' `Caller name:` line, or None."""
+    if not instructions:
+        return None
+    m = _CALLER_NAME.search(instructions)
+    return m.group("name").strip() if m else None
+
+
+def greet_by_name(greeting: str | None, name: str | None) -> str | None:
+    """The opening words for a caller the gateway remembers: "Hello Maria. " before the greeting."""
+    if not greeting or not name:
+        return greeting
+    return f"Hello {name.split()[0]}. {greeting}"
 
 
 class DialogueEngine:

@@ -36,7 +36,7 @@ from . import audio
 from .asr import Recognition
 from .config import apply_update, initial_config
 from .conversation import Conversation, ItemMeta
-from .dialogue import DialogueEngine, Plan, say_exactly
+from .dialogue import DialogueEngine, Plan, caller_name, greet_by_name, say_exactly
 from .events import CLIENT_EVENT_MODELS, MAX_JSON_DEPTH, ClientError, EventBuilder, parse_client_event
 from .output import Response, ResponseWriter
 from .profiles import EngineProfile
@@ -447,7 +447,11 @@ class RealtimeSession:
 
     def _plan(self, params: dict[str, Any], tools: set[str]) -> Plan:
         text = say_exactly(params.get("instructions"))
+        opening = not any(i.get("role") == "user" for i in self.items)
         if text is not None:
+            # The greeting (nothing said yet) of a caller the gateway remembers starts with their name.
+            if opening:
+                text = greet_by_name(text, caller_name(self.config.get("instructions")))
             return Plan(reply=text)
         fresh = self.conversation.unanswered()
         outputs = [i for i in fresh if i.get("type") == "function_call_output"]
@@ -463,8 +467,9 @@ class RealtimeSession:
                 p.get("text") or p.get("transcript") or "" for p in users[-1].get("content") or []
             )
             return self.dialogue.answer(said, tools)
-        if not any(i.get("role") == "user" for i in self.items):
-            return self.dialogue.opening()
+        if opening:
+            plan = self.dialogue.opening()
+            return Plan(reply=greet_by_name(plan.reply, caller_name(self.config.get("instructions"))))
         return Plan(reply=self.dialogue.dialogue.fallback_reply)
 
     def _start_response(self, params: dict[str, Any], now: float) -> Events:

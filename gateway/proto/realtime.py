@@ -62,6 +62,28 @@ def greeting_response(greeting: str) -> dict[str, Any]:
     return {"type": "response.create", "response": {"instructions": f'Say exactly: "{greeting}"'}}
 
 
+SUMMARY_PURPOSE = "post_call_summary"
+
+
+def summary_request(instructions: str) -> dict[str, Any]:
+    """An out-of-band text response: it reads the call's conversation, adds nothing to it, speaks nothing
+    (<https://platform.openai.com/docs/guides/realtime-conversations#create-responses-outside-the-default-conversation>)."""
+    return {"type": "response.create",
+            "response": {"conversation": "none", "output_modalities": ["text"], "instructions": instructions,
+                         "metadata": {"purpose": SUMMARY_PURPOSE}}}
+
+
+def response_text(response: dict[str, Any]) -> str:
+    """The text of a finished text response (`response.done`'s output messages)."""
+    parts = []
+    for item in response.get("output") or []:
+        if isinstance(item, dict) and item.get("type") == "message":
+            for c in item.get("content") or []:
+                if isinstance(c, dict) and c.get("type") in ("output_text", "text"):
+                    parts.append(str(c.get("text") or ""))
+    return "".join(parts).strip()
+
+
 def response_create() -> dict[str, Any]:
     return {"type": "response.create"}
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 from typing import Any
 
+from gateway.log import fields
 from gateway.proto.audio_stream import (
     CLOSE_INVALID_PAYLOAD,
     CLOSE_POLICY_VIOLATION,
@@ -31,6 +33,8 @@ MAX_MESSAGE_BYTES = 64 * 1024  # a 20 ms media message is ~300 bytes; a start wi
 MAX_MEDIA_BYTES = 8000  # one second of mu-law in one message: far beyond Twilio's 20 ms chunks
 MULAW_8K = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 _SID = re.compile(r"^[A-Z]{2}[0-9a-fA-F]{32}$")
+_CONVERSATION_SID = re.compile(r"CH[0-9a-f]{32}")
+log = logging.getLogger("gateway.twilio")
 _DIGIT = re.compile(r"^[0-9*#A-D]$")
 
 
@@ -92,10 +96,19 @@ class TwilioMediaCodec:
                                                    for v in params.values()):
             raise StreamProtocolError(CLOSE_INVALID_PAYLOAD, "customParameters must be short strings")
         self.stream_sid, self.call_sid = stream_sid, call_sid
+        extra: dict[str, Any] = {"tracks": start.get("tracks"), "account_sid": start.get("accountSid")}
+        conversation = params.get("ConversationSid")
+        if conversation is not None:
+            # A Twilio Conversation's SID as a <Parameter> of the <Stream>: the caller's memory key
+            # (docs/records.md). Anything else is ignored with a warning: the call goes on, keyed by number.
+            if _CONVERSATION_SID.fullmatch(conversation):
+                extra["conversation_id"] = conversation
+            else:
+                log.warning("ignored customParameters.ConversationSid: not a Conversation SID (CH + 32 hex)",
+                            extra=fields(call=call_sid, length=len(conversation)))
         return [StreamStart(call_id=call_sid, rate=8000, encoding="pcmu", caller=params.get("caller", ""),
                             callee=params.get("called", ""), profile=params.get("profile", ""),
-                            stream_id=stream_sid,
-                            extra={"tracks": start.get("tracks"), "account_sid": start.get("accountSid")})]
+                            stream_id=stream_sid, extra=extra)]
 
     def _media(self, msg: dict[str, Any]) -> list[InEvent]:
         media = msg.get("media")

@@ -6,11 +6,13 @@ the instructions of a later call never hold what the policy removed.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from gateway.records.policy import MemoryPolicy
 
 MAX_SUMMARIES = 5  # the rolling summary keeps this many earlier calls, newest last
+_NAME_NOTE = re.compile(r"\(name: ([^()\n]{1,60})\)")
 
 
 def next_memory(
@@ -30,6 +32,11 @@ def next_memory(
 def memory_instructions(mem: dict[str, Any], policy: MemoryPolicy) -> str:
     """The block appended to the session instructions at call start."""
     parts = [f"\n\nWhat you know about this caller from {mem.get('calls', 1)} earlier call(s):"]
+    name = caller_name(mem)
+    if name:
+        # One well-defined line: the embedded engine reads it to greet the caller by name
+        # (gateway/engine/dialogue.py `caller_name`); an OpenAI model reads it as an instruction.
+        parts.append(f"Caller name: {name}")
     if mem.get("summary"):
         parts.append("Summary: " + mem["summary"].replace("\n", " | "))
     turns = mem.get("turns", [])[-policy.turns :] if policy.turns else []
@@ -38,3 +45,10 @@ def memory_instructions(mem: dict[str, Any], policy: MemoryPolicy) -> str:
         parts += [f"- {t['role']}: {t['text']}" for t in turns]
     text = "\n".join(parts)
     return text[: policy.max_chars]
+
+
+def caller_name(mem: dict[str, Any]) -> str | None:
+    """The caller's name from the newest earlier call that learned it (the `(name: ...)` notes that
+    `next_memory` adds to the rolling summary)."""
+    found = _NAME_NOTE.findall(mem.get("summary") or "")
+    return found[-1].strip() if found else None

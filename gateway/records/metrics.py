@@ -23,3 +23,7 @@ WEBHOOK = Counter(
 REDACTIONS = Counter(
     "gateway_records_redactions_total", "Spans redacted by kind", ["kind"], registry=REGISTRY
 )
+CONVERSATION_SYNC = Counter(
+    "gateway_records_conversation_sync_total", "Turns posted to Twilio Conversations by result", ["result"],
+    registry=REGISTRY,
+)

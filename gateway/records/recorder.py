@@ -56,6 +56,7 @@ class Records:
         *,
         key: bytes,
         webhook: WebhookSender | None = None,
+        conversations: Any = None,
         profiles: ProfileSet | None = None,
         max_buffered: int = 100_000,
         clock: Callable[[], float] = time.time,
@@ -64,6 +65,7 @@ class Records:
         self.writer = RecordWriter(store, max_buffered=max_buffered)
         self.key = key
         self.webhook = webhook
+        self.conversations = conversations  # twilio_sync.ConversationSync, when turned on
         self.profiles = profiles
         self.clock = clock
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -78,10 +80,17 @@ class Records:
         if s.records_webhook_url:
             secret = s.records_webhook_secret.get_secret_value() if s.records_webhook_secret else ""
             webhook = WebhookSender(s.records_webhook_url, secret.encode())
+        conversations = None
+        if s.records_twilio_conversations and s.twilio_account_sid and s.twilio_auth_token:
+            from gateway.records.twilio_sync import ConversationSync
+
+            conversations = ConversationSync(s.twilio_account_sid, s.twilio_auth_token.get_secret_value(),
+                                             s.twilio_api_base_url)
         return cls(
             open_store(s.records_url),
             key=key,
             webhook=webhook,
+            conversations=conversations,
             profiles=profiles,
             max_buffered=s.records_max_buffered,
         )
@@ -103,6 +112,8 @@ class Records:
         await self.writer.close()
         if self.webhook is not None:
             await self.webhook.close()
+        if self.conversations is not None:
+            await self.conversations.close()
 
     # ------------------------------------------------------------------ keys
     def caller_key(self, caller: str) -> str:
@@ -196,7 +207,14 @@ class CallRecorder:
         self._t0 = call_clock()
         self._seq = 0
         self.caller_key = records.caller_key(_conversation_id(start) or start.caller)
+        conversation = _conversation_id(start)
+        self.sync = (
+            records.conversations.open(conversation, call_id)
+            if records.conversations is not None and conversation.startswith("CH") and profile.records.store
+            else None
+        )
         self.turns: list[dict[str, Any]] = []  # redacted, for the post-call record and memory
+        self.model_summary: str | None = None  # with OpenAI: the model's out-of-band summary, in clear
         self.events: list[dict[str, Any]] = []
         self.usage: dict[str, int] = {}
         self._latency_by_item: dict[str, float] = {}
@@ -268,6 +286,8 @@ class CallRecorder:
         }
         self.turns.append(row)
         self._submit("turn", row)
+        if self.sync is not None:
+            self.sync.post(role, clean)
         return clean
 
     def barge_in(self, item_id: str | None, heard_ms: float) -> None:
@@ -327,11 +347,18 @@ class CallRecorder:
             redactor=self.redactor,
         )
         record.update({"call_id": self.call_id, "profile": self.profile.name})
+        if self.model_summary:
+            # The model read the words in clear: its summary goes through the policy like everything else.
+            record["extractive_summary"] = record["summary"]
+            record["summary"] = self.redactor.text(self.model_summary[:2000])
+            record["analysed_by"] = "model"
         self._submit("analysis", {"call_id": self.call_id, "analysis": record})
         if self.enabled and self.policy.memory.mode == "on" and self.caller_key:
             self.records.spawn(self._remember(record), f"memory-{self.call_id}")
         if self.records.webhook is not None and self.enabled:
             self.records.spawn(self.records.webhook.deliver(record), f"webhook-{self.call_id}")
+        if self.sync is not None:
+            self.records.spawn(self.sync.close(), f"conversation-sync-{self.call_id}")
 
     async def _remember(self, record: dict[str, Any]) -> None:
         r = self.records

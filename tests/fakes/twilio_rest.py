@@ -41,6 +41,7 @@ class FakeTwilioRest:
         app.router.add_post("/2010-04-01/Accounts/{ac}/Calls/{sid}.json", self._update_call)
         app.router.add_post("/2010-04-01/Accounts/{ac}/Conferences/{conf}/Participants.json",
                             self._participant)
+        app.router.add_post("/v1/Conversations/{conv}/Messages", self._message)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
@@ -51,6 +52,29 @@ class FakeTwilioRest:
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def _message(self, request: web.Request) -> web.Response:
+        """Conversations API: create a Message
+        (https://www.twilio.com/docs/conversations/api/conversation-message-resource)."""
+        expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
+        if request.headers.get("Authorization") != f"Basic {expected}":
+            return web.json_response({"code": 20003, "message": "Authenticate", "more_info":
+                                      "https://www.twilio.com/docs/errors/20003", "status": 401}, status=401)
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        conv = request.match_info["conv"]
+        self.requests.append(Request("POST", request.path, form))
+        index = sum(1 for r in self.requests if r.path == request.path) - 1
+        sid = f"IM{index:032x}"
+        return web.json_response({
+            "sid": sid, "account_sid": self.account_sid, "conversation_sid": conv, "body": form.get("Body"),
+            "author": form.get("Author"), "index": index, "media": None, "attributes": "{}",
+            "participant_sid": None, "date_created": "2026-12-06T10:00:00Z",
+            "date_updated": "2026-12-06T10:00:00Z", "delivery": None, "content_sid": None,
+            "url": f"https://conversations.twilio.com/v1/Conversations/{conv}/Messages/{sid}",
+            "links": {}}, status=201)
+
+    def messages(self, conversation_sid: str) -> list[dict[str, str]]:
+        return [r.form for r in self.requests if r.path == f"/v1/Conversations/{conversation_sid}/Messages"]
 
     def _authorized(self, request: web.Request) -> bool:
         expected = base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()

@@ -14,6 +14,9 @@ Behaviour (a small model of the real server, enough for the media plane's cases)
 - `response.cancel` -> `response.done` cancelled (or an error if nothing is active, like the real one).
 - `conversation.item.truncate` -> `conversation.item.truncated`, or an error when audio_end_ms exceeds the
   audio generated for that item (as the real service does).
+- `response.create` with `conversation: "none"` and text output -> an out-of-band text response
+  (`Script.oob_text`, split into `response.output_text.delta`s) with `conversation_id: null`, the request's
+  metadata echoed, and usage; nothing is added to the conversation and no audio is sent.
 - `Script.fail`: "error" sends a server_error after the greeting starts; "drop" closes TCP mid-greeting.
 """
 
@@ -57,6 +60,9 @@ class Script:
     fail_after_ms: int = 300
     reply_transcript: str = "We are open Monday to Friday."
     caller_transcript: str = "what are your opening hours"
+    # Out-of-band text responses (`conversation: "none"`, text output): this text, or None to never answer.
+    oob_text: str | None = "Summary from the model."
+    oob_delay_ms: int = 0
 
 
 @dataclass
@@ -153,6 +159,9 @@ class _Session:
             keep = ("instructions", "output_modalities", "audio")
             echoed = {k: v for k, v in event["session"].items() if k in keep}
             await self.send({"type": "session.updated", "session": {"type": "realtime", **echoed}})
+        elif t == "response.create" and (event.get("response") or {}).get("conversation") == "none":
+            if self.script.oob_text is not None:
+                self._spawn(self._out_of_band(event["response"]))
         elif t == "response.create":
             self._start_response(self.script.greeting_ms, "greeting")
             if self.script.fail:
@@ -273,6 +282,40 @@ class _Session:
                              "item_id": _id("item"), "output_index": 1, "call_id": _id("call"),
                              "name": s.tool["name"], "arguments": json.dumps(s.tool.get("arguments", {}))})
         await self._done(rid, "completed")
+
+    async def _out_of_band(self, params: dict[str, Any]) -> None:
+        """A text response outside the default conversation, as the GA server sends one."""
+        text = self.script.oob_text or ""
+        rid, item = _id("resp"), _id("item")
+        meta = params.get("metadata")
+        head: dict[str, Any] = {"id": rid, "object": "realtime.response", "status": "in_progress",
+                                "conversation_id": None, "output_modalities": ["text"], "output": [],
+                                "metadata": meta}
+        await asyncio.sleep(self.script.oob_delay_ms / 1000)
+        await self.send({"type": "response.created", "response": head})
+        msg = {"id": item, "object": "realtime.item", "type": "message", "role": "assistant",
+               "status": "in_progress", "content": []}
+        await self.send({"type": "response.output_item.added", "response_id": rid, "output_index": 0,
+                         "item": msg})
+        await self.send({"type": "response.content_part.added", "response_id": rid, "item_id": item,
+                         "output_index": 0, "content_index": 0, "part": {"type": "text", "text": ""}})
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            await self.send({"type": "response.output_text.delta", "response_id": rid, "item_id": item,
+                             "output_index": 0, "content_index": 0,
+                             "delta": word + (" " if i < len(words) - 1 else "")})
+        await self.send({"type": "response.output_text.done", "response_id": rid, "item_id": item,
+                         "output_index": 0, "content_index": 0, "text": text})
+        await self.send({"type": "response.content_part.done", "response_id": rid, "item_id": item,
+                         "output_index": 0, "content_index": 0, "part": {"type": "text", "text": text}})
+        done_item = {**msg, "status": "completed", "content": [{"type": "output_text", "text": text}]}
+        await self.send({"type": "response.output_item.done", "response_id": rid, "output_index": 0,
+                         "item": done_item})
+        await self.send({"type": "response.done", "response": {
+            **head, "status": "completed", "output": [done_item],
+            "usage": {"total_tokens": 160, "input_tokens": 140, "output_tokens": 20,
+                      "input_token_details": {"text_tokens": 140, "audio_tokens": 0, "cached_tokens": 0},
+                      "output_token_details": {"text_tokens": 20, "audio_tokens": 0}}}})
 
     async def _done(self, rid: str, status: str) -> None:
         resp: dict[str, Any] = {"id": rid, "object": "realtime.response", "status": status, "output": []}

@@ -94,3 +94,18 @@ def test_media_before_start_and_wrong_formats_are_refused() -> None:
         started().feed_binary(b"\x00" * 160)
     with pytest.raises(StreamProtocolError, match="no start"):
         started().start_timeout()
+
+
+def test_conversation_sid_parameter_becomes_the_conversation_id(caplog: pytest.LogCaptureFixture) -> None:
+    conversation = "CH" + "0123456789abcdef" * 2
+    called = '"called": "+15550100"'
+    with_sid = START.replace(called, f'{called}, "ConversationSid": "{conversation}"')
+    (start,) = started().feed_text(with_sid)
+    assert start.extra["conversation_id"] == conversation
+    (plain,) = started().feed_text(START)
+    assert "conversation_id" not in plain.extra
+    # Not a Conversation SID: the call goes on, keyed by its number, and the operator is told why.
+    bad = START.replace('"called": "+15550100"', '"called": "+15550100", "ConversationSid": "../../x"')
+    (start,) = started().feed_text(bad)
+    assert "conversation_id" not in start.extra
+    assert "ignored customParameters.ConversationSid" in caplog.text

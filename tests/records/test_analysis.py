@@ -110,3 +110,22 @@ def test_webhook_signature_is_hmac_sha256_over_timestamp_and_body():
 def test_csv_export_quotes_cells_a_spreadsheet_would_run():
     assert _csv_cell('=HYPERLINK("x")') == '\'=HYPERLINK("x")'
     assert _csv_cell("-3.5") == "-3.5" and _csv_cell(None) == "" and _csv_cell("plain") == "plain"
+
+
+def test_caller_name_line_is_what_the_engine_reads() -> None:
+    """The memory block names the caller on a line of its own; the engine's parser accepts that line and
+    nothing that is not a plain name."""
+    from gateway.engine.dialogue import caller_name, greet_by_name
+    from gateway.records.memory import memory_instructions
+    from gateway.records.policy import MemoryPolicy
+
+    mem = {"calls": 2, "summary": "Caller (other): \"hi\". (name: Ann Lee)\nCaller (sales): \"hello\". "
+           "(name: Maria Lopez)", "turns": []}
+    block = memory_instructions(mem, MemoryPolicy(mode="on"))
+    assert "\nCaller name: Maria Lopez" in block
+    assert caller_name("Be brief." + block) == "Maria Lopez"
+    assert greet_by_name("Thank you for calling.", "Maria Lopez") == "Hello Maria. Thank you for calling."
+    nameless = memory_instructions({"calls": 1, "summary": "No caller speech."}, MemoryPolicy())
+    assert caller_name(nameless) is None
+    for bad in ("Caller name: <speak>x</speak>", "Caller name: 555 0100", "Caller name: A B C D E F"):
+        assert caller_name(bad) is None

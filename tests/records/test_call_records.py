@@ -132,9 +132,152 @@ async def test_memory_of_a_caller_is_carried_into_their_next_call(records_gatewa
         s.of_type("session.update")[0]["session"]["instructions"] for s in model.sessions
     )
     assert "earlier call" not in first
-    assert "earlier call" in second and "Maria Lopez" in second
+    assert "earlier call" in second and "\nCaller name: Maria Lopez\n" in second
     assert "[PHONE ***0132]" in second and "415-555-0132" not in second  # memory holds redacted words only
     assert "earlier call" not in stranger
+
+
+async def _analysis(gw: Any, call_uuid: str) -> dict[str, Any]:
+    for _ in range(200):
+        rec = await gw.records.get_record(call_uuid)
+        if rec and rec["analysis"] is not None:
+            return rec["analysis"]
+        await asyncio.sleep(0.05)
+    raise AssertionError("no post-call record")
+
+
+async def test_with_openai_the_summary_comes_from_an_out_of_band_response(
+    records_gateway, realtime_fake, tmp_path
+):
+    written = "Maria Lopez called about her appointment; call her back at 415-555-0132."
+    model = await realtime_fake(greeting_ms=300, reply_ms=300, speed=10.0, caller_transcript=SAID,
+                                oob_text=written)
+    gw = await records_gateway(model_url=model.url, records_url=f"sqlite:///{tmp_path}/r.db",
+                               records_model_summary=True)
+    call_uuid = str(uuidlib.uuid4())
+    summary = await call(gw, call_uuid)
+    assert summary.errors == []
+    (session,) = model.sessions
+    assert session.invalid_client_events == []
+    (ask,) = [e for e in session.of_type("response.create") if e["response"].get("conversation") == "none"]
+    assert ask["response"]["output_modalities"] == ["text"]
+    assert ask["response"]["metadata"] == {"purpose": "post_call_summary"}
+    assert "summary" in ask["response"]["instructions"]
+    # Asked for before the session closed: the fake answered on the same socket.
+    assert session.sent_types[-1] == "response.done"
+    a = await _analysis(gw, call_uuid)
+    assert a["analysed_by"] == "model"
+    assert a["summary"] == "Maria Lopez called about her appointment; call her back at [PHONE ***0132]."
+    assert a["extractive_summary"].startswith("Caller Maria Lopez (appointment)")
+    assert a["usage"]["tokens"]["output_tokens"] >= 20  # the summary's tokens are counted too
+    # The caller heard nothing of it: no audio after the summary request.
+    assert summary.transcripts[-1]["text"] != written
+
+
+async def test_a_model_that_does_not_answer_leaves_the_extractive_summary(
+    records_gateway, realtime_fake, tmp_path
+):
+    model = await realtime_fake(greeting_ms=300, reply_ms=300, speed=10.0, caller_transcript=SAID,
+                                oob_text=None)
+    gw = await records_gateway(model_url=model.url, records_url=f"sqlite:///{tmp_path}/r.db",
+                               records_model_summary=True, records_summary_timeout_s=0.5)
+    call_uuid = str(uuidlib.uuid4())
+    assert (await call(gw, call_uuid)).errors == []
+    a = await _analysis(gw, call_uuid)
+    assert a["analysed_by"] == "extractive" and a["summary"].startswith("Caller Maria Lopez (appointment)")
+
+
+async def test_the_engine_path_asks_for_no_model_summary_by_default(records_gateway, realtime_fake, tmp_path):
+    model = await realtime_fake(greeting_ms=300, reply_ms=300, speed=10.0, caller_transcript=SAID)
+    gw = await records_gateway(model_url=model.url, records_url=f"sqlite:///{tmp_path}/r.db")
+    call_uuid = str(uuidlib.uuid4())
+    assert (await call(gw, call_uuid)).errors == []
+    (session,) = model.sessions
+    assert all(e["response"].get("conversation") != "none" for e in session.of_type("response.create"))
+    assert (await _analysis(gw, call_uuid))["analysed_by"] == "extractive"
+
+
+async def test_twilio_conversation_sid_keys_the_callers_memory(records_gateway, realtime_fake, tmp_path):
+    """Two Twilio calls from different numbers in one Twilio Conversation share memory; a third call from
+    the first number in another Conversation does not get it."""
+    import secrets
+
+    from gateway.client.twilio_call import place_twilio_call
+
+    token, account = secrets.token_hex(16), "AC" + "ef" * 16
+    model = await realtime_fake(greeting_ms=300, reply_ms=300, speed=10.0, caller_transcript=SAID)
+    pdir = profiles_dir(tmp_path, memory={"mode": "on", "turns": 4})
+    gw = await records_gateway(model_url=model.url, records_url=f"sqlite:///{tmp_path}/r.db",
+                               profiles_dir=pdir, twilio_auth_token=token, twilio_account_sid=account,
+                               twilio_api_base_url="http://127.0.0.221:9")  # no REST call is made
+    conv, other = "CH" + "a1" * 16, "CH" + "b2" * 16
+
+    async def twilio_call(caller: str, conversation: str) -> Any:
+        return await place_twilio_call(f"ws://{GW_HOST}:{gw.media_port}/twilio/stream", speech(),
+                                       auth_token=token, caller=caller, profile="front-desk",
+                                       parameters={"ConversationSid": conversation},
+                                       wait_for_greeting=False, reply_timeout=10)
+
+    assert (await twilio_call("+14155550111", conv)).errors == []
+    for _ in range(100):
+        if await gw.records.get_memory(conv):
+            break
+        await asyncio.sleep(0.05)
+    assert await gw.records.get_memory(conv) and not await gw.records.get_memory("+14155550111")
+    await twilio_call("+14155550222", conv)
+    await twilio_call("+14155550111", other)
+    first, same_conversation, other_conversation = (
+        s.of_type("session.update")[0]["session"]["instructions"] for s in model.sessions
+    )
+    assert "earlier call" not in first
+    assert "earlier call" in same_conversation and "Caller name: Maria Lopez" in same_conversation
+    assert "earlier call" not in other_conversation
+
+
+async def test_turns_are_posted_to_the_twilio_conversation_when_turned_on(
+    records_gateway, realtime_fake, tmp_path
+):
+    """The official SDK against a local Twilio REST fake: each turn, redacted, becomes a Message of the
+    call's Conversation, in the order said."""
+    import secrets
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from fakes.twilio_rest import FakeTwilioRest
+
+    from gateway.client.twilio_call import place_twilio_call
+
+    token, account = secrets.token_hex(16), "AC" + "cd" * 16
+    rest = await FakeTwilioRest(account, token, host="127.0.0.221").start()
+    try:
+        model = await realtime_fake(greeting_ms=300, reply_ms=300, speed=10.0, caller_transcript=SAID)
+        gw = await records_gateway(model_url=model.url, records_url=f"sqlite:///{tmp_path}/r.db",
+                                   twilio_auth_token=token, twilio_account_sid=account,
+                                   twilio_api_base_url=rest.base_url, records_twilio_conversations=True)
+        conv = "CH" + "c3" * 16
+        s = await place_twilio_call(f"ws://{GW_HOST}:{gw.media_port}/twilio/stream", speech(),
+                                    auth_token=token, profile="front-desk",
+                                    parameters={"ConversationSid": conv}, wait_for_greeting=False,
+                                    reply_timeout=10)
+        assert s.errors == []
+        for _ in range(200):
+            if len(rest.messages(conv)) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        posted = [(m["Author"], m["Body"]) for m in rest.messages(conv)]
+        assert posted[:3] == [
+            ("agent", "Thank you for calling."),
+            ("caller", "Hi, my name is Maria Lopez, call me back at [PHONE ***0132] about my appointment"),
+            ("agent", "We are open Monday to Friday."),
+        ]
+        # A call without a Conversation posts nothing.
+        await place_twilio_call(f"ws://{GW_HOST}:{gw.media_port}/twilio/stream", speech(),
+                                auth_token=token, profile="front-desk", wait_for_greeting=False,
+                                reply_timeout=10)
+        assert len([r for r in rest.requests if "/Conversations/" in r.path]) == len(posted)
+    finally:
+        await rest.close()
 
 
 async def test_admin_api_lists_reads_exports_and_erases_records(records_gateway, realtime_fake, tmp_path):

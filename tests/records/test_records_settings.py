@@ -23,6 +23,11 @@ def test_a_webhook_without_a_signing_secret_is_refused():
         Settings(records_webhook_url="https://hooks.example/records")
 
 
+def test_conversation_sync_without_twilio_credentials_is_refused():
+    with pytest.raises(ValidationError, match="records_twilio_conversations needs twilio_account_sid"):
+        Settings(records_twilio_conversations=True)
+
+
 def test_gateway_serve_stops_when_the_store_cannot_be_opened(tmp_path: Path):
     env = {**os.environ, "GATEWAY_MODEL_BACKEND": "null-silence", "GATEWAY_MEDIA_HOST": "127.0.0.165",
            "GATEWAY_MEDIA_PORT": "0", "GATEWAY_ADMIN_HOST": "127.0.0.165", "GATEWAY_ADMIN_PORT": "0",
