@@ -179,7 +179,10 @@ def appliance(tmp_path: Path, patched_module: Path) -> Iterator[Appliance]:
                         workers=[Worker(name, fs.host, fs.sip_port) for name, fs in workers.items()])
     try:
         for fs, gw in zip(workers.values(), gateways.values(), strict=True):
-            fs.set_vars(kamailio_edge=f"127.0.0.1:{edge.private_port}", gateway_stream_url=gw.stream_url)
+            # Each worker streams to its own gateway and probes that gateway's readiness on the media port
+            # (the workers' watchdog pauses inbound while no gateway of theirs is ready).
+            fs.set_vars(kamailio_edge=f"127.0.0.1:{edge.private_port}", gateway_stream_urls=gw.stream_url,
+                        gateway_ready_urls=f"http://{gw.host}:{gw.media_port}/readyz")
             fs.start()
         for gw in gateways.values():
             gw.start_engine()
