@@ -7,6 +7,7 @@ rendered ``kamailio-local.cfg`` (random ports, test paths), ``dispatcher.list`` 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -205,6 +206,7 @@ class KamailioEdge:
                 return
             except OSError:
                 time.sleep(0.05)
+        self._stop()  # not left running behind a failed start: the caller's `finally` never sees it
         raise RuntimeError(f"kamailio RPC did not come up:\n{self.log()[-3000:]}")
 
     def alive(self) -> bool:
@@ -217,14 +219,20 @@ class KamailioEdge:
             shutil.rmtree(self.sockdir, ignore_errors=True)
 
     def _stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(timeout=5)
+        finally:
+            # Children outlive a main process that died first: end the whole group (its own session).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
