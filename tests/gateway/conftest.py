@@ -13,7 +13,7 @@ from typing import Any
 # ("AST constructor recursion depth mismatch") after the socket tests.
 import hypothesis  # noqa: F401
 import pytest
-from realtime_fake import FakeRealtime, Script
+from realtime_fake import fake_servers
 
 from gateway.fallback import FallbackPrompts
 from gateway.profiles import load_profiles
@@ -63,16 +63,7 @@ async def make_gateway(fallback_prompts: FallbackPrompts) -> AsyncIterator[Gatew
 
 @pytest.fixture
 async def fake_model() -> AsyncIterator[Callable[..., Any]]:
-    servers: list[FakeRealtime] = []
-
-    async def factory(**script: Any) -> FakeRealtime:
-        srv = FakeRealtime(Script(**script))
-        await srv.__aenter__()
-        servers.append(srv)
-        return srv
-
-    yield factory
-    for srv in servers:
-        await srv.__aexit__()
+    async with fake_servers() as factory:
+        yield factory
 
 

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -328,6 +330,25 @@ async def _serve_forever(port: int) -> None:
     srv = FakeRealtime(Script(greeting_ms=2000, reply_ms=2000, speed=2.0))
     srv._server = await serve(srv._handler, "127.0.0.1", port, compression=None, max_size=None)
     await asyncio.Event().wait()
+
+
+@contextlib.asynccontextmanager
+async def fake_servers() -> AsyncIterator[Callable[..., Awaitable[FakeRealtime]]]:
+    """A factory of fake Realtime servers (one per call of it, each with its own script), all stopped on exit:
+    the body of the gateway and records tests' model fixtures."""
+    servers: list[FakeRealtime] = []
+
+    async def factory(**script: Any) -> FakeRealtime:
+        srv = FakeRealtime(Script(**script))
+        await srv.__aenter__()
+        servers.append(srv)
+        return srv
+
+    try:
+        yield factory
+    finally:
+        for srv in servers:
+            await srv.__aexit__()
 
 
 if __name__ == "__main__":  # `gateway.demo` falls back to this when the embedded engine is absent

@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "gateway"))  # realtime_fa
 from collections.abc import AsyncIterator, Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
-from realtime_fake import FakeRealtime, Script  # noqa: E402
+from realtime_fake import fake_servers  # noqa: E402
 from rec_helpers import GW_HOST, TOKEN  # noqa: E402
 
 from gateway.fallback import FallbackPrompts  # noqa: E402
@@ -99,14 +99,5 @@ async def records_gateway(fallback_prompts_records: FallbackPrompts) -> AsyncIte
 
 @pytest.fixture
 async def realtime_fake() -> AsyncIterator[Callable[..., Any]]:
-    servers: list[FakeRealtime] = []
-
-    async def factory(**script: Any) -> FakeRealtime:
-        srv = FakeRealtime(Script(**script))
-        await srv.__aenter__()
-        servers.append(srv)
-        return srv
-
-    yield factory
-    for srv in servers:
-        await srv.__aexit__()
+    async with fake_servers() as factory:
+        yield factory
