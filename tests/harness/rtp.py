@@ -71,9 +71,23 @@ def frame_level_dbfs(payload: bytes) -> float:
     return 20 * np.log10(max(rms, 1.0) / 32768.0)
 
 
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux <asm-generic/socket.h>; SCM_ is the same
+_CMSG_SPACE = socket.CMSG_SPACE(16)  # struct timespec
+
+
+def _kernel_arrival(ancdata: list[tuple[int, int, bytes]]) -> float:
+    """The packet's kernel receive time (CLOCK_REALTIME in the control message) on the monotonic clock."""
+    mono, real = time.monotonic(), time.time()
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack("qq", data[:16])
+            return mono - max(0.0, real - (sec + nsec / 1e9))
+    return mono
+
+
 @dataclass
 class Packet:
-    t: float  # arrival, time.monotonic()
+    t: float  # arrival in the kernel, on the time.monotonic() clock
     seq: int
     ts: int
     pt: int
@@ -102,6 +116,10 @@ class RtpEndpoint:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, self.port))
         self.sock.settimeout(0.1)
+        # Arrival times from the kernel (SO_TIMESTAMPNS), not from when this thread got the GIL back: on a
+        # loaded test machine the receiver can be starved for half a second, and the packets that waited
+        # in the socket buffer meanwhile must not read as a gap in what the peer sent.
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.remote: tuple[str, int] | None = None
         self.received: list[Packet] = []
         self.sent_log: list[tuple[float, str]] = []  # (time, what) for speech starts/ends, dtmf
@@ -199,10 +217,10 @@ class RtpEndpoint:
     def _recv_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                data, src = self.sock.recvfrom(4096)
+                data, ancdata, _flags, src = self.sock.recvmsg(4096, _CMSG_SPACE)
             except (TimeoutError, OSError):
                 continue
-            now = time.monotonic()
+            now = _kernel_arrival(ancdata)
             if len(data) < 12 or data[0] >> 6 != 2:
                 continue
             cc = data[0] & 0x0F
