@@ -38,7 +38,8 @@ def test_a_call_completes_end_to_end_through_the_edge(edge, tmp_path: Path) -> N
 def test_round_robin_spreads_calls_evenly_over_three_workers(edge, workers) -> None:
     ws = workers(3)
     e = edge(ws, defines={"DS_ALG": 4})
-    stats = sipp_uac(e.workdir, "caller", e.sip_target, calls=60, rate=30)
+    # The spread is the point, not the rate: 10 calls/s stays clear of a loaded test machine.
+    stats = sipp_uac(e.workdir, "caller", e.sip_target, calls=60, rate=10)
     assert (stats.returncode, stats.successful, stats.failed) == (0, 60, 0)
     assert [s.calls_answered for s in stop_all(ws)] == [20, 20, 20]
 
