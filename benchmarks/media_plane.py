@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -37,10 +38,11 @@ PY = sys.executable
 FRAME = 320  # 20 ms of 8 kHz L16
 NICE: list[str] = []  # ["nice", "-n", "-10"] with --nice -10: other work on a shared machine yields
 TIMED_CALLS = 100  # calls whose returned messages are parsed and timed (pacing); the rest count bytes
+HOST = ["127.0.0.1"]  # --host: any loopback address (a shared machine gives each user its own 127.x.y.z)
 
 
 # --------------------------------------------------------------------------------------------- client
-def _client(port: int, calls: int, warmup: float, seconds: float, path_prefix: str) -> dict:
+def _client(host: str, port: int, calls: int, warmup: float, seconds: float, path_prefix: str) -> dict:
     import uvloop
 
     from gateway.client.wsframe import OP_BINARY, OP_TEXT, encode_frame, upgrade_request
@@ -105,8 +107,8 @@ def _client(port: int, calls: int, warmup: float, seconds: float, path_prefix: s
         loop = asyncio.get_running_loop()
         conns: list[Conn] = []
         for i in range(calls):
-            req, _ = upgrade_request("127.0.0.1", port, f"{path_prefix}bench-{os.getpid()}-{i}")
-            _, proto = await loop.create_connection(partial(Conn, timed=i < TIMED_CALLS), "127.0.0.1", port)
+            req, _ = upgrade_request(host, port, f"{path_prefix}bench-{os.getpid()}-{i}")
+            _, proto = await loop.create_connection(partial(Conn, timed=i < TIMED_CALLS), host, port)
             proto.transport.write(req)
             conns.append(proto)
         results = await asyncio.gather(*(c.upgraded for c in conns))
@@ -171,7 +173,7 @@ def _client(port: int, calls: int, warmup: float, seconds: float, path_prefix: s
 
 
 # --------------------------------------------------------------------------------------------- echo servers
-def _echo_server(stack: str, port: int) -> None:
+def _echo_server(stack: str, port: int, host: str) -> None:
     if stack == "aiohttp":
         import uvloop
         from aiohttp import WSMsgType, web
@@ -187,7 +189,7 @@ def _echo_server(stack: str, port: int) -> None:
         app = web.Application()
         app.router.add_get("/{tail:.*}", h)
         uvloop.install()
-        web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+        web.run_app(app, host=host, port=port, print=None, access_log=None)
     elif stack == "fastapi-uvicorn":
         import uvicorn
         from fastapi import FastAPI, WebSocket, WebSocketDisconnect
@@ -210,7 +212,7 @@ def _echo_server(stack: str, port: int) -> None:
                 pass
 
         # uvicorn on uvloop with the websockets protocol (httptools is not installed: http="auto" = h11)
-        uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="auto", ws="websockets",
+        uvicorn.run(app, host=host, port=port, loop="uvloop", http="auto", ws="websockets",
                     log_level="warning", access_log=False)
     elif stack == "websockets":
         import uvloop
@@ -222,7 +224,7 @@ def _echo_server(stack: str, port: int) -> None:
                     await ws.send(msg)
 
         async def main() -> None:
-            async with serve(echo, "127.0.0.1", port, compression=None):
+            async with serve(echo, host, port, compression=None):
                 await asyncio.Event().wait()
 
         uvloop.run(main())
@@ -231,7 +233,7 @@ def _echo_server(stack: str, port: int) -> None:
 # --------------------------------------------------------------------------------------------- orchestration
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((HOST[0], 0))
         return int(s.getsockname()[1])
 
 
@@ -241,7 +243,7 @@ def wait_port(port: int, proc: subprocess.Popen, seconds: float = 30) -> None:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {proc.returncode}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            with socket.create_connection((HOST[0], port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.1)
@@ -249,7 +251,7 @@ def wait_port(port: int, proc: subprocess.Popen, seconds: float = 30) -> None:
 
 
 def scrape(admin_port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=30) as r:
+    with urllib.request.urlopen(f"http://{HOST[0]}:{admin_port}/metrics", timeout=30) as r:
         text = r.read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
@@ -276,10 +278,10 @@ def hist_quantile(before: dict[str, float], after: dict[str, float], name: str, 
 
 
 def run_load(server_cmd: list[str], env: dict[str, str], port: int, calls: int, warmup: float, seconds: float,
-             path_prefix: str, admin_port: int | None = None) -> dict:
+             path_prefix: str, admin_port: int | None = None, cwd: Path = ROOT) -> dict:
     import psutil
 
-    server = subprocess.Popen([*NICE, "taskset", "-c", "0", *server_cmd], env=env, cwd=ROOT,
+    server = subprocess.Popen([*NICE, "taskset", "-c", "0", *server_cmd], env=env, cwd=cwd,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         try:
@@ -292,8 +294,9 @@ def run_load(server_cmd: list[str], env: dict[str, str], port: int, calls: int, 
         proc = psutil.Process(server.pid)
         rss_idle = proc.memory_info().rss
         client = subprocess.Popen(
-            [*NICE, "taskset", "-c", "1", PY, __file__, "--client", str(port), str(calls), str(warmup),
-             str(seconds), path_prefix], cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+            [*NICE, "taskset", "-c", "1", PY, __file__, "--client", HOST[0], str(port), str(calls),
+             str(warmup), str(seconds), path_prefix],
+            cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
         assert client.stdout is not None
         line = client.stdout.readline().strip()
         if line != "MEASURE":
@@ -343,39 +346,72 @@ def run_load(server_cmd: list[str], env: dict[str, str], port: int, calls: int, 
             server.wait(5)
 
 
-def session_path_cost(frames: int = 50000) -> float:
-    """The gateway's own work per frame pair (validate, u-law, null model, playback driver, streamAudio),
-    through the call's public path with an in-memory transport whose send costs nothing: what the media
-    plane adds on top of the WebSocket stack."""
+def session_path_cost(frames: int = 50000, protocol: str = "freeswitch") -> float:
+    """The gateway's own work per frame pair (validate, u-law, null model, playback, streamAudio), through
+    the call's public path with an in-memory transport whose send costs nothing: what the media plane
+    adds on top of the WebSocket stack. CPU time of the process (`time.process_time`) from the first
+    frame to the last, so call set-up and other processes on a shared machine are not counted.
+
+    No event-loop turn between frames: in the server the socket read costs that turn whatever the call
+    does, and it is not the call's work (a bare `asyncio.sleep(0)` costs 5-8 us here). Without a turn the
+    playback driver task cannot run, so the echo coming back proves the inline path sent every frame."""
     from gateway.call.session import CallSession
-    from gateway.call.transport import CallerAudio, StreamStart
+    from gateway.call.transport import MarkPlayed, StreamStart
     from gateway.profiles import load_profiles
     from gateway.proto import audio_stream as wire
+    from gateway.proto.twilio_media import TwilioMediaCodec
     from gateway.settings import Settings
 
     now = [0.0]
     span = [0.0, 0.0]
-    codec = wire.AudioStreamCodec("bench", default_rate=8000)
+    codec: wire.AudioStreamCodec | TwilioMediaCodec
+    if protocol == "twilio":  # JSON text messages with base64 mu-law both ways, marks echoed
+        codec = TwilioMediaCodec()
+        sid = "MZ" + "0" * 32
+        start_msg = json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": sid, "start": {
+            "accountSid": "AC" + "0" * 32, "streamSid": sid, "callSid": "CA" + "0" * 32,
+            "tracks": ["inbound"], "customParameters": {},
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}})
+        payload = base64.b64encode(bytes([0xFF]) * 160).decode()
+        media_msg = json.dumps({"event": "media", "sequenceNumber": "2", "streamSid": sid, "media": {
+            "track": "inbound", "chunk": "1", "timestamp": "20", "payload": payload}})
+
+        def first() -> list:
+            return codec.feed_text(start_msg)
+
+        feed, message = codec.feed_text, media_msg
+    else:  # mod_audio_stream: binary L16 frames in, streamAudio JSON out
+        codec = wire.AudioStreamCodec("bench", default_rate=8000)
+        pcm = bytes(320)
+
+        def first() -> list:
+            return codec.start_timeout()
+
+        feed, message = codec.feed_binary, pcm
 
     class _MemoryTransport:
-        codec_name, frame_ms, echoes_marks, closed = "freeswitch", 20, False, False
+        codec_name, frame_ms, echoes_marks, closed = codec.name, 20, codec.echoes_marks, False
         sent = 0
 
         async def start(self, timeout: float) -> StreamStart:  # noqa: ASYNC109 - the seam's signature
-            (start,) = codec.start_timeout()
+            (start,) = first()
             assert isinstance(start, StreamStart)
             return start
 
         async def events(self):  # type: ignore[no-untyped-def]
-            frame = bytes(320)
-            span[0] = time.perf_counter()  # from the first frame: call set-up is not per-frame work
+            span[0] = time.process_time()  # from the first frame: call set-up is not per-frame work
             for _ in range(frames):
                 now[0] += 0.02
-                for event in codec.feed_binary(frame):
-                    assert isinstance(event, CallerAudio)
+                for event in feed(message):  # type: ignore[operator]
                     yield event
-                await asyncio.sleep(0)  # the playback driver's turn, as between two socket reads
-            span[1] = time.perf_counter()
+                if self.marks:  # Twilio echoes each mark once the audio before it played
+                    for name in self.marks:
+                        yield MarkPlayed(name)
+                    self.marks.clear()
+            span[1] = time.process_time()
+
+        def __init__(self) -> None:
+            self.marks: list[str] = []
 
         async def send_audio(self, audio: bytes) -> bool:
             codec.agent_audio(audio)
@@ -383,7 +419,11 @@ def session_path_cost(frames: int = 50000) -> float:
             return True
 
         async def clear(self) -> None: ...
-        async def mark(self, name: str) -> None: ...
+
+        async def mark(self, name: str) -> None:
+            codec.mark(name)
+            self.marks.append(name)
+
         async def send_side_text(self, doc: dict) -> None: ...
         async def close(self, code: int, reason: str) -> None: ...
 
@@ -424,6 +464,8 @@ def kernel_costs() -> dict[str, float]:
     }
     out = {}
     out["CallSession echo path, one frame in + one out, no sockets"] = session_path_cost()
+    out["the same, Twilio Media Streams protocol (JSON + base64 both ways, marks)"] = session_path_cost(
+        protocol="twilio")
     for name, fn in cases.items():
         n = 20000
         best = min(timeit.repeat(fn, number=n, repeat=5)) / n
@@ -433,11 +475,12 @@ def kernel_costs() -> dict[str, float]:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        port, calls, warmup, seconds, prefix = sys.argv[2:7]
-        print(json.dumps(_client(int(port), int(calls), float(warmup), float(seconds), prefix)), flush=True)
+        host, port, calls, warmup, seconds, prefix = sys.argv[2:8]
+        print(json.dumps(_client(host, int(port), int(calls), float(warmup), float(seconds), prefix)),
+              flush=True)
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--echo-server":
-        _echo_server(sys.argv[2], int(sys.argv[3]))
+        _echo_server(sys.argv[2], int(sys.argv[3]), sys.argv[4])
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, nargs="+", default=[500])
@@ -448,37 +491,49 @@ def main() -> int:
     p.add_argument("--stacks", nargs="+", default=["aiohttp", "websockets", "fastapi-uvicorn"])
     p.add_argument("--nice", type=int, default=0, help="server and client nice level (root may go < 0)")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--host", default="127.0.0.1", help="loopback address of every listener")
+    p.add_argument("--gateway-tree", type=Path, default=ROOT,
+                   help="run `gateway serve` from this source tree (an older commit checked out elsewhere), "
+                        "with the same client and measurements")
+    p.add_argument("--skip-kernels", action="store_true")
     args = p.parse_args()
+    HOST[0] = args.host
     if args.nice:
         NICE[:] = ["nice", "-n", str(args.nice)]
     if os.cpu_count() and os.cpu_count() < 2:
         print("needs 2 cores (server on core 0, client on core 1)", file=sys.stderr)
         return 2
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "nice": args.nice,
-                     "command": " ".join([Path(PY).name, *sys.argv]), "kernels_us": kernel_costs()}
-    print("kernels (best of 5 x 20000, us per call):")
-    for k, v in results["kernels_us"].items():
-        print(f"  {k:<60} {v:>7.2f}")
+                     "command": " ".join([Path(PY).name, *sys.argv])}
+    if not args.skip_kernels:
+        results["kernels_us"] = kernel_costs()
+        print("kernels (best of 5 x 20000, us per call):")
+        for k, v in results["kernels_us"].items():
+            print(f"  {k:<60} {v:>7.2f}")
     results["gateway"] = []
     for calls in args.calls:
         port, admin = free_port(), free_port()
-        env = {**os.environ, "GATEWAY_MODEL_BACKEND": "null-echo", "GATEWAY_MEDIA_HOST": "127.0.0.1",
+        env = {**os.environ, "GATEWAY_MODEL_BACKEND": "null-echo", "GATEWAY_MEDIA_HOST": args.host,
                "GATEWAY_MEDIA_PORT": str(port), "GATEWAY_ADMIN_PORT": str(admin),
+               "GATEWAY_ADMIN_HOST": args.host,
                "GATEWAY_LOG_LEVEL": "WARNING",
                "GATEWAY_AUTH_TOKENS": "", "GATEWAY_SHUTDOWN_TIMEOUT_S": "1",
                # All calls come from this one client address and open at once: lift the per-source
                # share (gateway/admission.py), which exists to stop exactly that from a stranger.
                "GATEWAY_MAX_STREAMS_PER_SOURCE": str(calls + 10), "GATEWAY_STREAM_RATE_PER_SOURCE": "100000",
                "GATEWAY_STREAM_BURST_PER_SOURCE": str(calls + 10)}
+        tree = args.gateway_tree.resolve()
+        if tree != ROOT:
+            env["PYTHONPATH"] = str(tree)  # ahead of the editable install of this tree
         r = run_load([PY, "-m", "gateway", "serve"], env, port, calls, args.warmup, args.seconds, "/stream/",
-                     admin_port=admin)
+                     admin_port=admin, cwd=tree)
         results["gateway"].append(r)
         print(f"gateway serve, null-echo, {calls} calls: {json.dumps(r)}")
     if not args.skip_stacks:
         results["stacks"] = {}
         for stack in args.stacks:
             port = free_port()
-            r = run_load([PY, __file__, "--echo-server", stack, str(port)], dict(os.environ), port,
+            r = run_load([PY, __file__, "--echo-server", stack, str(port), args.host], dict(os.environ), port,
                          args.stack_calls, args.warmup, args.seconds, "/echo/")
             results["stacks"][stack] = r
             print(f"echo server {stack}, {args.stack_calls} streams: {json.dumps(r)}")

@@ -73,11 +73,18 @@ class Playback:
         self._file_end = 0.0  # loop time at which the file playing now ends (displace)
         self._displacing: list[tuple[str, float]] = []
         self.gapless = files is not None and hasattr(files, "displace")
-        self._wakeup = asyncio.Event()
-        self._pumper: asyncio.Task[object] | None = None  # the task that calls pump() after its input
-        self._send_lock = asyncio.Lock()  # one sender at a time: the driver or the inline fast path
-        self._idle = asyncio.Event()
-        self._idle.set()
+        # The driver's wake-up: a bare future and one timer handle. Not asyncio.wait_for on an Event,
+        # which wraps the wait in a new task every time the driver paces a frame.
+        self._waiter: asyncio.Future[None] | None = None
+        # The inline fast path (`pump_next` ... `pump`): audio queued in between is sent by the caller's
+        # own task, so it wakes no driver. Plain flags, not an asyncio.Lock and `current_task()`: they
+        # ran on every frame and cost ~3 us of the ~25 us the call-core renovation added per frame pair
+        # (docs/benchmarks.md).
+        self._pump_pending = False
+        self._sending = False  # one sender at a time: the driver or the inline fast path
+        # Set when the queue runs empty, while `played_out` waits for that (an Event per frame cost two
+        # method calls per frame for a wait that happens once per call).
+        self._idle: asyncio.Event | None = None
         self._marks: dict[str, tuple[str | None, float]] = {}  # mark name -> (item, sent ms at the mark)
         self._mark_seq = 0
         self._last_mark_ms = 0.0
@@ -103,17 +110,17 @@ class Playback:
             self._out[-1].audio += audio
         else:
             self._out.append(_Segment(item_id, bytearray(audio)))
-        self._idle.clear()
-        self._wake_unless_pumped()
+        if not self._pump_pending:
+            self._wake()
 
     def reply_done(self) -> None:
         """The model finished a reply: a partial last frame may go now."""
-        self._wakeup.set()
+        self._wake()
 
     def on_play_file(self, path: str) -> None:
         """File mode: FreeSWITCH wrote one more chunk to a file."""
         self._file_queue.append(path)
-        self._wakeup.set()
+        self._wake()
 
     def on_mark(self, name: str) -> None:
         """The far end played everything up to mark `name`."""
@@ -136,14 +143,14 @@ class Playback:
         self._file_queue.clear()
         self._marks.clear()
         self.audio.reset_output()
-        self._wakeup.set()
+        self._wake()
         return item_id, heard, queued
 
     def stop_new(self) -> None:
         """Before the call moves or ends: nothing more is queued or sent; what is in flight plays out."""
         self.accepting = False
         self._out.clear()
-        self._wakeup.set()
+        self._wake()
 
     async def flush_files(self) -> None:
         self._file_queue.clear()
@@ -171,39 +178,41 @@ class Playback:
                     return True
                 await sleep(min(rest, max(0.0, deadline - loop_now())))
                 continue
-            self._idle.clear()
+            idle = self._idle = asyncio.Event()
             try:
-                await asyncio.wait_for(self._idle.wait(), max(0.001, deadline - loop_now()))
+                await asyncio.wait_for(idle.wait(), max(0.001, deadline - loop_now()))
             except TimeoutError:
                 return False
+            finally:
+                self._idle = None
         return not self.busy()
 
     # ------------------------------------------------------------------ the driver
-    def _wake_unless_pumped(self) -> None:
-        """Wake the driver, unless this audio was queued by the task that calls `pump` right after
-        (the receive loop, with the null model or any in-process source): that task sends the due frame
-        itself, and `pump` wakes the driver only for what is left. A task wake per frame per call is
-        what the inline path saves."""
-        try:
-            if asyncio.current_task() is self._pumper and self._pumper is not None:
-                return
-        except RuntimeError:  # no loop running (a test driving the queue by hand)
-            pass
-        self._wakeup.set()
+    def pump_next(self) -> None:
+        """The caller's task is about to queue audio (caller audio into an in-process model such as
+        the null model) and calls `pump` right after: what is queued until then wakes no driver. A
+        task wake per frame per call is what the inline path saves."""
+        self._pump_pending = True
 
     async def pump(self) -> None:
         """The inline fast path: send the frames due now from the caller's own task (the media
         transport's receive loop calls this after each caller frame, so in the steady state the
         driver below sleeps). What does not fit under the lead is left to the driver's timer."""
-        self._pumper = asyncio.current_task()
-        if self._out and self.clock.wants_frame() and not self._send_lock.locked():
-            async with self._send_lock:
-                while self._out and self.clock.wants_frame():
+        self._pump_pending = False
+        out = self._out
+        if out and not self._sending and self.clock.wants_frame():
+            self._sending = True
+            try:
+                while True:
                     if not await self._send_frame():
                         break  # a partial frame while the model is still talking
-        if self._out or self._file_queue:
-            self._wakeup.set()  # more than the lead, or a partial frame: the driver's timer paces it
-        else:
+                    if not out or not self.clock.wants_frame():
+                        break
+            finally:
+                self._sending = False
+        if out or self._file_queue:
+            self._wake()  # more than the lead, or a partial frame: the driver's timer paces it
+        elif self._idle is not None:
             self._idle.set()
 
     async def run(self) -> None:
@@ -217,21 +226,40 @@ class Playback:
                     continue
                 waits.append(start_at - loop.time())
             if self._out:
-                if self.clock.wants_frame():
-                    async with self._send_lock:
+                if self._sending:
+                    pass  # the inline path is sending: it wakes us for what it leaves
+                elif self.clock.wants_frame():
+                    self._sending = True
+                    try:
                         sent = await self._send_frame()
+                    finally:
+                        self._sending = False
                     if sent:
                         continue
                     # a partial frame while the model is still talking: wait for the rest, not chop
                 else:
                     waits.append(self.clock.seconds_until_room())
-            elif not self._file_queue:
+            elif not self._file_queue and self._idle is not None:
                 self._idle.set()
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), min(waits) if waits else None)
-            except TimeoutError:
-                pass
+            await self._sleep(min(waits) if waits else None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _sleep(self, delay: float | None) -> None:
+        """Until `_wake` or `delay` seconds, whichever is first. Wakes before this call do not count:
+        the driver decided what to do after them."""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(delay, _resolve, waiter) if delay is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     async def _play_next_file(self, now: float) -> None:
         assert self._files is not None
@@ -255,24 +283,30 @@ class Playback:
         if len(seg.audio) < self._frame_len and len(self._out) == 1 and self._more_coming():
             return False
         n = max(self._frame_len, min(len(seg.audio), self._max_chunk_len))
-        frame = bytes(seg.audio[:n])
-        del seg.audio[:n]
-        segment_done = not seg.audio
-        if segment_done:
+        if len(seg.audio) <= n:  # the whole segment: one copy, not a slice and a delete
+            frame = bytes(seg.audio)
+            segment_done = True
             self._out.popleft()
-        first = seg.item_id != self.clock.item_id or self.clock.item_id is None
+        else:
+            frame = bytes(seg.audio[:n])
+            del seg.audio[:n]
+            segment_done = False
+        clock = self.clock
+        playing = clock.item_id
+        first = playing is None or seg.item_id != playing
         if first:
-            self.clock.begin_item(seg.item_id)
+            clock.begin_item(seg.item_id)
             self._last_mark_ms = 0.0
         if not await self.transport.send_audio(frame):
             self._out.clear()
             return True
-        if self.clock.on_sent(self.audio.transport_ms(len(frame)), continuing=not first):
+        ms = len(frame) / self.audio.bytes_per_ms
+        if clock.on_sent(ms, continuing=not first):
             self._on_underrun()
         self.frames_out += 1
         self.bytes_out += len(frame)
         if self._files is not None:
-            self._file_ms.append(self.audio.transport_ms(len(frame)))
+            self._file_ms.append(ms)
         if first:
             self._on_first_audio(seg.item_id)
         if self.transport.echoes_marks:
@@ -284,3 +318,8 @@ class Playback:
                 self._last_mark_ms = sent
                 await self.transport.mark(name)
         return True
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

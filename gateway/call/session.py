@@ -146,7 +146,7 @@ class CallSession:
         self._speech_ended_at: float | None = None
         self._leaving = False  # an action that ends or moves the call is under way
         self._responses_done = 0
-        self._closed = asyncio.Event()
+        self._closed = False  # close() ran: the receive loop stops
         # Records (gateway/records/): every text leaving the call goes through the profile's redactor.
         self._records = records
         self.recorder: CallRecorder | None = None
@@ -255,7 +255,7 @@ class CallSession:
 
     async def close(self, code: int, reason: str) -> None:
         await self.transport.close(code, reason)
-        self._closed.set()
+        self._closed = True
 
     # ------------------------------------------------------------------ main
     async def run(self) -> None:
@@ -357,27 +357,28 @@ class CallSession:
 
     async def _receive(self) -> None:
         moved = False
+        playback = self.playback
+        assert playback is not None
         async for event in self.transport.events():
-            if isinstance(event, CallerAudio):
+            if type(event) is CallerAudio:
+                playback.pump_next()  # audio the null model queues now goes out in pump() below
                 if self.stats.frames_in & 7:
                     self._on_caller_audio(event.audio)
                 else:  # one frame in eight is timed: the histogram costs a lock per observe
                     t0 = time.perf_counter()
                     self._on_caller_audio(event.audio)
                     m.FRAME_WORK.observe(time.perf_counter() - t0)
-                if self.playback is not None:
-                    await self.playback.pump()  # send what is due now, without waking the driver
+                await playback.pump()  # send what is due now, without waking the driver
             elif isinstance(event, Dtmf):
                 self.on_dtmf(event.digit)
             elif isinstance(event, MarkPlayed):
-                if self.playback is not None:
-                    self.playback.on_mark(event.name)
+                playback.on_mark(event.name)
             elif isinstance(event, StreamText):
                 log.info("stream text", extra=fields(call=self.uuid, text=pii(event.text)))
             elif isinstance(event, StreamStopped):
                 log.info("stream stopped by the far end", extra=fields(call=self.uuid, reason=event.reason))
                 break
-            if self._closed.is_set():
+            if self._closed:
                 moved = True
                 break
         if self.outcome is None and not moved:
@@ -390,10 +391,11 @@ class CallSession:
     def _on_caller_audio(self, audio: bytes) -> None:
         self.stats.frames_in += 1
         self.stats.bytes_in += len(audio)
-        if self.state != "active" or self._model is None or not audio or self.audio is None:
+        fmt = self.audio
+        if self.state != "active" or self._model is None or not audio or fmt is None:
             return
-        self._input.add(self.audio.transport_ms(len(audio)), self._clock())
-        self._model.append_audio(self.audio.to_model(audio))
+        self._input.add(len(audio) / fmt.bytes_per_ms, self._clock())
+        self._model.append_audio(fmt.to_model(audio))
 
     def on_dtmf(self, digit: str) -> None:
         if self._model is not None and self.state == "active":

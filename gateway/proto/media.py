@@ -24,8 +24,11 @@ class StreamStart:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CallerAudio:
+    """One caller frame. Not frozen: a frozen dataclass sets its field through object.__setattr__,
+    ~1 us per frame, 50 times a second per call."""
+
     audio: bytes  # in the transport's encoding at its rate
 
 
