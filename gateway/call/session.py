@@ -297,9 +297,6 @@ class CallSession:
         self.outcome = self.outcome or "completed"
         m.CALLS.labels(outcome=self.outcome).inc()
         self._record_end()
-        if self.playback is not None:
-            self.stats.frames_out = self.playback.frames_out
-            self.stats.bytes_out = self.playback.bytes_out
         log.info(
             "call ended",
             extra=fields(call=self.uuid, outcome=self.outcome, duration_s=round(self.ended - self.started, 3),
@@ -339,7 +336,7 @@ class CallSession:
         self.playback = Playback(self.transport, self.audio, self._clock, lead_ms=lead_ms, frame_ms=frame_ms,
                                  more_coming=lambda: self._response_active,
                                  on_first_audio=self._on_first_audio, on_underrun=self._on_underrun,
-                                 files=files, max_chunk_ms=max_chunk_ms)
+                                 files=files, max_chunk_ms=max_chunk_ms, stats=self.stats)
         if files is not None:
             self.control.on_play_file = self.playback.on_play_file  # type: ignore[union-attr]
         log.info(
