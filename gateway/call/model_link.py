@@ -30,6 +30,43 @@ class ModelLink(Protocol):
     async def close(self) -> None: ...
 
 
+_CLIENTS: dict[tuple[str, str | None], Any] = {}
+
+
+def shared_client(api_key: str, base_url: str | None) -> Any:
+    """One `AsyncOpenAI` per (key, URL) for the whole process; each call opens only its own WebSocket.
+
+    A client per call cost ~850 KB of RSS and ~19 ms of CPU each (its httpx client and TLS context),
+    almost all of a call's memory (docs/benchmarks.md). The Realtime connection (`client.realtime.connect`)
+    is per call and shares nothing with other calls but the client's settings: no loop-bound state, so
+    one client serves every event loop of the process (tests run several)."""
+    client = _CLIENTS.get((api_key, base_url))
+    if client is None:
+        from openai import AsyncOpenAI  # imported here: `gateway call` and the null model never need it
+
+        client = _CLIENTS[(api_key, base_url)] = AsyncOpenAI(api_key=api_key, websocket_base_url=base_url,
+                                                             max_retries=0)
+    return client
+
+
+_TLS: list[Any] = []
+
+
+def shared_tls_context() -> Any:
+    """The TLS context for every wss:// model socket. Left to itself the WebSocket library builds one per
+    connection (`ssl.create_default_context()`: ~30 ms of CPU and ~900 KB here, the CA bundle parsed
+    each time); contexts are made to be shared by many connections."""
+    if not _TLS:
+        import ssl
+
+        _TLS.append(ssl.create_default_context())
+    return _TLS[0]
+
+
+def _uses_tls(base_url: str | None) -> bool:
+    return base_url is None or base_url.startswith(("wss:", "https:"))  # None: the SDK's wss default
+
+
 class RealtimeLink:
     def __init__(
         self,
@@ -74,11 +111,11 @@ class RealtimeLink:
         self._wakeup.set()
 
     async def run(self, setup: list[dict[str, Any]]) -> None:
-        from openai import AsyncOpenAI  # imported here: `gateway call` and the null model never need it
-
-        client = AsyncOpenAI(api_key=self._api_key, websocket_base_url=self._base_url, max_retries=0)
+        client = shared_client(self._api_key, self._base_url)
         try:
-            manager = client.realtime.connect(model=self._model, extra_query={"profile": self._profile})
+            options = {"ssl": shared_tls_context()} if _uses_tls(self._base_url) else {}
+            manager = client.realtime.connect(model=self._model, extra_query={"profile": self._profile},
+                                              websocket_connection_options=options)  # type: ignore[arg-type]
             self._conn = await asyncio.wait_for(manager.enter(), self._connect_timeout)
         except asyncio.CancelledError:
             raise
