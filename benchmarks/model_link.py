@@ -3,6 +3,7 @@ to a local fake Realtime server, under N concurrent 8 kHz calls.
 
     .venv/bin/python benchmarks/model_link.py --calls 100 200 --host 127.0.3.1
     .venv/bin/python benchmarks/model_link.py --calls 100 --gateway-tree /tmp/old   # another checkout
+    .venv/bin/python benchmarks/model_link.py --append-latency 20 40 60 100   # what batching adds
 
 Gateway pinned to core 0; the load client (benchmarks/media_plane.py's mod_audio_stream-like client) and
 the fake model share core 1. The fake speaks the Realtime protocol's GA event names as the gateway uses them:
@@ -135,6 +136,46 @@ def _fake_model(host: str, expected: int, reply_every: float, reply_ms: int) -> 
     uvloop.run(main())
 
 
+# --------------------------------------------------------------------------------------------- appends
+def append_latency(append_ms: int, seconds: float = 4.0) -> dict:
+    """What batching adds on the caller -> model path: for each 20 ms caller frame handed to the real
+    `RealtimeLink`, the time until the append carrying it is written to the model socket (a stand-in
+    connection that records the time of each write), with frames every 20 ms on the event loop's clock."""
+    from gateway.call.model_link import RealtimeLink
+
+    pending: list[float] = []
+    delays: list[float] = []
+
+    class _Conn:
+        async def send_raw(self, data: str) -> None:
+            now = time.perf_counter()
+            frames = len(base64.b64decode(json.loads(data)["audio"])) // 160
+            for _ in range(frames):
+                delays.append(now - pending.pop(0))
+
+        async def send(self, event: dict) -> None: ...
+
+    async def main() -> None:
+        link = RealtimeLink(call_uuid="bench", base_url=None, api_key="x", model="m", profile="p",
+                            dispatch=lambda e: None, on_failure=lambda k, d: None, connect_timeout=1.0,
+                            max_pending_audio=1000, append_bytes=8 * append_ms)
+        link._conn = _Conn()  # noqa: SLF001 - the send loop alone, without a socket
+        sender = asyncio.create_task(link._send_loop())  # noqa: SLF001
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        for k in range(int(seconds * 50)):
+            await asyncio.sleep(max(0.0, t0 + k * 0.02 - loop.time()))
+            pending.append(time.perf_counter())
+            link.append_audio(bytes([0xFF]) * 160)
+        await asyncio.sleep(0.05)
+        sender.cancel()
+
+    asyncio.run(main())
+    d = sorted(delays)
+    return {"append_ms": append_ms, "frames": len(d), "added_ms_p50": round(d[len(d) // 2] * 1000, 2),
+            "added_ms_p99": round(d[int(len(d) * 0.99)] * 1000, 2), "added_ms_max": round(d[-1] * 1000, 2)}
+
+
 # --------------------------------------------------------------------------------------------- one load
 def run(calls: int, args: argparse.Namespace) -> dict:
     import psutil
@@ -232,6 +273,10 @@ def run(calls: int, args: argparse.Namespace) -> dict:
 
 
 def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--append-latency":
+        for ms in [int(x) for x in sys.argv[2:]] or [20, 40, 60, 100]:
+            print(json.dumps(append_latency(ms)), flush=True)
+        return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--fake":
         host, expected, every, reply_ms = sys.argv[2:6]
         _fake_model(host, int(expected), float(every), int(reply_ms))

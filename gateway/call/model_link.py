@@ -80,6 +80,7 @@ class RealtimeLink:
         on_failure: OnFailure,
         connect_timeout: float,
         max_pending_audio: int,
+        append_bytes: int = 0,
     ) -> None:
         self.call_uuid = call_uuid
         self._base_url = base_url
@@ -90,6 +91,10 @@ class RealtimeLink:
         self._on_failure = on_failure
         self._connect_timeout = connect_timeout
         self._audio: deque[str] = deque(maxlen=max(1, max_pending_audio))  # oldest caller audio dropped first
+        # Caller audio goes out in appends of `append_bytes` (settings.model_append_ms): fewer JSON
+        # messages, base64 calls, WebSocket frames and sender wake-ups per second, for that much delay.
+        self._append_bytes = append_bytes
+        self._batch = bytearray()
         self._control: deque[dict[str, Any]] = deque()
         self._wakeup = asyncio.Event()
         self._conn: Any = None
@@ -97,6 +102,14 @@ class RealtimeLink:
         self.audio_dropped = 0
 
     def append_audio(self, payload: bytes) -> None:
+        batch = self._batch
+        if len(batch) + len(payload) < self._append_bytes:
+            batch += payload
+            return
+        if batch:
+            batch += payload
+            payload = bytes(batch)
+            batch.clear()
         if len(self._audio) == self._audio.maxlen:
             self.audio_dropped += 1
         self._audio.append(rt.input_audio_append(payload))

@@ -406,11 +406,13 @@ class CallSession:
         if s.model_backend.startswith("null"):
             return NullLink(mode=s.model_backend.removeprefix("null-"), audio_sink=self.model_audio,
                             silence_byte=0xFF if self.rate == 8000 else 0)
-        pending_frames = max(1, s.max_pending_input_ms // 20)
+        per_append_ms = max(20, s.model_append_ms)
         return RealtimeLink(
             call_uuid=self.uuid, base_url=s.model_url, api_key=s.api_key(), model=s.model_name,
             profile=self.profile.name, dispatch=self.dispatch, on_failure=self._on_model_failure,
-            connect_timeout=s.model_connect_timeout_s, max_pending_audio=pending_frames,
+            connect_timeout=s.model_connect_timeout_s,
+            max_pending_audio=max(1, s.max_pending_input_ms // per_append_ms),
+            append_bytes=self.audio.model_bytes(s.model_append_ms),
         )
 
     def _setup_events(self) -> list[dict[str, Any]]:
