@@ -42,7 +42,8 @@ HOST = ["127.0.0.1"]  # --host: any loopback address (a shared machine gives eac
 
 
 # --------------------------------------------------------------------------------------------- client
-def _client(host: str, port: int, calls: int, warmup: float, seconds: float, path_prefix: str) -> dict:
+def _client(host: str, port: int, calls: int, warmup: float, seconds: float, path_prefix: str,
+            hold: float = 0.05) -> dict:
     import uvloop
 
     from gateway.client.wsframe import OP_BINARY, OP_TEXT, encode_frame, upgrade_request
@@ -116,8 +117,9 @@ def _client(host: str, port: int, calls: int, warmup: float, seconds: float, pat
             return {"error": f"{results.count(False)} upgrades refused"}
         for c in conns:
             c.transport.write(metadata)
+        print("CONNECTED", flush=True)
         slots = [conns[i::20] for i in range(20)]  # 20 slots of 1 ms: calls spread over the 20 ms
-        t0 = loop.time() + 0.05
+        t0 = loop.time() + hold  # `hold`: call set-up (the model links) measured before any audio
         lateness: list[float] = []
         tick = 0
         t_measure = t0 + warmup
@@ -299,6 +301,8 @@ def run_load(server_cmd: list[str], env: dict[str, str], port: int, calls: int, 
             cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
         assert client.stdout is not None
         line = client.stdout.readline().strip()
+        if line == "CONNECTED":
+            line = client.stdout.readline().strip()
         if line != "MEASURE":
             raise RuntimeError(f"client failed: {line} {client.stdout.read()}")
         m0 = scrape(admin_port) if admin_port else {}
@@ -476,7 +480,8 @@ def kernel_costs() -> dict[str, float]:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
         host, port, calls, warmup, seconds, prefix = sys.argv[2:8]
-        print(json.dumps(_client(host, int(port), int(calls), float(warmup), float(seconds), prefix)),
+        hold = float(sys.argv[8]) if len(sys.argv) > 8 else 0.05
+        print(json.dumps(_client(host, int(port), int(calls), float(warmup), float(seconds), prefix, hold)),
               flush=True)
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--echo-server":

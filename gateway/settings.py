@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     default_rate: int = 8000  # when a stream sends no metadata
     metadata_timeout_s: float = Field(0.5, gt=0)  # how long to wait for the metadata frame
     max_pending_input_ms: int = Field(2000, ge=0)  # caller audio kept while the model connects
+    # Caller audio per input_audio_buffer.append towards the model: 20 = one per frame; more saves CPU
+    # per call (fewer JSON messages and WebSocket frames) and delays the model's input by up to that
+    # much less 20 ms (docs/benchmarks.md, issue 17).
+    model_append_ms: int = Field(20, ge=20, le=100)
 
     # Agent profiles.
     profiles_dir: Path = DEFAULT_PROFILES_DIR

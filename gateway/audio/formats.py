@@ -64,6 +64,11 @@ class CallAudio:
     def model_ms(self, payload_len: int) -> float:
         return payload_len / self._model_bytes_per_ms
 
+    def model_bytes(self, ms: float) -> int:
+        """Bytes of `ms` of audio in the model's input format (whole samples)."""
+        n = int(self._model_bytes_per_ms * ms)
+        return n - n % 2 if self._wide else n
+
     def transport_ms(self, nbytes: int) -> float:
         return nbytes / self.bytes_per_ms
 

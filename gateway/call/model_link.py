@@ -30,6 +30,43 @@ class ModelLink(Protocol):
     async def close(self) -> None: ...
 
 
+_CLIENTS: dict[tuple[str, str | None], Any] = {}
+
+
+def shared_client(api_key: str, base_url: str | None) -> Any:
+    """One `AsyncOpenAI` per (key, URL) for the whole process; each call opens only its own WebSocket.
+
+    A client per call cost ~850 KB of RSS and ~19 ms of CPU each (its httpx client and TLS context),
+    almost all of a call's memory (docs/benchmarks.md). The Realtime connection (`client.realtime.connect`)
+    is per call and shares nothing with other calls but the client's settings: no loop-bound state, so
+    one client serves every event loop of the process (tests run several)."""
+    client = _CLIENTS.get((api_key, base_url))
+    if client is None:
+        from openai import AsyncOpenAI  # imported here: `gateway call` and the null model never need it
+
+        client = _CLIENTS[(api_key, base_url)] = AsyncOpenAI(api_key=api_key, websocket_base_url=base_url,
+                                                             max_retries=0)
+    return client
+
+
+_TLS: list[Any] = []
+
+
+def shared_tls_context() -> Any:
+    """The TLS context for every wss:// model socket. Left to itself the WebSocket library builds one per
+    connection (`ssl.create_default_context()`: ~30 ms of CPU and ~900 KB here, the CA bundle parsed
+    each time); contexts are made to be shared by many connections."""
+    if not _TLS:
+        import ssl
+
+        _TLS.append(ssl.create_default_context())
+    return _TLS[0]
+
+
+def _uses_tls(base_url: str | None) -> bool:
+    return base_url is None or base_url.startswith(("wss:", "https:"))  # None: the SDK's wss default
+
+
 class RealtimeLink:
     def __init__(
         self,
@@ -43,6 +80,7 @@ class RealtimeLink:
         on_failure: OnFailure,
         connect_timeout: float,
         max_pending_audio: int,
+        append_bytes: int = 0,
     ) -> None:
         self.call_uuid = call_uuid
         self._base_url = base_url
@@ -53,6 +91,10 @@ class RealtimeLink:
         self._on_failure = on_failure
         self._connect_timeout = connect_timeout
         self._audio: deque[str] = deque(maxlen=max(1, max_pending_audio))  # oldest caller audio dropped first
+        # Caller audio goes out in appends of `append_bytes` (settings.model_append_ms): fewer JSON
+        # messages, base64 calls, WebSocket frames and sender wake-ups per second, for that much delay.
+        self._append_bytes = append_bytes
+        self._batch = bytearray()
         self._control: deque[dict[str, Any]] = deque()
         self._wakeup = asyncio.Event()
         self._conn: Any = None
@@ -60,6 +102,14 @@ class RealtimeLink:
         self.audio_dropped = 0
 
     def append_audio(self, payload: bytes) -> None:
+        batch = self._batch
+        if len(batch) + len(payload) < self._append_bytes:
+            batch += payload
+            return
+        if batch:
+            batch += payload
+            payload = bytes(batch)
+            batch.clear()
         if len(self._audio) == self._audio.maxlen:
             self.audio_dropped += 1
         self._audio.append(rt.input_audio_append(payload))
@@ -74,11 +124,11 @@ class RealtimeLink:
         self._wakeup.set()
 
     async def run(self, setup: list[dict[str, Any]]) -> None:
-        from openai import AsyncOpenAI  # imported here: `gateway call` and the null model never need it
-
-        client = AsyncOpenAI(api_key=self._api_key, websocket_base_url=self._base_url, max_retries=0)
+        client = shared_client(self._api_key, self._base_url)
         try:
-            manager = client.realtime.connect(model=self._model, extra_query={"profile": self._profile})
+            options = {"ssl": shared_tls_context()} if _uses_tls(self._base_url) else {}
+            manager = client.realtime.connect(model=self._model, extra_query={"profile": self._profile},
+                                              websocket_connection_options=options)  # type: ignore[arg-type]
             self._conn = await asyncio.wait_for(manager.enter(), self._connect_timeout)
         except asyncio.CancelledError:
             raise

@@ -43,6 +43,12 @@ DISPLACE_EARLY_S = 0.005  # start the next file this much before the current end
 
 
 @dataclass
+class _Counts:
+    frames_out: int = 0
+    bytes_out: int = 0
+
+
+@dataclass
 class _Segment:
     item_id: str | None
     audio: bytearray
@@ -53,7 +59,8 @@ class Playback:
                  lead_ms: float, frame_ms: float, more_coming: Callable[[], bool] = lambda: False,
                  on_first_audio: Callable[[str | None], None] = lambda item: None,
                  on_underrun: Callable[[], None] = lambda: None,
-                 files: FileBroadcaster | None = None, max_chunk_ms: float | None = None) -> None:
+                 files: FileBroadcaster | None = None, max_chunk_ms: float | None = None,
+                 stats: _Counts | None = None) -> None:
         self.transport = transport
         self.audio = audio
         self.clock = PlayoutClock(clock, lead_ms=lead_ms, frame_ms=frame_ms)
@@ -89,8 +96,9 @@ class Playback:
         self._mark_seq = 0
         self._last_mark_ms = 0.0
         self._confirmed: tuple[str | None, float] = (None, 0.0)
-        self.frames_out = 0
-        self.bytes_out = 0
+        # The call's own counters (CallStats): live calls' frames out are summed at each metrics scrape
+        # and shown by the admin API while the call runs.
+        self.stats: _Counts = stats if stats is not None else _Counts()
         self.accepting = True
 
     # ------------------------------------------------------------------ queries
@@ -303,8 +311,9 @@ class Playback:
         ms = len(frame) / self.audio.bytes_per_ms
         if clock.on_sent(ms, continuing=not first):
             self._on_underrun()
-        self.frames_out += 1
-        self.bytes_out += len(frame)
+        stats = self.stats
+        stats.frames_out += 1
+        stats.bytes_out += len(frame)
         if self._files is not None:
             self._file_ms.append(ms)
         if first:

@@ -297,9 +297,6 @@ class CallSession:
         self.outcome = self.outcome or "completed"
         m.CALLS.labels(outcome=self.outcome).inc()
         self._record_end()
-        if self.playback is not None:
-            self.stats.frames_out = self.playback.frames_out
-            self.stats.bytes_out = self.playback.bytes_out
         log.info(
             "call ended",
             extra=fields(call=self.uuid, outcome=self.outcome, duration_s=round(self.ended - self.started, 3),
@@ -339,7 +336,7 @@ class CallSession:
         self.playback = Playback(self.transport, self.audio, self._clock, lead_ms=lead_ms, frame_ms=frame_ms,
                                  more_coming=lambda: self._response_active,
                                  on_first_audio=self._on_first_audio, on_underrun=self._on_underrun,
-                                 files=files, max_chunk_ms=max_chunk_ms)
+                                 files=files, max_chunk_ms=max_chunk_ms, stats=self.stats)
         if files is not None:
             self.control.on_play_file = self.playback.on_play_file  # type: ignore[union-attr]
         log.info(
@@ -409,11 +406,13 @@ class CallSession:
         if s.model_backend.startswith("null"):
             return NullLink(mode=s.model_backend.removeprefix("null-"), audio_sink=self.model_audio,
                             silence_byte=0xFF if self.rate == 8000 else 0)
-        pending_frames = max(1, s.max_pending_input_ms // 20)
+        per_append_ms = max(20, s.model_append_ms)
         return RealtimeLink(
             call_uuid=self.uuid, base_url=s.model_url, api_key=s.api_key(), model=s.model_name,
             profile=self.profile.name, dispatch=self.dispatch, on_failure=self._on_model_failure,
-            connect_timeout=s.model_connect_timeout_s, max_pending_audio=pending_frames,
+            connect_timeout=s.model_connect_timeout_s,
+            max_pending_audio=max(1, s.max_pending_input_ms // per_append_ms),
+            append_bytes=self.audio.model_bytes(s.model_append_ms),
         )
 
     def _setup_events(self) -> list[dict[str, Any]]:
