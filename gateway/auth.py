@@ -46,6 +46,7 @@ class AdminToken:
     name: str
     scope: Scope
     secret: bytes = field(repr=False)
+    tenant: str | None = None  # None: the operator's token (every tenant); else only that tenant's calls
 
 
 def parse_admin_tokens(text: str) -> list[AdminToken]:
@@ -86,6 +87,10 @@ class Principal:
 
     name: str
     scope: Scope
+    tenant: str | None = None  # None: sees every tenant's calls (gateway/tenants.py)
+
+    def sees(self, tenant: str) -> bool:
+        return self.tenant is None or self.tenant == tenant
 
 
 OPEN = Principal("open-loopback", Scope.CONTROL)  # no tokens configured (loopback only)
@@ -113,7 +118,7 @@ class TokenAuthority:
                 found = token
         if found is None or not presented:
             return None
-        return Principal(found.name, found.scope)
+        return Principal(found.name, found.scope, found.tenant)
 
 
 # Which scope each admin path needs. Anything not listed needs `read` for GET/HEAD and `control` for

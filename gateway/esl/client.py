@@ -54,6 +54,8 @@ EventHandler = Callable[[Event], object]
 # What the gateway listens to by default: channel life cycle, DTMF for the model, bgapi results,
 # everything mod_audio_stream reports (play = file-mode audio) and conference membership changes.
 DEFAULT_EVENTS: tuple[str, ...] = (
+    "CHANNEL_PROGRESS",  # 180 on a leg the gateway originated (gateway/outbound/)
+    "CHANNEL_PROGRESS_MEDIA",  # 183
     "CHANNEL_ANSWER",
     "CHANNEL_PARK",
     "CHANNEL_BRIDGE",
