@@ -41,6 +41,7 @@ from gateway.call.transport import (
     StreamText,
 )
 from gateway.log import fields, pii
+from gateway.outbound.context import call_context
 from gateway.profiles import Profile, ProfileSet
 from gateway.proto import realtime as rt
 from gateway.proto.audio_stream import (
@@ -419,7 +420,8 @@ class CallSession:
         assert p is not None and self.audio is not None
         events = [
             rt.session_update(audio_format=self.audio.model_format,
-                              instructions=p.instructions + self._memory,  # + caller memory
+                              instructions=p.instructions + self._memory  # + caller memory
+                              + call_context(self.meta.extra),  # outbound: direction, variables
                               voice=p.voice, turn_detection=p.turn_detection.model_dump(),
                               tools=schemas(p.tools),
                               input_transcription=self.settings.input_transcription_model or None)
