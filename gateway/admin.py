@@ -151,7 +151,7 @@ def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | Non
 
     @app.get("/calls/{uuid}", summary="one call: live, or an outbound call by id at any stage")
     async def call(uuid: str, request: Request) -> dict[str, Any]:
-        if outbound is not None and registry.get(uuid) is None:
+        if outbound is not None:
             placed = outbound.get(uuid)
             if placed is not None and _principal(request).sees(placed.tenant):
                 info = placed.info()

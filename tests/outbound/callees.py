@@ -1,0 +1,117 @@
+"""SIPp callees for outbound calls: what the carrier side does with the INVITE the edge relays (answer,
+busy, ring until cancelled, refuse), swapped in as the CallPath's `human` on the same address and port
+(the edge's CARRIER_TERM_URI)."""
+
+from __future__ import annotations
+
+from harness import sipp
+from harness.callpath import CallPath
+
+_HDRS = """[last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]R[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      [last_Record-Route:]"""
+
+REFUSE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="callee refuses with {code}">
+  <recv request="INVITE" crlf="true"/>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 180 Ringing
+      {hdrs}
+      Contact: <sip:callee@[local_ip]:[local_port]>
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <pause milliseconds="300"/>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 {code} {reason}
+      {hdrs}
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="ACK"/>
+</scenario>
+"""
+
+RING_UNTIL_CANCEL = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="callee rings and never answers">
+  <recv request="INVITE" crlf="true">
+    <action>
+      <ereg regexp="[0-9]+" search_in="hdr" header="CSeq:" check_it="true" assign_to="cseq"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 180 Ringing
+      {hdrs}
+      Contact: <sip:callee@[local_ip]:[local_port]>
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="CANCEL" timeout="{wait_ms}"/>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]R[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 487 Request Terminated
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]R[call_number]
+      [last_Call-ID:]
+      CSeq: [$cseq] INVITE
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="ACK"/>
+</scenario>
+"""
+
+
+def swap_callee(path: CallPath, xml: str | None = None, *, calls: int = 1, ring_ms: int = 0) -> sipp.Sipp:
+    """Replace the path's carrier-side SIPp with `xml` (None: the answering human of harness.sipp) on the
+    address and port the edge sends to."""
+    old = path.human
+    port = old.port
+    old.stop()
+    if xml is None:
+        new = sipp.human(path.workdir / "sipp", f"callee{len(path.humans)}", old.host, path.human_rtp,
+                         ring_ms=ring_ms, calls=calls)
+    else:
+        new = sipp.Sipp(path.workdir / "sipp", f"callee{len(path.humans)}", old.host, xml, ["-m", str(calls)])
+    new.port = port
+    path.humans.append(new)
+    path.human = new
+    return new.start()
+
+
+def refusing(code: int, reason: str) -> str:
+    return REFUSE.format(code=code, reason=reason, hdrs=_HDRS)
+
+
+def ringing_forever(wait_s: float = 120) -> str:
+    return RING_UNTIL_CANCEL.format(hdrs=_HDRS, wait_ms=int(wait_s * 1000))
