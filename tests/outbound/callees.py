@@ -4,6 +4,9 @@ busy, ring until cancelled, refuse), swapped in as the CallPath's `human` on the
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
+
 from harness import sipp
 from harness.callpath import CallPath
 
@@ -115,3 +118,19 @@ def refusing(code: int, reason: str) -> str:
 
 def ringing_forever(wait_s: float = 120) -> str:
     return RING_UNTIL_CANCEL.format(hdrs=_HDRS, wait_ms=int(wait_s * 1000))
+
+
+_RECEIVED = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n"
+                       r"(?:UDP|TCP) message received[^\n]*\n\n?INVITE (\S+)", re.M)
+
+
+def invites(callee: sipp.Sipp) -> list[tuple[float, str]]:
+    """(arrival time, R-URI user) of every INVITE the callee received, in order (SIPp's own clock)."""
+    if not callee.messages_path.exists():
+        return []
+    text = callee.messages_path.read_text(errors="replace")
+    out = []
+    for stamp, uri in _RECEIVED.findall(text):
+        t = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        out.append((t, uri.split(":", 1)[1].split("@", 1)[0]))
+    return out
