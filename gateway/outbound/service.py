@@ -192,8 +192,11 @@ class OutboundService:
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        if self._webhook_tasks:  # the last events (canceled, ...) still go out, briefly
+            await asyncio.wait(list(self._webhook_tasks), timeout=5)
         for sender in self._webhooks.values():
             await sender.close()
+        self._webhooks.clear()
 
     # ------------------------------------------------------------------ the call's life
     async def _run(self, call: OutboundCall, tenant: Tenant, hours: CallingHours, req: DialRequest) -> None:
