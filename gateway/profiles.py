@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.call.policy import TransferAllow
 from gateway.call.tools import TOOLS, unknown_tools
+from gateway.outbound.schedule import OnCall, Schedule
 from gateway.records.policy import RecordsPolicy
 
 
@@ -54,6 +55,9 @@ class Profile(BaseModel):
     transfer_allow: TransferAllow = Field(default_factory=TransferAllow)
     fallback: Fallback = Field(default_factory=Fallback)
     records: RecordsPolicy = Field(default_factory=RecordsPolicy)  # storage, redaction, memory, retention
+    # Business hours and the after-hours on-call ladder (gateway/outbound/schedule.py, docs/outbound.md).
+    schedule: Schedule | None = None
+    on_call: OnCall | None = None
 
     @field_validator("tools")
     @classmethod

@@ -31,6 +31,7 @@ from gateway.fallback import FallbackPrompts
 from gateway.health import ModelProbe
 from gateway.log import fields, setup_logging
 from gateway.media_server import CLOSE_HANDSHAKE_TIMEOUT_S, media_app
+from gateway.outbound.ladder import Ladders
 from gateway.outbound.service import OutboundService
 from gateway.profiles import ProfileError, ProfileSet, load_profiles
 from gateway.proto import audio_stream as wire
@@ -77,7 +78,8 @@ class Gateway:
         # Outbound calls (gateway/outbound/): originate through the workers this gateway controls.
         self.outbound = OutboundService(settings, self.tenants, self.profiles, lambda: self.control_plane,
                                         self.registry)
-        self.ladders = None
+        self.ladders = Ladders(settings, self.outbound, self.profiles, self.tenants, self.registry)
+        self.ladders.install()  # the `escalate` tool pages the on-call ladder after hours
 
     @property
     def ready(self) -> bool:
@@ -166,6 +168,7 @@ class Gateway:
         self.draining = True
         m.READY.set(0)
         log.info("draining", extra=fields(calls=len(self.calls), timeout_s=timeout))
+        await self.ladders.close()
         await self.outbound.close()  # nothing new is dialled; answered calls drain below
         await self.registry.drain(timeout, wire.CLOSE_GOING_AWAY)
         await self.model_probe.stop()

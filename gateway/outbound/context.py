@@ -18,3 +18,12 @@ def call_context(extra: dict[str, Any]) -> str:
         lines.append("Details of this call (from the system that placed it):")
         lines += [f"- {k}: {v}" for k, v in variables.items()]
     return "\n".join(lines)
+
+
+def call_greeting(extra: dict[str, Any]) -> str | None:
+    """An outbound call's own first words (the `greeting` variable: a campaign's personal opening, the
+    ladder's announcement) instead of the profile's greeting; None for inbound calls."""
+    if extra.get("direction") != "outbound":
+        return None
+    greeting = decode_vars(extra.get("vars")).get("greeting", "").strip()
+    return greeting.replace('"', "'") or None
