@@ -41,7 +41,7 @@ from gateway.call.transport import (
     StreamText,
 )
 from gateway.log import fields, pii
-from gateway.outbound.context import call_context
+from gateway.outbound.context import call_context, call_greeting
 from gateway.profiles import Profile, ProfileSet
 from gateway.proto import realtime as rt
 from gateway.proto.audio_stream import (
@@ -426,8 +426,9 @@ class CallSession:
                               tools=schemas(p.tools),
                               input_transcription=self.settings.input_transcription_model or None)
         ]
-        if p.greeting:
-            events.append(rt.greeting_response(p.greeting))
+        greeting = call_greeting(self.meta.extra) or p.greeting  # an outbound call's own opening
+        if greeting:
+            events.append(rt.greeting_response(greeting))
         return events
 
     def dispatch(self, event: dict[str, Any]) -> None:
