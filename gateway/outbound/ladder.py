@@ -107,8 +107,9 @@ def announcement(summary: str, callback: str) -> str:
 
 
 class Ladders:
-    def __init__(self, settings: Settings, outbound: OutboundService, profiles: ProfileSet, tenants: TenantSet,
-                 registry: CallRegistry | None = None, *, wall: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, outbound: OutboundService, profiles: ProfileSet,
+                 tenants: TenantSet, registry: CallRegistry | None = None, *,
+                 wall: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.outbound = outbound
         self.profiles = profiles
@@ -128,7 +129,8 @@ class Ladders:
         return self.runs.get(run_id)
 
     def after_hours(self, profile: Profile) -> bool:
-        return profile.schedule is None or not profile.schedule.open_at(datetime.fromtimestamp(self._wall(), UTC))
+        now = datetime.fromtimestamp(self._wall(), UTC)
+        return profile.schedule is None or not profile.schedule.open_at(now)
 
     def page(self, profile_name: str, summary: str, callback: str = "", *, call_uuid: str | None = None,
              tenant: str | None = None, force: bool = False) -> LadderRun:
@@ -154,8 +156,9 @@ class Ladders:
         while len(self.runs) > MAX_RUNS:
             self.runs.popitem(last=False)
         self._event(run, "ladder.started", people=len(profile.on_call.people))
-        log.info("on-call ladder started", extra=fields(incident=run.id, tenant=run.tenant, profile=profile_name,
-                                                        call=call_uuid, summary=pii(run.summary)))
+        log.info("on-call ladder started", extra=fields(incident=run.id, tenant=run.tenant,
+                                                        profile=profile_name, call=call_uuid,
+                                                        summary=pii(run.summary)))
         task = asyncio.create_task(self._walk(run, profile, profile.on_call), name=f"ladder-{run.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -197,10 +200,10 @@ class Ladders:
                                                           acknowledged_by=run.acknowledged_by,
                                                           legs=len(run.steps)))
 
-    async def _leg(self, run: LadderRun, person: OnCallPerson, number: str, timeout: float, on_call: OnCall,
+    async def _leg(self, run: LadderRun, person: OnCallPerson, number: str, leg_s: float, on_call: OnCall,
                    profile: Profile) -> str:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + leg_s
         step = LadderStep(person.name, person.number, started_at=self._wall())
         run.steps.append(step)
         # Never two legs ringing one person: wait for another incident's leg to that number to end.
@@ -221,7 +224,7 @@ class Ladders:
                               variables={"greeting": announcement(run.summary, run.callback),
                                          "incident": run.id},
                               tenant=run.tenant, purpose="ladder", max_attempts=1, priority=100,
-                              ring_timeout_s=max(1, int(timeout)))
+                              ring_timeout_s=max(1, int(leg_s)))
             try:
                 leg = self.outbound.place(req, None)
             except OutboundRefused as exc:

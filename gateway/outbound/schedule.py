@@ -24,6 +24,7 @@ Pure models and the one question "is it business hours at this instant" (zoneinf
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from typing import Literal
 
@@ -76,7 +77,9 @@ class OnCallPerson(BaseModel):
     @field_validator("number", mode="before")
     @classmethod
     def _as_string(cls, v: object) -> object:
-        return str(v) if isinstance(v, int) else v
+        # written as people write numbers ("+44 7700 900-001"); dialled as digits
+        text = str(v) if isinstance(v, int) else v
+        return re.sub(r"[\s().-]", "", text) if isinstance(text, str) else text
 
 
 class OnCall(BaseModel):

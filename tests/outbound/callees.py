@@ -134,3 +134,94 @@ def invites(callee: sipp.Sipp) -> list[tuple[float, str]]:
         t = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
         out.append((t, uri.split(":", 1)[1].split("@", 1)[0]))
     return out
+
+
+BY_NUMBER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="callee: {ring_only} rings until cancelled, anyone else answers">
+  <recv request="INVITE" crlf="true">
+    <action>
+      <ereg regexp="^INVITE sip:{ring_only_re}@" search_in="msg" check_it="false" assign_to="ringonly"/>
+      <ereg regexp="[0-9]+" search_in="hdr" header="CSeq:" check_it="true" assign_to="cseq"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 180 Ringing
+      {hdrs}
+      Contact: <sip:callee@[local_ip]:[local_port]>
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <nop next="ring" test="ringonly"/>
+  <pause milliseconds="300"/>
+  <send retrans="500">
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      {hdrs}
+      Contact: <sip:callee@[local_ip]:[local_port];transport=[transport]>
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      {sdp}
+
+    ]]>
+  </send>
+  <recv request="ACK" crlf="true"/>
+  <recv request="BYE" timeout="{wait_ms}"/>
+  <send next="end">
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <label id="ring"/>
+  <recv request="CANCEL" timeout="{wait_ms}"/>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]R[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <send>
+    <![CDATA[
+
+      SIP/2.0 487 Request Terminated
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]R[call_number]
+      [last_Call-ID:]
+      CSeq: [$cseq] INVITE
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="ACK"/>
+  <label id="end"/>
+</scenario>
+"""
+
+
+def answering_except(path: CallPath, ring_only: str, wait_s: float = 120) -> str:
+    """One callee for several numbers: `ring_only` rings until cancelled, every other number answers with
+    its media at the path's human RTP endpoint."""
+    sdp = sipp._SDP.format(user="callee", rtp_ip=path.human_rtp.host, rtp_port=path.human_rtp.port)
+    return BY_NUMBER.format(ring_only=ring_only, ring_only_re=re.escape(ring_only), hdrs=_HDRS, sdp=sdp,
+                            wait_ms=int(wait_s * 1000))
