@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.call.policy import TransferAllow
 from gateway.call.tools import TOOLS, unknown_tools
+from gateway.outbound.amd import AmdConfig
 from gateway.outbound.schedule import OnCall, Schedule
 from gateway.records.policy import RecordsPolicy
 
@@ -58,6 +59,7 @@ class Profile(BaseModel):
     # Business hours and the after-hours on-call ladder (gateway/outbound/schedule.py, docs/outbound.md).
     schedule: Schedule | None = None
     on_call: OnCall | None = None
+    amd: AmdConfig | None = None  # answering-machine detection on outbound calls (gateway/outbound/amd.py)
 
     @field_validator("tools")
     @classmethod
