@@ -41,6 +41,7 @@ from gateway.call.transport import (
     StreamText,
 )
 from gateway.log import fields, pii
+from gateway.outbound.amd import AmdScreen, amd_screen
 from gateway.outbound.context import call_context, call_greeting
 from gateway.profiles import Profile, ProfileSet
 from gateway.proto import realtime as rt
@@ -146,6 +147,8 @@ class CallSession:
         self._input = _InputTimeline()
         self._speech_ended_at: float | None = None
         self._leaving = False  # an action that ends or moves the call is under way
+        self._screen: AmdScreen | None = None  # outbound answering-machine detection, until its verdict
+        self.amd_verdict: dict[str, Any] | None = None
         self._responses_done = 0
         self._closed = asyncio.Event()
         # Records (gateway/records/): every text leaving the call goes through the profile's redactor.
@@ -200,6 +203,7 @@ class CallSession:
             "last_reply_latency_ms": self.stats.last_reply_latency_ms,
             "last_error": self.last_error,
             "call_control": self.control is not None,
+            "amd": self.amd_verdict,
         }
 
     # ------------------------------------------------------------------ verbs (admin API, tools)
@@ -315,6 +319,10 @@ class CallSession:
         self.rate = start.rate
         self.profile = self.profiles.select(start.profile, start.callee)
         self.redactor = Redactor(self.profile.records.redaction)
+        # Outbound calls with `amd:`: the callee is screened for an answering machine before the agent
+        # speaks or hears anything (gateway/outbound/amd.py); it greets a human itself.
+        self._screen = amd_screen(start.extra, self.profile, start.rate, start.encoding,
+                                  call_greeting(start.extra) or self.profile.greeting)
         if self._records is not None:
             self.recorder = self._records.open_call(self.uuid, start, self.profile, self._clock)
             self._memory = await self._records.memory_for(self.recorder.caller_key, self.profile.records)
@@ -393,6 +401,8 @@ class CallSession:
         self.stats.bytes_in += len(audio)
         if self.state != "active" or self._model is None or not audio or self.audio is None:
             return
+        if self._screen is not None and not self._screen.feed(audio, self):
+            return  # being screened for an answering machine: the model hears nothing yet
         self._input.add(self.audio.transport_ms(len(audio)), self._clock())
         self._model.append_audio(self.audio.to_model(audio))
 
@@ -427,7 +437,7 @@ class CallSession:
                               input_transcription=self.settings.input_transcription_model or None)
         ]
         greeting = call_greeting(self.meta.extra) or p.greeting  # an outbound call's own opening
-        if greeting:
+        if greeting and self._screen is None:
             events.append(rt.greeting_response(greeting))
         return events
 
