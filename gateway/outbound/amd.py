@@ -53,7 +53,7 @@ class AmdConfig(BaseModel):
     message: str | None = Field(None, max_length=600)  # spoken after the beep (on_machine: message)
     beep_wait_ms: int = Field(20000, ge=0, le=60000)  # then the message anyway
     speech_dbfs: float = Field(-35.0, ge=-60, le=-10)
-    tone_purity: float = Field(0.8, ge=0.5, le=0.99)
+    tone_purity: float = Field(0.95, ge=0.5, le=0.999)  # measured: a G.711 beep 0.999, espeak speech <= 0.88
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,10 @@ class AmdDetector:
         if total <= 0:
             return None
         peak = int(np.argmax(spectrum))
-        lo, hi = max(0, peak - 3), peak + 4
+        # A pure tone's energy spreads over the Hann window's main lobe: +-2 bins of the frame's own
+        # resolution (rate / frame), i.e. +-100 Hz for a 20 ms frame, whatever the zero-padding.
+        half = 2 * self._nfft // self.frame + 1
+        lo, hi = max(0, peak - half), peak + half + 1
         purity = float(spectrum[lo:hi].sum()) / total
         freq = peak * self.rate / self._nfft
         if purity >= self.cfg.tone_purity and 300.0 <= freq <= 2500.0:
