@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.freeswitch, pytest.mark.slow]
 
 OPS = {"Authorization": f"Bearer {ADMIN.split(':', 2)[2]}"}
 PROFILES = Path(__file__).resolve().parents[2] / "gateway" / "profiles"
-MESSAGE = "This is Riverside Dental returning your call. Please call us back on five five five, zero one hundred."
+MESSAGE = ("This is Riverside Dental returning your call. "
+           "Please call us back on five five five, zero one hundred.")
 
 
 def path_with_amd(outpath, tmp_path, on_machine: str):
