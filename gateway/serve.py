@@ -78,6 +78,15 @@ class Gateway:
         # Outbound calls (gateway/outbound/): originate through the workers this gateway controls.
         self.outbound = OutboundService(settings, self.tenants, self.profiles, lambda: self.control_plane,
                                         self.registry)
+        if settings.twilio_account_sid and settings.twilio_auth_token and settings.outbound_twilio_stream_url:
+            from gateway.outbound.twilio_originate import TwilioOriginator
+
+            self.outbound.twilio = TwilioOriginator(
+                account_sid=settings.twilio_account_sid,
+                auth_token=settings.twilio_auth_token.get_secret_value(),
+                stream_url=settings.outbound_twilio_stream_url,
+                ring_timeout_s=settings.outbound_ring_timeout_s,
+                base_url=settings.twilio_api_base_url)
         self.ladders = Ladders(settings, self.outbound, self.profiles, self.tenants, self.registry)
         self.ladders.install()  # the `escalate` tool pages the on-call ladder after hours
 

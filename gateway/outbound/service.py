@@ -14,7 +14,7 @@ import logging
 import time
 import uuid as uuidlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from gateway.call.control import ControlPlane
     from gateway.call.registry import CallRegistry
     from gateway.esl.client import EslClient
+    from gateway.outbound.twilio_originate import TwilioOriginator
     from gateway.profiles import ProfileSet
     from gateway.settings import Settings
 
@@ -86,7 +87,7 @@ class OutboundService:
         self._webhook_tasks: set[asyncio.Task[Any]] = set()
         self._digit_handlers: dict[str, Callable[[str], None]] = {}
         self._rr = 0
-        self.twilio_factory: Callable[[OutboundCall], Awaitable[str]] | None = None
+        self.twilio: TwilioOriginator | None = None  # set when Twilio REST is configured
 
     # ------------------------------------------------------------------ public
     def get(self, key: str) -> OutboundCall | None:
@@ -141,9 +142,12 @@ class OutboundService:
             raise OutboundRefused(400, str(exc)) from None
         if req.via not in ("sip", "twilio"):
             raise OutboundRefused(400, "via must be sip or twilio")
-        if req.via == "twilio" and self.twilio_factory is None:
+        if req.via == "twilio" and self.twilio is None:
             raise OutboundRefused(503, "Twilio calls need GATEWAY_TWILIO_ACCOUNT_SID, "
                                        "GATEWAY_TWILIO_AUTH_TOKEN and GATEWAY_OUTBOUND_TWILIO_STREAM_URL")
+        if req.via == "twilio" and len(orig.encode_vars(req.variables)) > 256:
+            # Twilio's <Parameter> values reach the stream's `start` message; the codec takes 256 characters
+            raise OutboundRefused(400, "a Twilio call carries at most 256 characters of encoded variables")
         try:
             hours = CallingHours.parse(tenant.calling_hours, req.timezone or tenant.timezone)
         except ValueError as exc:
@@ -168,6 +172,9 @@ class OutboundService:
             task = self._tasks.get(call.id)
             if task is not None:
                 task.cancel()
+            return
+        if call.via == "twilio" and self.twilio is not None:
+            await self.twilio.hangup(call)
             return
         client = self._client_for(call.worker)
         if client is not None and call.uuid:
@@ -197,6 +204,8 @@ class OutboundService:
         for sender in self._webhooks.values():
             await sender.close()
         self._webhooks.clear()
+        if self.twilio is not None:
+            await self.twilio.close()
 
     # ------------------------------------------------------------------ the call's life
     async def _run(self, call: OutboundCall, tenant: Tenant, hours: CallingHours, req: DialRequest) -> None:
@@ -216,7 +225,7 @@ class OutboundService:
                     if at > loop.time():
                         await asyncio.sleep(at - loop.time())
                     call.attempt += 1
-                    if call.via == "twilio" and self.twilio_factory is not None:
+                    if call.via == "twilio" and self.twilio is not None:
                         state = await self._try_twilio(call)
                     else:
                         state = await self._try_sip(call, ring, req.extra_vars)
@@ -367,10 +376,14 @@ class OutboundService:
                 return
 
     async def _try_twilio(self, call: OutboundCall) -> str:
-        assert self.twilio_factory is not None
+        assert self.twilio is not None
         call.state = "dialing"
         self._emit(call, "dialing", via="twilio")
-        return await self.twilio_factory(call)
+        self.twilio.on_progress = self._progress
+        state = await self.twilio(call)
+        if call.uuid:
+            self.by_uuid[call.uuid] = call.id
+        return state
 
     # ------------------------------------------------------------------ progress and events
     def _progress(self, call: OutboundCall, state: str) -> None:
