@@ -114,3 +114,31 @@ def test_the_trunk_cps_limit_spaces_invites_at_the_carrier(outpath):
     for cid in ids:
         api(path, "POST", f"/calls/{cid}/hangup", OPS)
     assert path.fs.wait_channels(0, timeout=10) == 0
+
+
+def test_a_tenant_lists_and_ends_only_its_own_live_calls(outpath, tmp_path):
+    tenants = tmp_path / "tenants.yaml"
+    tenants.write_text(TENANTS)
+    path = outpath(gateway_env={"GATEWAY_TENANTS_FILE": str(tenants), "GATEWAY_OUTBOUND_CPS": "20"})
+    swap_callee(path, calls=2)
+    acme = api(path, "POST", "/calls", ACME, json={"to": "+15550700"}).json()["id"]
+    globex = api(path, "POST", "/calls", GLOBEX, json={"to": "+15550701"}).json()["id"]
+    deadline = time.monotonic() + 20
+    live: list = []
+    while len(live) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        live = api(path, "GET", "/calls", OPS).json()
+    assert {c["uuid"] for c in live} == {acme, globex}, live
+    assert {c["tenant"] for c in live} == {"acme", "globex"}
+    assert [c["uuid"] for c in api(path, "GET", "/calls", ACME).json()] == [acme]
+    assert [c["uuid"] for c in api(path, "GET", "/calls", GLOBEX).json()] == [globex]
+    # Another tenant's live call does not exist for globex: not readable, not ended, not transferred.
+    assert api(path, "GET", f"/calls/{acme}", GLOBEX).status_code == 404
+    assert api(path, "POST", f"/calls/{acme}/hangup", GLOBEX).status_code == 404
+    assert api(path, "POST", f"/calls/{acme}/transfer", GLOBEX, json={"target": "2001"}).status_code == 404
+    time.sleep(1.0)
+    assert api(path, "GET", f"/calls/{acme}", ACME).json()["state"] == "answered"
+    # Its own: ended.
+    assert api(path, "POST", f"/calls/{globex}/hangup", GLOBEX).status_code == 200
+    assert api(path, "POST", f"/calls/{acme}/hangup", ACME).status_code == 200
+    assert path.fs.wait_channels(0, timeout=10) == 0
