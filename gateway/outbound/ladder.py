@@ -118,7 +118,7 @@ class Ladders:
         self._wall = wall
         self.runs: OrderedDict[str, LadderRun] = OrderedDict()
         self._ringing: dict[str, asyncio.Event] = {}  # normalized number -> set when its leg ends
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._senders: dict[str, WebhookSender] = {}
 
     def install(self) -> None:
@@ -216,7 +216,10 @@ class Ladders:
                 self._event(run, "ladder.skipped", person=person.name, why="being paged by another incident")
                 return step.result
         ended = self._ringing[number] = asyncio.Event()
+        # The parallel notification runs to its end (its own retries are bounded), whatever the leg does.
         notify = asyncio.create_task(self._notify(run, person, step))
+        self._tasks.add(notify)
+        notify.add_done_callback(self._tasks.discard)
         ack = asyncio.Event()
         try:
             req = DialRequest(to=person.number, caller_id=on_call.caller_id,
@@ -264,8 +267,6 @@ class Ladders:
             step.ended_at = self._wall()
             if step.leg:
                 self.outbound.on_digits(step.leg, None)
-            if not notify.done():
-                notify.cancel()
             ended.set()
             if self._ringing.get(number) is ended:
                 del self._ringing[number]

@@ -263,6 +263,7 @@ class OutboundService:
         slots = self.slots(tenant)
         loop = asyncio.get_running_loop()
         if slots.request(call.id, loop.time(), call.priority):
+            m.OUTBOUND_ACTIVE.labels(tenant=tenant.metric_label).set(len(slots.active))
             return True
         call.state = "queued"
         self._emit(call, "waiting", position=slots.waiting.index(call.id) + 1,
@@ -271,6 +272,7 @@ class OutboundService:
         self._grants[call.id] = grant
         try:
             await asyncio.wait_for(grant, slots.max_wait)
+            m.OUTBOUND_ACTIVE.labels(tenant=tenant.metric_label).set(len(slots.active))
             return True
         except TimeoutError:
             slots.cancel(call.id)
