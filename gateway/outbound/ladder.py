@@ -317,3 +317,8 @@ class Ladders:
     def _event(self, run: LadderRun, kind: str, **data: Any) -> None:
         run.events.append({"type": kind, "at": self._wall(), **data})
         del run.events[:-200]
+        # Also into the caller's call record (the records store, when on) while the caller is on the line.
+        session = self.registry.get(run.call_uuid) if self.registry is not None and run.call_uuid else None
+        recorder = getattr(session, "recorder", None)
+        if recorder is not None:
+            recorder.event("ladder", {"incident": run.id, "type": kind, **data})

@@ -28,7 +28,8 @@ def test_escalate_after_hours_pages_on_call_who_acknowledges_and_is_bridged(outp
     doc["on_call"] = {"people": [{"name": "Dana", "number": "+15550411"}], "leg_timeout_s": 30,
                       "bridge_on_ack": True}
     (profiles / "front-desk.yaml").write_text(yaml.safe_dump(doc))
-    path = outpath(gateway_env={"GATEWAY_PROFILES_DIR": str(profiles)})
+    path = outpath(gateway_env={"GATEWAY_PROFILES_DIR": str(profiles),
+                                "GATEWAY_RECORDS_URL": f"sqlite:///{tmp_path / 'records.db'}"})
     call = path.call(wait_bye_s=90)
     assert call.wait_answered(15)
     assert call.wait_speech(since=call.answered, min_s=2.5, timeout=25, quiet_s=1.0) is not None
@@ -73,3 +74,14 @@ def test_escalate_after_hours_pages_on_call_who_acknowledges_and_is_bridged(outp
     path.human_rtp.say(speech_pcmu("Hello, this is Dana, the engineer on call."))
     assert call.wait_speech(since=t, min_s=1.0, timeout=10, quiet_s=0.3) is not None, \
         "the caller does not hear the on-call person"
+    # The steps are in the caller's call record too (the records store is on).
+    deadline = time.monotonic() + 10
+    ladder: list = []
+    while time.monotonic() < deadline and not any(e["data"].get("type") == "ladder.acknowledged"
+                                                  for e in ladder):
+        record = httpx.get(f"{path.gateway.admin_url}/records/{uuid}", headers=OPS, timeout=10)
+        if record.status_code == 200:
+            ladder = [e for e in record.json().get("events", []) if e["kind"] == "ladder"]
+        time.sleep(0.2)
+    kinds = [e["data"]["type"] for e in ladder]
+    assert "ladder.leg_dialled" in kinds and "ladder.acknowledged" in kinds, kinds
