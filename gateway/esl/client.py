@@ -54,8 +54,6 @@ EventHandler = Callable[[Event], object]
 # What the gateway listens to by default: channel life cycle, DTMF for the model, bgapi results,
 # everything mod_audio_stream reports (play = file-mode audio) and conference membership changes.
 DEFAULT_EVENTS: tuple[str, ...] = (
-    "CHANNEL_PROGRESS",  # 180 on a leg the gateway originated (gateway/outbound/)
-    "CHANNEL_PROGRESS_MEDIA",  # 183
     "CHANNEL_ANSWER",
     "CHANNEL_PARK",
     "CHANNEL_BRIDGE",
@@ -63,6 +61,8 @@ DEFAULT_EVENTS: tuple[str, ...] = (
     "CHANNEL_HANGUP",
     "CHANNEL_HANGUP_COMPLETE",
     "DTMF",
+    "CHANNEL_PROGRESS",  # 180 on a leg the gateway originated (gateway/outbound/)
+    "CHANNEL_PROGRESS_MEDIA",  # 183 on such a leg
     "BACKGROUND_JOB",
 )
 DEFAULT_CUSTOM: tuple[str, ...] = (
