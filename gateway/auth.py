@@ -125,6 +125,9 @@ class TokenAuthority:
 # every other method, so a stranger learns nothing, not even which paths exist.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 PATH_SCOPES = {"/metrics": Scope.METRICS}
+# What a tenant's token (gateway/tenants.py) may not use at all: every tenant's metrics, and the call
+# records, which are not partitioned by tenant yet.
+TENANT_DENIED_PREFIXES = ("/metrics", "/records", "/callers")
 
 
 def required_scope(method: str, path: str) -> Scope | None:
@@ -171,6 +174,12 @@ class AdminAuthMiddleware:
                         extra=fields(peer=peer, who=principal.name, method=method, path=path,
                                      scope=principal.scope.name.lower(), needs=needed.name.lower()))
             await _reply(send, 403, b"forbidden: this token's scope does not allow it", [])
+            return
+        if principal.tenant is not None and path.startswith(TENANT_DENIED_PREFIXES):
+            m.ADMIN_REFUSED.labels(reason="tenant").inc()
+            log.warning("admin request refused: not for a tenant token",
+                        extra=fields(peer=peer, who=principal.name, method=method, path=path))
+            await _reply(send, 403, b"forbidden: operator tokens only", [])
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
