@@ -52,7 +52,6 @@ class _Waiter:
     priority: int  # negated: heapq pops the smallest
     seq: int
     key: str = field(compare=False)
-    deadline: float = field(compare=False)
 
 
 class QueueTimeout(Exception):
@@ -62,7 +61,8 @@ class QueueTimeout(Exception):
 class TenantSlots:
     """One tenant's concurrent outbound calls. `request()` either takes a slot at once (True) or queues
     the call; `release()` frees a slot and returns the keys that now got one (the highest priority
-    waiting longest first); `expire(now)` drops the waiters past their deadline and returns them."""
+    waiting longest first); `cancel()` takes a waiter out (its maximum wait is over: the service's
+    `asyncio.wait_for` on the grant, bounded by `max_wait`)."""
 
     def __init__(self, cap: int, max_wait: float) -> None:
         self.cap = cap
@@ -75,11 +75,11 @@ class TenantSlots:
     def waiting(self) -> list[str]:
         return [w.key for w in sorted(self._queue)]
 
-    def request(self, key: str, now: float, priority: int = 0) -> bool:
+    def request(self, key: str, priority: int = 0) -> bool:
         if len(self.active) < self.cap and not self._queue:
             self.active.add(key)
             return True
-        heapq.heappush(self._queue, _Waiter(-priority, next(self._seq), key, now + self.max_wait))
+        heapq.heappush(self._queue, _Waiter(-priority, next(self._seq), key))
         return False
 
     def release(self, key: str) -> list[str]:
@@ -98,15 +98,6 @@ class TenantSlots:
         if len(self._queue) != before:
             heapq.heapify(self._queue)
 
-    def expire(self, now: float) -> list[str]:
-        gone = [w.key for w in self._queue if w.deadline <= now]
-        if gone:
-            self._queue = [w for w in self._queue if w.deadline > now]
-            heapq.heapify(self._queue)
-        return gone
-
-    def next_deadline(self) -> float | None:
-        return min((w.deadline for w in self._queue), default=None)
 
 
 @dataclass(frozen=True)

@@ -262,7 +262,7 @@ class OutboundService:
     async def _acquire(self, call: OutboundCall, tenant: Tenant) -> bool:
         slots = self.slots(tenant)
         loop = asyncio.get_running_loop()
-        if slots.request(call.id, loop.time(), call.priority):
+        if slots.request(call.id, call.priority):
             m.OUTBOUND_ACTIVE.labels(tenant=tenant.metric_label).set(len(slots.active))
             return True
         call.state = "queued"

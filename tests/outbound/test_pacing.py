@@ -24,10 +24,10 @@ def test_cps_limiter_spaces_starts_by_the_interval_and_never_bunches_after_idle(
 
 def test_tenant_slots_cap_then_priority_then_first_come():
     slots = TenantSlots(cap=2, max_wait=30)
-    assert slots.request("a", 0.0) and slots.request("b", 0.0)
-    assert not slots.request("low", 1.0, priority=0)
-    assert not slots.request("high", 2.0, priority=5)
-    assert not slots.request("low2", 3.0, priority=0)
+    assert slots.request("a") and slots.request("b")
+    assert not slots.request("low", priority=0)
+    assert not slots.request("high", priority=5)
+    assert not slots.request("low2", priority=0)
     assert slots.waiting == ["high", "low", "low2"]
     assert slots.release("a") == ["high"]
     assert slots.release("b") == ["low"]
@@ -37,23 +37,22 @@ def test_tenant_slots_cap_then_priority_then_first_come():
 
 def test_a_new_call_does_not_jump_a_queue_even_when_a_slot_is_free():
     slots = TenantSlots(cap=1, max_wait=30)
-    assert slots.request("a", 0.0)
-    assert not slots.request("b", 0.0)
+    assert slots.request("a")
+    assert not slots.request("b")
     slots.active.discard("a")  # a slot frees without release() having run yet
-    assert not slots.request("c", 0.0)  # b is first in line
+    assert not slots.request("c")  # b is first in line
     assert slots.release("a") == ["b"]
 
 
-def test_waiters_expire_after_the_maximum_wait():
+def test_a_waiter_that_gave_up_is_skipped_when_a_slot_frees():
     slots = TenantSlots(cap=1, max_wait=10)
-    slots.request("a", 0.0)
-    slots.request("b", 1.0)
-    slots.request("c", 5.0)
-    assert slots.next_deadline() == 11.0
-    assert slots.expire(10.9) == []
-    assert slots.expire(11.0) == ["b"]
+    slots.request("a")
+    slots.request("b")
+    slots.request("c")
+    slots.cancel("b")  # its maximum wait is over
     assert slots.waiting == ["c"]
     assert slots.release("a") == ["c"]
+    assert slots.active == {"c"}
 
 
 def test_backoff_retries_busy_and_no_answer_only_doubling():
