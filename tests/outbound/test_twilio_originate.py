@@ -25,9 +25,10 @@ STREAM = "wss://gateway.example/twilio/stream"
 
 
 @pytest.fixture
-async def twilio():
+async def twilio(request):
     fake = await FakeTwilioRest(ACCOUNT, TOKEN, host="127.0.5.5").start()
-    settings = Settings(_env_file=None, outbound_caller_ids="+15550001000", outbound_cps=50)
+    settings = Settings(_env_file=None, outbound_caller_ids="+15550001000", outbound_cps=50,
+                        **getattr(request, "param", {}))
     service = OutboundService(settings, TenantSet.load(settings),
                               load_profiles(DEFAULT_PROFILES_DIR, "front-desk"), control_plane=lambda: None)
     service.twilio = TwilioOriginator(account_sid=ACCOUNT, auth_token=TOKEN, stream_url=STREAM,
@@ -86,3 +87,36 @@ async def test_twilio_variables_beyond_what_a_parameter_holds_are_refused(twilio
     _, service = twilio
     with pytest.raises(OutboundRefused):
         service.place(DialRequest(to="+15550603", via="twilio", variables={"note": "x" * 250}), None)
+
+
+@pytest.mark.parametrize("twilio", [{"outbound_max_concurrent": 1, "outbound_queue_max_wait_s": 0.5}],
+                         indirect=True)
+async def test_a_call_that_waits_longer_than_the_maximum_is_refused(twilio):
+    fake, service = twilio
+    fake.scripts["+15550610"] = ["ringing"] * 10000
+    first = service.place(DialRequest(to="+15550610", via="twilio"), None)
+    second = service.place(DialRequest(to="+15550611", via="twilio"), None)
+    assert await service.wait_final(second, 5) == "refused"
+    assert "queue_timeout" in (second.reason or "")
+    assert first.state == "ringing"
+    assert [r.form["To"] for r in fake.requests if r.path.endswith("/Calls.json")] == ["+15550610"]
+    await service.hangup(first)
+
+
+@pytest.mark.parametrize("twilio", [{"outbound_max_concurrent": 1}], indirect=True)
+async def test_when_a_slot_frees_the_highest_priority_goes_next(twilio):
+    fake, service = twilio
+    fake.scripts["+15550620"] = ["ringing"] * 10000
+    first = service.place(DialRequest(to="+15550620", via="twilio"), None)
+    low = service.place(DialRequest(to="+15550621", via="twilio", priority=0), None)
+    high = service.place(DialRequest(to="+15550622", via="twilio", priority=10), None)
+    for _ in range(100):
+        if first.state == "ringing":
+            break
+        await asyncio.sleep(0.02)
+    assert low.state == high.state == "queued"
+    await service.hangup(first)
+    assert await service.wait_final(high, 5) == "completed"
+    assert await service.wait_final(low, 5) == "completed"
+    dialled = [r.form["To"] for r in fake.requests if r.path.endswith("/Calls.json")]
+    assert dialled == ["+15550620", "+15550622", "+15550621"], dialled
