@@ -14,10 +14,10 @@ from harness.procs import GatewayModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packaging"))
 from fsmod_support import have_freeswitch, patched_module_so  # noqa: E402
+from outbound_tokens import ADMIN  # noqa: E402
 
 IPS = [f"127.0.5.{i}" for i in range(10, 40)]
 MODEL_IP = "127.0.5.2"
-ADMIN = "ops:control:outbound-test-operator-secret"
 
 
 def _have_tools() -> bool:

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from amd_audio import MACHINE_GREETING, beep, human, machine, spoken
 from callees import swap_callee
-from conftest import ADMIN
 from harness import sipp
+from outbound_tokens import ADMIN
 
 pytestmark = [pytest.mark.freeswitch, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from callees import invites, refusing, swap_callee
-from conftest import ADMIN
+from outbound_tokens import ADMIN
 
 pytestmark = [pytest.mark.freeswitch, pytest.mark.slow]
 

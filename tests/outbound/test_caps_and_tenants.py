@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 from callees import invites, ringing_forever, swap_callee
-from conftest import ADMIN
+from outbound_tokens import ADMIN
 
 pytestmark = [pytest.mark.freeswitch, pytest.mark.slow]
 

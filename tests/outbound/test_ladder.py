@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 from callees import answering_except, invites, swap_callee
-from conftest import ADMIN
 from harness import sipp
+from outbound_tokens import ADMIN
 
 pytestmark = [pytest.mark.freeswitch, pytest.mark.slow]
 

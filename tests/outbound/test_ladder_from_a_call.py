@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import ADMIN
 from harness import sipp
 from harness.rtp import speech_pcmu
+from outbound_tokens import ADMIN
 
 pytestmark = [pytest.mark.freeswitch, pytest.mark.slow]
 
