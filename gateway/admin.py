@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import PlainTextResponse, Response
@@ -27,6 +27,11 @@ from gateway.log import fields, pii
 from gateway.metrics import REGISTRY
 from gateway.records.api import records_router
 from gateway.records.recorder import Records
+
+if TYPE_CHECKING:
+    from gateway.outbound.ladder import Ladders
+    from gateway.outbound.service import OutboundService
+    from gateway.tenants import TenantSet
 
 audit_log = logging.getLogger("gateway.audit")
 
@@ -54,11 +59,17 @@ def _principal(request: Request) -> Principal:
 
 def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | None] = lambda: None,
                    authority: TokenAuthority | None = None,
-                   ready: Callable[[], bool] | None = None, records: Records | None = None) -> FastAPI:
+                   ready: Callable[[], bool] | None = None, records: Records | None = None,
+                   outbound: OutboundService | None = None, tenants: TenantSet | None = None,
+                   ladders: Ladders | None = None) -> FastAPI:
     app = FastAPI(title="AI voice gateway admin API", version=__version__)
     app.add_middleware(AdminAuthMiddleware, authority=authority or TokenAuthority([]))
     if records is not None:  # call records (gateway/records/api.py): GET routes read scope, DELETE control
         app.include_router(records_router(records))
+    if outbound is not None:  # POST /calls, GET /outbound/calls, the ladder (gateway/outbound/api.py)
+        from gateway.outbound.api import outbound_router
+
+        app.include_router(outbound_router(outbound, ladders, _principal))
     is_ready = ready or (lambda: registry.accepting)
 
     async def _audited(request: Request, action: str, uuid: str, target: str | None,
@@ -81,11 +92,35 @@ def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | Non
                                                         target=pii(target) if target else None,
                                                         result=result, detail=detail))
 
-    def _call(uuid: str) -> Any:
+    def tenant_of(session: Any) -> str:
+        """The tenant a live call belongs to (gateway/tenants.py): the outbound call that placed it, else
+        its metadata, profile or dialled number."""
+        if outbound is not None:
+            placed = outbound.get(session.uuid)
+            if placed is not None:
+                return placed.tenant
+        if tenants is None:
+            return "default"
+        meta = session.meta
+        return tenants.owner(tenant=str(meta.extra.get("tenant") or "") or None,
+                             profile=session.profile.name if session.profile else None,
+                             number=meta.callee).name
+
+    def _call(uuid: str, request: Request | None = None) -> Any:
         session = registry.get(uuid)
-        if session is None:
+        who = _principal(request) if request is not None else OPEN
+        if session is None or not who.sees(tenant_of(session)):
+            # Another tenant's call is reported exactly like a call that does not exist.
             raise HTTPException(404, f"no live call {uuid}")
         return session
+
+    def _info(session: Any) -> dict[str, Any]:
+        info = session.info()
+        info["tenant"] = tenant_of(session)
+        placed = outbound.get(session.uuid) if outbound is not None else None
+        if placed is not None:
+            info["direction"], info["outbound"] = "outbound", placed.info()
+        return info
 
     async def _verb(coro: Any) -> Any:
         try:
@@ -109,31 +144,49 @@ def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | Non
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/calls", summary="live calls")
-    async def calls() -> list[dict[str, Any]]:
-        return [s.info() for s in list(registry.calls.values())]
+    @app.get("/calls", summary="live calls (a tenant token sees its tenant's only)")
+    async def calls(request: Request) -> list[dict[str, Any]]:
+        who = _principal(request)
+        return [_info(s) for s in list(registry.calls.values()) if who.sees(tenant_of(s))]
 
-    @app.get("/calls/{uuid}", summary="one live call")
-    async def call(uuid: str) -> dict[str, Any]:
-        return _call(uuid).info()
+    @app.get("/calls/{uuid}", summary="one call: live, or an outbound call by id at any stage")
+    async def call(uuid: str, request: Request) -> dict[str, Any]:
+        if outbound is not None:
+            placed = outbound.get(uuid)
+            if placed is not None and _principal(request).sees(placed.tenant):
+                info = placed.info()
+                live = registry.get(placed.uuid) if placed.uuid else None
+                if live is not None:
+                    info["live"] = live.info()
+                return info
+        return _info(_call(uuid, request))
 
-    @app.post("/calls/{uuid}/hangup", summary="end the call")
+    @app.post("/calls/{uuid}/hangup", summary="end the call (an outbound call also while queued or ringing)")
     async def hangup(uuid: str, request: Request) -> dict[str, Any]:
         async def act() -> None:
-            await _call(uuid).hangup("admin hangup")
+            if outbound is not None and registry.get(uuid) is None:
+                placed = outbound.get(uuid)
+                if placed is not None and _principal(request).sees(placed.tenant):
+                    live = registry.get(placed.uuid) if placed.uuid else None
+                    if live is None:
+                        await outbound.hangup(placed)
+                        return
+                    await live.hangup("admin hangup")
+                    return
+            await _call(uuid, request).hangup("admin hangup")
         await _audited(request, "hangup", uuid, None, act)
         return {"ok": True, "uuid": uuid}
 
     @app.post("/calls/{uuid}/transfer", summary="blind transfer (after what the agent said has played)")
     async def transfer(uuid: str, body: TargetBody, request: Request) -> dict[str, Any]:
         target = await _audited(request, "transfer", uuid, body.target,
-                                lambda: _verb(_call(uuid).transfer(body.target)))
+                                lambda: _verb(_call(uuid, request).transfer(body.target)))
         return {"ok": True, "uuid": uuid, "target": target}
 
     @app.post("/calls/{uuid}/conference", summary="bring a human in (conference, AI leg as coach)")
     async def conference(uuid: str, body: TargetBody, request: Request) -> dict[str, Any]:
         target = await _audited(request, "conference", uuid, body.target,
-                                lambda: _verb(_call(uuid).add_participant(body.target)))
+                                lambda: _verb(_call(uuid, request).add_participant(body.target)))
         return {"ok": True, "uuid": uuid, "target": target}
 
     return app

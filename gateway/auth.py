@@ -46,6 +46,7 @@ class AdminToken:
     name: str
     scope: Scope
     secret: bytes = field(repr=False)
+    tenant: str | None = None  # None: the operator's token (every tenant); else only that tenant's calls
 
 
 def parse_admin_tokens(text: str) -> list[AdminToken]:
@@ -86,6 +87,10 @@ class Principal:
 
     name: str
     scope: Scope
+    tenant: str | None = None  # None: sees every tenant's calls (gateway/tenants.py)
+
+    def sees(self, tenant: str) -> bool:
+        return self.tenant is None or self.tenant == tenant
 
 
 OPEN = Principal("open-loopback", Scope.CONTROL)  # no tokens configured (loopback only)
@@ -113,13 +118,16 @@ class TokenAuthority:
                 found = token
         if found is None or not presented:
             return None
-        return Principal(found.name, found.scope)
+        return Principal(found.name, found.scope, found.tenant)
 
 
 # Which scope each admin path needs. Anything not listed needs `read` for GET/HEAD and `control` for
 # every other method, so a stranger learns nothing, not even which paths exist.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 PATH_SCOPES = {"/metrics": Scope.METRICS}
+# What a tenant's token (gateway/tenants.py) may not use at all: every tenant's metrics, and the call
+# records, which are not partitioned by tenant yet.
+TENANT_DENIED_PREFIXES = ("/metrics", "/records", "/callers")
 
 
 def required_scope(method: str, path: str) -> Scope | None:
@@ -166,6 +174,12 @@ class AdminAuthMiddleware:
                         extra=fields(peer=peer, who=principal.name, method=method, path=path,
                                      scope=principal.scope.name.lower(), needs=needed.name.lower()))
             await _reply(send, 403, b"forbidden: this token's scope does not allow it", [])
+            return
+        if principal.tenant is not None and path.startswith(TENANT_DENIED_PREFIXES):
+            m.ADMIN_REFUSED.labels(reason="tenant").inc()
+            log.warning("admin request refused: not for a tenant token",
+                        extra=fields(peer=peer, who=principal.name, method=method, path=path))
+            await _reply(send, 403, b"forbidden: operator tokens only", [])
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

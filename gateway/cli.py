@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("gateway.serve", "run the media plane (mod_audio_stream WebSocket) and the admin API"),
     "model": ("gateway.engine.server", "run the embedded Realtime-protocol engine (offline default model)"),
     "call": ("gateway.client.call", "place a simulated call exactly as mod_audio_stream would"),
+    "dial": ("gateway.outbound.dial", "place outbound calls (a number or a CSV campaign) via the admin API"),
 }
 
 

@@ -92,3 +92,11 @@ UPGRADES_ABORTED = Counter("gateway_upgrades_aborted_total",
                            ["reason"], registry=REGISTRY)
 MODEL_UP = Gauge("gateway_model_up", "1 while the last probe of the model endpoint succeeded",
                  registry=REGISTRY)
+
+# Outbound calls (gateway/outbound/): `tenant` is the tenant's metric label (a handful per install).
+OUTBOUND_CALLS = Counter("gateway_outbound_calls_total", "Outbound calls by tenant and final result",
+                         ["tenant", "result"], registry=REGISTRY)
+OUTBOUND_ACTIVE = Gauge("gateway_outbound_active_calls", "Outbound calls holding a tenant slot",
+                        ["tenant"], registry=REGISTRY)
+LADDER_STEPS = Counter("gateway_ladder_legs_total", "On-call ladder legs by result", ["tenant", "result"],
+                       registry=REGISTRY)

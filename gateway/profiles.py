@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.call.policy import TransferAllow
 from gateway.call.tools import TOOLS, unknown_tools
+from gateway.outbound.amd import AmdConfig
+from gateway.outbound.schedule import OnCall, Schedule
 from gateway.records.policy import RecordsPolicy
 
 
@@ -54,6 +56,10 @@ class Profile(BaseModel):
     transfer_allow: TransferAllow = Field(default_factory=TransferAllow)
     fallback: Fallback = Field(default_factory=Fallback)
     records: RecordsPolicy = Field(default_factory=RecordsPolicy)  # storage, redaction, memory, retention
+    # Business hours and the after-hours on-call ladder (gateway/outbound/schedule.py, docs/outbound.md).
+    schedule: Schedule | None = None
+    on_call: OnCall | None = None
+    amd: AmdConfig | None = None  # answering-machine detection on outbound calls (gateway/outbound/amd.py)
 
     @field_validator("tools")
     @classmethod

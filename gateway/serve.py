@@ -31,11 +31,14 @@ from gateway.fallback import FallbackPrompts
 from gateway.health import ModelProbe
 from gateway.log import fields, setup_logging
 from gateway.media_server import CLOSE_HANDSHAKE_TIMEOUT_S, media_app
+from gateway.outbound.ladder import Ladders
+from gateway.outbound.service import OutboundService
 from gateway.profiles import ProfileError, ProfileSet, load_profiles
 from gateway.proto import audio_stream as wire
 from gateway.records.recorder import Records
 from gateway.runtime import freeze_startup_heap
 from gateway.settings import Settings, load_settings
+from gateway.tenants import TenantError, TenantSet
 
 log = logging.getLogger("gateway.serve")
 
@@ -44,6 +47,11 @@ class Gateway:
 
     def __init__(self, settings: Settings, profiles: ProfileSet | None = None,
                  fallback: FallbackPrompts | None = None) -> None:
+        # Tenants (gateway/tenants.py): without GATEWAY_TENANTS_FILE just `default`, today's settings.
+        self.tenants = TenantSet.load(settings)
+        if self.tenants.stream_tokens():  # each tenant's media tokens are accepted beside the install's
+            settings = settings.model_copy(
+                update={"auth_tokens": [*settings.auth_tokens, *self.tenants.stream_tokens()]})
         self.settings = settings
         self.profiles = profiles or load_profiles(settings.profiles_dir, settings.default_profile)
         self.fallback = fallback or FallbackPrompts(self.profiles, settings.fallback_voice)
@@ -67,6 +75,20 @@ class Gateway:
         # GATEWAY_MODEL_URL=wss://api.openai.com/v1 to have readiness follow OpenAI's reachability too.
         self.model_probe = ModelProbe(settings.model_url if settings.model_backend == "realtime" else None,
                                       settings.model_probe_interval_s, settings.model_probe_timeout_s)
+        # Outbound calls (gateway/outbound/): originate through the workers this gateway controls.
+        self.outbound = OutboundService(settings, self.tenants, self.profiles, lambda: self.control_plane,
+                                        self.registry)
+        if settings.twilio_account_sid and settings.twilio_auth_token and settings.outbound_twilio_stream_url:
+            from gateway.outbound.twilio_originate import TwilioOriginator
+
+            self.outbound.twilio = TwilioOriginator(
+                account_sid=settings.twilio_account_sid,
+                auth_token=settings.twilio_auth_token.get_secret_value(),
+                stream_url=settings.outbound_twilio_stream_url,
+                ring_timeout_s=settings.outbound_ring_timeout_s,
+                base_url=settings.twilio_api_base_url)
+        self.ladders = Ladders(settings, self.outbound, self.profiles, self.tenants, self.registry)
+        self.ladders.install()  # the `escalate` tool pages the on-call ladder after hours
 
     @property
     def ready(self) -> bool:
@@ -128,8 +150,9 @@ class Gateway:
         admin_sock.bind((s.admin_host, s.admin_port))
         self.admin_port = admin_sock.getsockname()[1]
         admin = make_admin_app(self.registry, lambda: self.control_error,
-                               authority=TokenAuthority(s.admin_tokens), ready=lambda: self.ready,
-                               records=self.records)
+                               authority=TokenAuthority([*s.admin_tokens, *self.tenants.admin_tokens()]),
+                               ready=lambda: self.ready, records=self.records, outbound=self.outbound,
+                               tenants=self.tenants, ladders=self.ladders)
         config = uvicorn.Config(admin, log_config=None, access_log=False, lifespan="off",
                                 ws="none")
         self._admin = _AdminServer(config)
@@ -154,6 +177,8 @@ class Gateway:
         self.draining = True
         m.READY.set(0)
         log.info("draining", extra=fields(calls=len(self.calls), timeout_s=timeout))
+        await self.ladders.close()
+        await self.outbound.close()  # nothing new is dialled; answered calls drain below
         await self.registry.drain(timeout, wire.CLOSE_GOING_AWAY)
         await self.model_probe.stop()
         if self._runner is not None:
@@ -276,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RecordsStartError as exc:
         print(f"gateway serve: invalid setting {exc}", file=sys.stderr)
+        return 2
+    except TenantError as exc:
+        print(f"gateway serve: invalid setting GATEWAY_TENANTS_FILE: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"gateway serve: cannot listen: {exc}", file=sys.stderr)

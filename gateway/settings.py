@@ -105,11 +105,54 @@ class Settings(BaseSettings):
     twilio_account_sid: str | None = None
     twilio_api_base_url: str | None = None  # tests point the official SDK at a local fake REST server
 
+    # Outbound calls and tenants (gateway/outbound/, gateway/tenants.py, docs/outbound.md). Without a
+    # tenants file everything below belongs to the one `default` tenant.
+    tenants_file: Path | None = None
+    # the numbers the default tenant may present as caller ID, comma-separated
+    outbound_caller_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    outbound_max_concurrent: int = Field(5, ge=1, le=10000)  # per tenant
+    outbound_queue_max_wait_s: float = Field(300.0, ge=0)  # then the queued call fails `queue_timeout`
+    outbound_cps: float = Field(1.0, gt=0, le=1000)  # new calls per second on the trunk, all tenants
+    outbound_ring_timeout_s: int = Field(30, ge=1, le=120)  # originate_timeout: then `no_answer`
+    outbound_retry_attempts: int = Field(0, ge=0, le=10)  # extra attempts after busy / no answer
+    outbound_retry_backoff_s: float = Field(60.0, ge=0)  # first wait; doubles each attempt
+    outbound_calling_hours: str = ""  # "08:00-21:00" in the callee's time zone; "" = any time
+    outbound_timezone: str = "UTC"  # the callee's zone when a request names none
+    outbound_dnc_file: Path | None = None  # do-not-call list: one number per line, # comments
+    outbound_webhook_url: str | None = None  # progress events of the default tenant, signed
+    outbound_webhook_secret: SecretStr | None = None
+    outbound_sip_gateway: str = "kamailio-edge"  # the sofia gateway (sip_profiles/kamailio.xml) to the edge
+    outbound_twilio_stream_url: str | None = None  # wss://host/twilio/stream for <Connect><Stream>
+    ladder_leg_timeout_s: float = Field(120.0, gt=0, le=600)  # per on-call leg, then the next person
+
     @field_validator("auth_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @field_validator("outbound_caller_ids", mode="before")
+    @classmethod
+    def _split_caller_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @field_validator("outbound_calling_hours")
+    @classmethod
+    def _calling_hours(cls, value: str) -> str:
+        from gateway.outbound.pacing import CallingHours
+
+        CallingHours.parse(value, "UTC")
+        return value
+
+    @field_validator("outbound_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from gateway.outbound.pacing import zone
+
+        zone(value)
         return value
 
     @field_validator("admin_tokens", mode="before")

@@ -41,6 +41,8 @@ from gateway.call.transport import (
     StreamText,
 )
 from gateway.log import fields, pii
+from gateway.outbound.amd import AmdScreen, amd_screen
+from gateway.outbound.context import call_context, call_greeting
 from gateway.profiles import Profile, ProfileSet
 from gateway.proto import realtime as rt
 from gateway.proto.audio_stream import (
@@ -145,6 +147,8 @@ class CallSession:
         self._input = _InputTimeline()
         self._speech_ended_at: float | None = None
         self._leaving = False  # an action that ends or moves the call is under way
+        self._screen: AmdScreen | None = None  # outbound answering-machine detection, until its verdict
+        self.amd_verdict: dict[str, Any] | None = None
         self._responses_done = 0
         self._closed = False  # close() ran: the receive loop stops
         # Records (gateway/records/): every text leaving the call goes through the profile's redactor.
@@ -199,6 +203,7 @@ class CallSession:
             "last_reply_latency_ms": self.stats.last_reply_latency_ms,
             "last_error": self.last_error,
             "call_control": self.control is not None,
+            "amd": self.amd_verdict,
         }
 
     # ------------------------------------------------------------------ verbs (admin API, tools)
@@ -311,6 +316,10 @@ class CallSession:
         self.rate = start.rate
         self.profile = self.profiles.select(start.profile, start.callee)
         self.redactor = Redactor(self.profile.records.redaction)
+        # Outbound calls with `amd:`: the callee is screened for an answering machine before the agent
+        # speaks or hears anything (gateway/outbound/amd.py); it greets a human itself.
+        self._screen = amd_screen(start.extra, self.profile, start.rate, start.encoding,
+                                  call_greeting(start.extra) or self.profile.greeting)
         if self._records is not None:
             self.recorder = self._records.open_call(self.uuid, start, self.profile, self._clock)
             self._memory = await self._records.memory_for(self.recorder.caller_key, self.profile.records)
@@ -391,6 +400,8 @@ class CallSession:
         fmt = self.audio
         if self.state != "active" or self._model is None or not audio or fmt is None:
             return
+        if self._screen is not None and not self._screen.feed(audio, self):
+            return  # being screened for an answering machine: the model hears nothing yet
         self._input.add(len(audio) / fmt.bytes_per_ms, self._clock())
         self._model.append_audio(fmt.to_model(audio))
 
@@ -420,13 +431,15 @@ class CallSession:
         assert p is not None and self.audio is not None
         events = [
             rt.session_update(audio_format=self.audio.model_format,
-                              instructions=p.instructions + self._memory,  # + caller memory
+                              instructions=p.instructions + self._memory  # + caller memory
+                              + call_context(self.meta.extra),  # outbound: direction, variables
                               voice=p.voice, turn_detection=p.turn_detection.model_dump(),
                               tools=schemas(p.tools),
                               input_transcription=self.settings.input_transcription_model or None)
         ]
-        if p.greeting:
-            events.append(rt.greeting_response(p.greeting))
+        greeting = call_greeting(self.meta.extra) or p.greeting  # an outbound call's own opening
+        if greeting and self._screen is None:
+            events.append(rt.greeting_response(greeting))
         return events
 
     def dispatch(self, event: dict[str, Any]) -> None:

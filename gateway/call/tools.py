@@ -123,12 +123,33 @@ async def _end_call(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
 
 async def _escalate(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
     p = ctx.profile
+    if p.on_call is not None:  # after hours: page the on-call ladder instead (gateway/outbound/ladder.py)
+        paged = _page_on_call(args, ctx)
+        if paged is not None:
+            return paged
     target = p.resolve_target(p.escalation_target) if p.escalation_target else None
     if target is None:
         return ToolResult({"ok": False, "error": "no escalation target configured"})
     reason, urgency = str(args.get("reason", "")), str(args.get("urgency", "normal"))
     return await _verb("escalate", ctx, lambda c: c.escalate(target, reason, urgency, ctx.summary),
                        {"escalated_to": p.escalation_target})
+
+
+def _page_on_call(args: dict[str, Any], ctx: ToolContext) -> ToolResult | None:
+    from gateway.outbound.ladder import pager
+    from gateway.outbound.service import OutboundRefused
+
+    ladders = pager()
+    if ladders is None or not ladders.after_hours(ctx.profile):
+        return None  # business hours (or no ladder service): the normal escalation below
+    try:
+        run = ladders.page(ctx.profile.name, summary=ctx.summary or str(args.get("reason", "")),
+                          call_uuid=ctx.call_uuid)
+    except OutboundRefused as exc:
+        return ToolResult({"ok": False, "error": str(exc)})
+    return ToolResult({"ok": True, "paged": "on-call", "incident": run.id,
+                       "tell_caller": "It is outside business hours; the on-call person is being called "
+                                      "now and will join this call or call back."})
 
 
 def _target_param(description: str | None = None) -> dict[str, Any]:

@@ -61,6 +61,8 @@ DEFAULT_EVENTS: tuple[str, ...] = (
     "CHANNEL_HANGUP",
     "CHANNEL_HANGUP_COMPLETE",
     "DTMF",
+    "CHANNEL_PROGRESS",  # 180 on a leg the gateway originated (gateway/outbound/)
+    "CHANNEL_PROGRESS_MEDIA",  # 183 on such a leg
     "BACKGROUND_JOB",
 )
 DEFAULT_CUSTOM: tuple[str, ...] = (

@@ -97,6 +97,10 @@ class TwilioMediaCodec:
             raise StreamProtocolError(CLOSE_INVALID_PAYLOAD, "customParameters must be short strings")
         self.stream_sid, self.call_sid = stream_sid, call_sid
         extra: dict[str, Any] = {"tracks": start.get("tracks"), "account_sid": start.get("accountSid")}
+        # an outbound call's own parameters (gateway/outbound/twilio_originate.py)
+        for key in ("direction", "tenant", "vars"):
+            if params.get(key):
+                extra[key] = params[key]
         conversation = params.get("ConversationSid")
         if conversation is not None:
             # A Twilio Conversation's SID as a <Parameter> of the <Stream>: the caller's memory key

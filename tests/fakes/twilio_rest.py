@@ -9,6 +9,7 @@ records every request so tests assert on what Twilio would have received.
 from __future__ import annotations
 
 import base64
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,12 @@ class FakeTwilioRest:
     host: str = "127.0.0.1"
     requests: list[Request] = field(default_factory=list)
     unknown_calls: set[str] = field(default_factory=set)  # CallSids answered with 404
+    # Outbound calls (POST Calls.json): the statuses each `To` number goes through, one per fetch
+    # (default: answered, then completed); `created` keeps each new call's sid -> current status.
+    scripts: dict[str, list[str]] = field(default_factory=dict)
+    created: dict[str, list[str]] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
+    _parties: dict[str, tuple[str, str]] = field(default_factory=dict)
     port: int = 0
 
     @property
@@ -38,6 +44,8 @@ class FakeTwilioRest:
 
     async def start(self) -> FakeTwilioRest:
         app = web.Application()
+        app.router.add_post("/2010-04-01/Accounts/{ac}/Calls.json", self._create_call)
+        app.router.add_get("/2010-04-01/Accounts/{ac}/Calls/{sid}.json", self._fetch_call)
         app.router.add_post("/2010-04-01/Accounts/{ac}/Calls/{sid}.json", self._update_call)
         app.router.add_post("/2010-04-01/Accounts/{ac}/Conferences/{conf}/Participants.json",
                             self._participant)
@@ -93,6 +101,8 @@ class FakeTwilioRest:
         if not self._authorized(request):
             return self._error(401, 20003, "Authenticate")
         sid = request.match_info["sid"]
+        if sid in self.created and form.get("Status"):  # an outbound call ended through the API
+            self.created[sid] = [form["Status"]]
         if sid in self.unknown_calls:
             return self._error(404, 20404, f"The requested resource {request.path} was not found")
         return web.json_response({
@@ -100,6 +110,37 @@ class FakeTwilioRest:
             "to": "+15550100", "from": "+15550111", "direction": "inbound", "api_version": "2010-04-01",
             "uri": f"/2010-04-01/Accounts/{self.account_sid}/Calls/{sid}.json",
         })
+
+    def _call_json(self, sid: str, status: str, to: str, from_: str) -> dict[str, Any]:
+        return {"sid": sid, "account_sid": self.account_sid, "status": status, "to": to, "from": from_,
+                "direction": "outbound-api", "api_version": "2010-04-01",
+                "uri": f"/2010-04-01/Accounts/{self.account_sid}/Calls/{sid}.json"}
+
+    async def _create_call(self, request: web.Request) -> web.Response:
+        """Create a Call (https://www.twilio.com/docs/voice/api/call-resource#create-a-call-resource)."""
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        self.requests.append(Request("POST", request.path, form))
+        if not self._authorized(request):
+            return self._error(401, 20003, "Authenticate")
+        if not form.get("To") or not form.get("From") or not (form.get("Twiml") or form.get("Url")):
+            return self._error(400, 21201, "No 'To', 'From' or 'Twiml'/'Url' specified")
+        sid = "CA" + uuid.uuid4().hex
+        self.created[sid] = ["queued", *self.scripts.get(form["To"], ["ringing", "in-progress", "completed"])]
+        self._parties[sid] = (form["To"], form["From"])
+        return web.json_response(self._call_json(sid, "queued", form["To"], form["From"]), status=201)
+
+    async def _fetch_call(self, request: web.Request) -> web.Response:
+        self.requests.append(Request("GET", request.path, {}))
+        if not self._authorized(request):
+            return self._error(401, 20003, "Authenticate")
+        sid = request.match_info["sid"]
+        steps = self.created.get(sid)
+        if steps is None:
+            return self._error(404, 20404, f"The requested resource {request.path} was not found")
+        if len(steps) > 1:
+            steps.pop(0)
+        to, from_ = self._parties[sid]
+        return web.json_response(self._call_json(sid, steps[0], to, from_))
 
     async def _participant(self, request: web.Request) -> web.Response:
         form = {k: str(v) for k, v in (await request.post()).items()}

@@ -1,0 +1,1 @@
+"""Outbound calls: originate, pacing and caps, campaigns, the after-hours ladder (docs/outbound.md)."""
