@@ -153,6 +153,8 @@ class CallSession:
         self.redactor: Redactor = NO_REDACTION
         self._memory = ""
         self._summary: asyncio.Future[str] | None = None  # the model's post-call summary, when asked for
+        # Other out-of-band responses (gateway/handoff/summary.py): metadata purpose -> on response.done.
+        self.out_of_band: dict[str, Callable[[dict[str, Any]], None]] = {}
         self._speech_start_ms: float | None = None
         self._speech_end_ms: float | None = None
         self._dispatch_table: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -233,6 +235,22 @@ class CallSession:
             except Exception as exc:
                 log.warning("hangup via call control failed", extra=fields(call=self.uuid, error=str(exc)))
         await self.close(CLOSE_NORMAL, reason)
+
+    def send_to_model(self, event: dict[str, Any]) -> bool:
+        """Send one client event on the live model session (an out-of-band request, an instruction);
+        False when the call has no connected model (embedded engine down, call over)."""
+        if self._model is None or self.state != "active" or not getattr(self._model, "connected", True):
+            return False
+        self._model.send(event)
+        return True
+
+    def instruct(self, text: str) -> bool:
+        """Tell the model something that happened outside the conversation and let it speak about it."""
+        return self.send_to_model(rt.user_text_item(text)) and self.send_to_model(rt.response_create())
+
+    async def act_when_quiet(self, act: Callable[[], Any], outcome: str | None) -> None:
+        """Public form of `_quiet_then` for verbs built outside the call (gateway/handoff/)."""
+        await self._quiet_then(act, outcome)
 
     async def _quiet_then(self, act: Callable[[], Any], outcome: str | None) -> None:
         """Stop new agent audio, wait until the far end has played what it already holds, then run
@@ -441,13 +459,19 @@ class CallSession:
                         extra=fields(call=self.uuid, type=event.get("type"), error=str(exc)))
 
     def _on_response_created(self, event: dict[str, Any]) -> None:
-        if _is_summary(event):
+        if _is_summary(event) or _purpose(event) in self.out_of_band:
             return  # the out-of-band post-call summary: not a reply to the caller
         self._response_active = True
         self._response_id = (event.get("response") or {}).get("id")
 
     def _on_response_done(self, event: dict[str, Any]) -> None:
         resp = event.get("response") or {}
+        handler = self.out_of_band.get(_purpose(event) or "")
+        if handler is not None:  # an out-of-band text response someone asked for: not a reply
+            if self.recorder is not None:
+                self.recorder.usage_from(resp)
+            handler(resp)
+            return
         if _is_summary(event):
             if self.recorder is not None:
                 self.recorder.usage_from(resp)
@@ -587,7 +611,7 @@ class CallSession:
             arguments = _redacted_arguments(self.redactor, arguments)
         result = await run_tool(name, arguments,
                                 control=deferred if deferred is not None else self.control,
-                                profile=self.profile, call_uuid=self.uuid, summary=summary)
+                                profile=self.profile, call_uuid=self.uuid, summary=summary, call=self)
         ok = bool(result.output.get("ok"))
         call_id = event.get("call_id")
         self._record_event("tool", {"name": name, "arguments": _json_or_text(event.get("arguments", "{}")),
@@ -817,6 +841,11 @@ SUMMARY_INSTRUCTIONS = (
     "in at most three sentences: who called, what they wanted, what was done or promised, and anything "
     "still to do. Plain text, no lists, no greeting."
 )
+
+
+def _purpose(event: dict[str, Any]) -> str | None:
+    meta = (event.get("response") or {}).get("metadata")
+    return str(meta.get("purpose")) if isinstance(meta, dict) and meta.get("purpose") else None
 
 
 def _is_summary(event: dict[str, Any]) -> bool:

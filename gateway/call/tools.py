@@ -49,6 +49,7 @@ class ToolContext:
     profile: Profile
     call_uuid: str
     summary: str = ""
+    call: Any = None  # the CallSession (gateway/handoff/ reads its transcript and asks its model)
 
 
 Handler = Callable[[dict[str, Any], ToolContext], Awaitable[ToolResult]]
@@ -168,7 +169,7 @@ def unknown_tools(names: list[str]) -> list[str]:
 
 
 async def run_tool(name: str, arguments: str, *, control: _Control | None, profile: Profile,
-                   call_uuid: str, summary: str = "") -> ToolResult:
+                   call_uuid: str, summary: str = "", call: Any = None) -> ToolResult:
     """Run one tool call from the model; never raises."""
     try:
         args = json.loads(arguments or "{}")
@@ -181,4 +182,4 @@ async def run_tool(name: str, arguments: str, *, control: _Control | None, profi
     tool = TOOLS.get(name)
     if tool is None:
         return ToolResult({"ok": False, "error": f"unknown tool {name!r}"})
-    return await tool.handler(args, ToolContext(control, profile, call_uuid, summary))
+    return await tool.handler(args, ToolContext(control, profile, call_uuid, summary, call))
