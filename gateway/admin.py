@@ -23,6 +23,8 @@ from gateway import metrics as m
 from gateway.auth import OPEN, AdminAuthMiddleware, Principal, TokenAuthority
 from gateway.call.control import CallControlError, ErrorKind
 from gateway.call.registry import CallRegistry
+from gateway.handoff.api import handoffs_router
+from gateway.handoff.record import HandoffStore
 from gateway.log import fields, pii
 from gateway.metrics import REGISTRY
 from gateway.records.api import records_router
@@ -54,11 +56,14 @@ def _principal(request: Request) -> Principal:
 
 def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | None] = lambda: None,
                    authority: TokenAuthority | None = None,
-                   ready: Callable[[], bool] | None = None, records: Records | None = None) -> FastAPI:
+                   ready: Callable[[], bool] | None = None, records: Records | None = None,
+                   handoffs: HandoffStore | None = None) -> FastAPI:
     app = FastAPI(title="AI voice gateway admin API", version=__version__)
     app.add_middleware(AdminAuthMiddleware, authority=authority or TokenAuthority([]))
     if records is not None:  # call records (gateway/records/api.py): GET routes read scope, DELETE control
         app.include_router(records_router(records))
+    if handoffs is not None:  # GET /handoffs/{id}: read scope (gateway/handoff/api.py)
+        app.include_router(handoffs_router(handoffs))
     is_ready = ready or (lambda: registry.accepting)
 
     async def _audited(request: Request, action: str, uuid: str, target: str | None,

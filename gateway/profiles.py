@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.call.policy import TransferAllow
 from gateway.call.tools import TOOLS, unknown_tools
+from gateway.handoff.routing import HandoffPolicy
 from gateway.records.policy import RecordsPolicy
 
 
@@ -54,6 +55,7 @@ class Profile(BaseModel):
     transfer_allow: TransferAllow = Field(default_factory=TransferAllow)
     fallback: Fallback = Field(default_factory=Fallback)
     records: RecordsPolicy = Field(default_factory=RecordsPolicy)  # storage, redaction, memory, retention
+    handoff: HandoffPolicy | None = None  # how `escalate` hands the caller to a human (docs/handoff.md)
 
     @field_validator("tools")
     @classmethod
@@ -72,6 +74,14 @@ class Profile(BaseModel):
     def _fallback_target(self) -> Profile:
         if self.fallback.action == "transfer" and not self.fallback.target:
             raise ValueError("fallback.action transfer needs fallback.target")
+        return self
+
+    @model_validator(mode="after")
+    def _handoff_targets(self) -> Profile:
+        if self.handoff is not None:
+            unknown = [t.target for t in self.handoff.targets if self.resolve_target(t.target) is None]
+            if unknown:
+                raise ValueError(f"handoff.targets {unknown} are not names in transfer_targets")
         return self
 
     def resolve_target(self, name: str) -> str | None:

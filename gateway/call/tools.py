@@ -124,6 +124,10 @@ async def _end_call(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
 
 async def _escalate(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
     p = ctx.profile
+    if getattr(p, "handoff", None) is not None:  # summary, attributes, hops, webhook (gateway/handoff/)
+        from gateway.handoff.escalation import escalate
+
+        return await escalate(args, ctx)
     target = p.resolve_target(p.escalation_target) if p.escalation_target else None
     if target is None:
         return ToolResult({"ok": False, "error": "no escalation target configured"})
