@@ -130,7 +130,8 @@ async def test_a_call_handed_on_max_hops_times_is_not_handed_on_again(make_gatew
     call_uuid = await _call(gw, freeswitch, manager_wav, meta(hops="2"))
     outputs = []
     for _ in range(100):
-        outputs = [json.loads(e["item"]["output"]) for e in model.sessions[0].of_type("conversation.item.create")
+        items = model.sessions[0].of_type("conversation.item.create")
+        outputs = [json.loads(e["item"]["output"]) for e in items
                    if e["item"].get("type") == "function_call_output"]
         if outputs:
             break
