@@ -40,6 +40,7 @@ from gateway.call.transport import (
     StreamStopped,
     StreamText,
 )
+from gateway.handoff.briefing import briefing_for
 from gateway.log import fields, pii
 from gateway.profiles import Profile, ProfileSet
 from gateway.proto import realtime as rt
@@ -248,6 +249,14 @@ class CallSession:
         """Tell the model something that happened outside the conversation and let it speak about it."""
         return self.send_to_model(rt.user_text_item(text)) and self.send_to_model(rt.response_create())
 
+    async def speak_then(self, instruction: str, act: Callable[[], Any], outcome: str | None) -> None:
+        """Have the agent say something about `instruction` (e.g. introduce the human), wait (bounded)
+        until the caller heard it, then act as `act_when_quiet` does."""
+        done_before = self._responses_done
+        if self.instruct(instruction):
+            await self._confirmation_played(done_before)
+        await self._quiet_then(act, outcome)
+
     async def act_when_quiet(self, act: Callable[[], Any], outcome: str | None) -> None:
         """Public form of `_quiet_then` for verbs built outside the call (gateway/handoff/)."""
         await self._quiet_then(act, outcome)
@@ -435,15 +444,19 @@ class CallSession:
     def _setup_events(self) -> list[dict[str, Any]]:
         p = self.profile
         assert p is not None and self.audio is not None
+        greeting, instructions = p.greeting, p.instructions + self._memory  # + caller memory
+        brief = briefing_for(self.meta)  # the human leg of a warm transfer: the handoff's briefing
+        if brief is not None:
+            greeting, instructions = brief.greeting, instructions + brief.context
         events = [
             rt.session_update(audio_format=self.audio.model_format,
-                              instructions=p.instructions + self._memory,  # + caller memory
+                              instructions=instructions,
                               voice=p.voice, turn_detection=p.turn_detection.model_dump(),
                               tools=schemas(p.tools),
                               input_transcription=self.settings.input_transcription_model or None)
         ]
-        if p.greeting:
-            events.append(rt.greeting_response(p.greeting))
+        if greeting:
+            events.append(rt.greeting_response(greeting))
         return events
 
     def dispatch(self, event: dict[str, Any]) -> None:

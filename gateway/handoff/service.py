@@ -96,6 +96,7 @@ class HandoffService:
             transcript=[{"role": t["role"], "text": summary.scrub(redactor, t["text"], callback)}
                         for t in call.transcript],
             caller=redactor.number(meta.caller), sip_call_id=meta.sip_call_id,
+            digits=(policy.accept_digit, policy.decline_digit),
         )
         self.store.put(h)
         if call.recorder is not None:

@@ -11,46 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))  # realtime_fake
+from handoff_env import HOST, METRICS_TOKEN, PROFILE, READ_TOKEN, STREAM_TOKEN, WEBHOOK_SECRET, write_profile  # noqa: E402,F401
 from realtime_fake import fake_servers  # noqa: E402
 
 from gateway.fallback import FallbackPrompts  # noqa: E402
 from gateway.profiles import load_profiles  # noqa: E402
 from gateway.serve import Gateway  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
-
-HOST = "127.0.4.1"
-ESL_HOST = "127.0.4.2"
-STREAM_TOKEN = "handoff-stream-token"
-READ_TOKEN = "desk-read-secret-0123456789"
-METRICS_TOKEN = "prom-metrics-secret-0123456789"
-WEBHOOK_SECRET = "handoff-webhook-secret-0123456789"
-
-PROFILE: dict[str, Any] = {
-    "name": "desk",
-    "instructions": "You are a front desk.",
-    "greeting": "Hello.",
-    "tools": ["escalate", "transfer_call", "end_call"],
-    "transfer_targets": {"billing": "2001", "human": "sip:+15550199@trunk"},
-    "escalation_target": "human",
-    "handoff": {
-        "targets": [{"target": "billing", "queue": "billing-queue", "timeout_s": 8},
-                    {"target": "human", "timeout_s": 8}],
-        "attributes": {"skill": "billing", "priority": 5, "vip": True, "language": "en-US"},
-        "last_turns": 4,
-        "max_hops": 2,
-        "mode": "blind",
-    },
-}
-
-
-def write_profile(directory: Path, **changes: Any) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    doc = {**PROFILE, **changes}
-    (directory / f"{doc['name']}.yaml").write_text(yaml.safe_dump(doc))
-    return directory
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from receiver import Receiver
+from handoff_receiver import Receiver
 
 from gateway.handoff import payload
 from gateway.handoff.record import Handoff, new_id
@@ -63,7 +63,7 @@ async def test_webhook_is_signed_and_carries_the_redacted_handoff(receiver):
 
 
 async def test_a_tampered_body_does_not_verify(receiver):
-    from receiver import verify
+    from handoff_receiver import verify
 
     from gateway.records.analysis import sign
 

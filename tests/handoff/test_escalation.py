@@ -10,8 +10,8 @@ import uuid as uuidlib
 
 import aiohttp
 import pytest
-from conftest import ESL_HOST, METRICS_TOKEN, READ_TOKEN, STREAM_TOKEN, WEBHOOK_SECRET
-from receiver import Receiver
+from handoff_env import ESL_HOST, METRICS_TOKEN, PROFILE, READ_TOKEN, STREAM_TOKEN, WEBHOOK_SECRET
+from handoff_receiver import Receiver
 
 from gateway.client.call import place_call
 from gateway.handoff.summary import HANDOFF_PURPOSE
@@ -159,6 +159,4 @@ async def test_with_the_embedded_engine_the_summary_is_extractive_and_no_out_of_
 
 
 def _handoff() -> dict:
-    from conftest import PROFILE
-
     return dict(PROFILE["handoff"])
