@@ -249,11 +249,15 @@ class CallSession:
         """Tell the model something that happened outside the conversation and let it speak about it."""
         return self.send_to_model(rt.user_text_item(text)) and self.send_to_model(rt.response_create())
 
-    async def speak_then(self, instruction: str, act: Callable[[], Any], outcome: str | None) -> None:
-        """Have the agent say something about `instruction` (e.g. introduce the human), wait (bounded)
-        until the caller heard it, then act as `act_when_quiet` does."""
+    def say(self, text: str) -> bool:
+        """Have the agent say `text` verbatim (the greeting contract both model backends follow)."""
+        return self.send_to_model(rt.greeting_response(text))
+
+    async def speak_then(self, text: str, act: Callable[[], Any], outcome: str | None) -> None:
+        """Have the agent say `text` verbatim (e.g. introduce the human), wait (bounded) until the caller
+        heard it, then act as `act_when_quiet` does."""
         done_before = self._responses_done
-        if self.instruct(instruction):
+        if self.say(text):
             await self._confirmation_played(done_before)
         await self._quiet_then(act, outcome)
 

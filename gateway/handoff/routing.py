@@ -12,8 +12,8 @@ count, and the SIP headers sized for carriers.
       max_hops: 2                    # refuse a handoff once a call has been handed on this often
       mode: warm                     # warm (briefing + accept) | blind (transfer with headers)
       on_no_answer: carry_on         # carry_on | take_message | hangup
-      hold_audio: null               # a file the worker plays to the caller while the human is dialled;
-                                     # null: the caller stays with the AI
+      accept_timeout_s: 30           # after answering: time to press accept_digit (1) / decline_digit (2)
+      coach: false                   # true: the briefing AI stays on the human's leg as a whisper coach
       webhook_url: https://crm.example/handoff   # optional; signed with GATEWAY_HANDOFF_WEBHOOK_SECRET
       webhook_format: generic        # generic | flex (TaskRouter task attributes, gateway/handoff/payload.py)
 
@@ -64,10 +64,11 @@ class HandoffPolicy(BaseModel):
     max_hops: int = Field(2, ge=1, le=10)
     mode: Literal["warm", "blind"] = "blind"
     on_no_answer: Literal["carry_on", "take_message", "hangup"] = "carry_on"
-    hold_audio: str | None = Field(None, max_length=200, pattern=r"^[^\s'\"{}\\]+$")
     webhook_url: str | None = Field(None, max_length=500, pattern=r"^https?://")
     webhook_format: Literal["generic", "flex"] = "generic"
     summary_timeout_s: float = Field(3.0, gt=0, le=20)
+    accept_timeout_s: float = Field(30.0, gt=0, le=300)  # answered, briefed, no key pressed: next target
+    coach: bool = False  # keep the briefing AI on the human's leg after the bridge, as a whisper coach
     accept_digit: str = Field("1", pattern=r"^[0-9*#]$")
     decline_digit: str = Field("2", pattern=r"^[0-9*#]$")
 

@@ -38,6 +38,7 @@ class HandoffService:
         self._clock = clock
         self._senders: dict[str, WebhookSender] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._warm: set[str] = set()  # calls with a warm transfer under way
 
     # ------------------------------------------------------------------ summary
     async def summarize(self, call: Any, reason: str, urgency: str, timeout_s: float,
@@ -142,9 +143,21 @@ class HandoffService:
         return d
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        self.keep(asyncio.get_running_loop().create_task(coro))
+
+    def keep(self, task: asyncio.Task[Any]) -> None:
+        """Hold a background task (webhook, warm transfer) until it ends or the service closes."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def claim(self, call_id: str) -> bool:
+        if call_id in self._warm:
+            return False
+        self._warm.add(call_id)
+        return True
+
+    def release(self, call_id: str) -> None:
+        self._warm.discard(call_id)
 
     async def close(self) -> None:
         for task in list(self._tasks):

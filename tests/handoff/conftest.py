@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))  # realtime_fake
 from handoff_env import HOST, METRICS_TOKEN, PROFILE, READ_TOKEN, STREAM_TOKEN, WEBHOOK_SECRET, write_profile  # noqa: E402,F401
@@ -61,3 +62,71 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     for gw in started:
         if not gw.draining:
             await gw.shutdown(drain_timeout=0.5)
+
+
+# ---------------------------------------------------------------- the real call path (FreeSWITCH)
+# Kamailio edge, FreeSWITCH worker, gateway serve, SIPp callers and humans on 127.0.4.21-38, the
+# embedded engine on 127.0.4.39 (started once for the folder, only when a real-FreeSWITCH test runs).
+E2E_IPS = [f"127.0.4.{i}" for i in range(21, 39)]
+MODEL_IP = "127.0.4.39"
+
+
+@pytest.fixture(scope="session")
+def handoff_model(tmp_path_factory: pytest.TempPathFactory):
+    from harness.procs import GatewayModel
+
+    model = GatewayModel(tmp_path_factory.mktemp("handoff-model"), MODEL_IP)
+    model.start()
+    try:
+        yield model
+    finally:
+        model.stop(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def handoff_module() -> Path | None:
+    """The patched mod_audio_stream the project ships (as tests/e2e uses), or None without headers."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "packaging"))
+    from fsmod_support import have_freeswitch, patched_module_so
+
+    return patched_module_so() if have_freeswitch() else None
+
+
+@pytest.fixture
+def handoff_path(tmp_path: Path, freeswitch_factory, request: pytest.FixtureRequest, handoff_model,
+                 handoff_module):
+    """Factory: ``make(handoff={...}, human=dict(busy=..., decline=..., noanswer=...))`` -> a started
+    CallPath whose gateway runs the shipped profiles with front-desk's `handoff:` block replaced."""
+    from handoff_sipp import human_factory
+    from harness.callpath import Addresses, CallPath
+
+    from gateway.settings import DEFAULT_PROFILES_DIR
+
+    made: list[Any] = []
+
+    def make(handoff: dict[str, Any], human: dict[str, Any] | None = None, **kwargs: Any):
+        profiles = tmp_path / f"profiles{len(made)}"
+        profiles.mkdir()
+        for src in DEFAULT_PROFILES_DIR.glob("*.yaml"):
+            doc = yaml.safe_load(src.read_text())
+            if doc.get("name") == "front-desk":
+                doc["handoff"] = handoff
+                doc["transfer_targets"] = {**doc["transfer_targets"], "sales": "2002", "nurse": "2003"}
+            (profiles / src.name).write_text(yaml.safe_dump(doc))
+        if handoff_module is not None:
+            kwargs.setdefault("audio_stream_so", handoff_module)
+        path = CallPath(tmp_path / f"path{len(made)}", Addresses.block(E2E_IPS), freeswitch_factory,
+                        edition="voxcom", model=handoff_model,
+                        gateway_env={"GATEWAY_PROFILES_DIR": str(profiles)},
+                        human_factory=human_factory(**(human or {})), **kwargs)
+        made.append(path)
+        return path.start()
+
+    yield make
+    rep = getattr(request.node, "rep_call", None)
+    for p in made:
+        if rep is None or rep.failed:
+            print(f"\n===== call path logs ({p.workdir}) =====\n{p.logs()}")
+            for fs in p.workers:
+                print(f"--- freeswitch {fs.host} ---\n{fs.log()[-6000:] if hasattr(fs, 'log') else ''}")
+        p.stop()
