@@ -52,6 +52,7 @@ class Gateway:
         self.calls = self.registry.calls
         self.records = Records.from_settings(settings, self.profiles)  # None without GATEWAY_RECORDS_URL
         self.handoffs = install_handoffs(settings, self.profiles)  # gateway/handoff/
+        self.handoffs.sessions = self.registry.get
         self.control_plane: ControlPlane | None = None
         self.control_error: str | None = None
         self._runner: web.AppRunner | None = None

@@ -13,7 +13,8 @@ count, and the SIP headers sized for carriers.
       mode: warm                     # warm (briefing + accept) | blind (transfer with headers)
       on_no_answer: carry_on         # carry_on | take_message | hangup
       accept_timeout_s: 30           # after answering: time to press accept_digit (1) / decline_digit (2)
-      coach: false                   # true: the briefing AI stays on the human's leg as a whisper coach
+      coach: false                   # true: the briefing AI stays on the human's leg as a whisper coach;
+                                     # the human presses 0 to hear the summary again, * to send it away
       webhook_url: https://crm.example/handoff   # optional; signed with GATEWAY_HANDOFF_WEBHOOK_SECRET
       webhook_format: generic        # generic | flex (TaskRouter task attributes, gateway/handoff/payload.py)
 
@@ -69,6 +70,8 @@ class HandoffPolicy(BaseModel):
     summary_timeout_s: float = Field(3.0, gt=0, le=20)
     accept_timeout_s: float = Field(30.0, gt=0, le=300)  # answered, briefed, no key pressed: next target
     coach: bool = False  # keep the briefing AI on the human's leg after the bridge, as a whisper coach
+    coach_repeat_digit: str = Field("0", pattern=r"^[0-9*#]$")  # the coach repeats the summary
+    coach_leave_digit: str = Field("*", pattern=r"^[0-9*#]$")  # the coach leaves the call
     accept_digit: str = Field("1", pattern=r"^[0-9*#]$")
     decline_digit: str = Field("2", pattern=r"^[0-9*#]$")
 

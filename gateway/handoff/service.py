@@ -39,6 +39,9 @@ class HandoffService:
         self._senders: dict[str, WebhookSender] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._warm: set[str] = set()  # calls with a warm transfer under way
+        # The live call sessions by channel uuid (the Gateway's registry): a coach speaks through the
+        # session on the human's leg.
+        self.sessions: Callable[[str], Any] = lambda uuid: None
 
     # ------------------------------------------------------------------ summary
     async def summarize(self, call: Any, reason: str, urgency: str, timeout_s: float,

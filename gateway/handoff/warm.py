@@ -252,6 +252,31 @@ class WarmTransfer:
 
         name = target.target.replace("_", " ").replace("-", " ")
         await self.call.speak_then(INTRODUCE.format(name=f"a colleague from {name}"), act, "warm_transferred")
+        if self.policy.coach:
+            self.service.keep(asyncio.get_running_loop().create_task(self._coach(h_uuid)))
+
+    async def _coach(self, h_uuid: str) -> None:
+        """The briefing AI stays on the human's leg: it hears only the human (the leg's stream is mono:
+        what the human says) and only the human hears it. The human presses coach_repeat_digit to hear
+        the summary again, coach_leave_digit to send the coach away; it also ends when the human hangs up."""
+        human = _Leg(self.client, h_uuid, self._clock)
+        repeat, leave = self.policy.coach_repeat_digit, self.policy.coach_leave_digit
+        try:
+            while True:
+                digit = await human.digits.get()
+                if human.ended.is_set() or digit == "":
+                    log.info("coach left: the human hung up", extra=fields(handoff=self.handoff.id))
+                    return
+                session = self.service.sessions(h_uuid)
+                if digit == repeat and session is not None:
+                    session.say(f"Here is the summary again. {self.handoff.summary.text}")
+                elif digit == leave:
+                    with contextlib.suppress(EslError):
+                        await self.client.api(commands.uuid_audio_stream_stop(h_uuid))
+                    log.info("coach left on request", extra=fields(handoff=self.handoff.id))
+                    return
+        finally:
+            human.close()
 
     def _no_one(self) -> None:
         what = self.policy.on_no_answer

@@ -173,3 +173,61 @@ def test_a_call_at_the_hop_cap_is_not_handed_on(handoff_path):
     assert not invites(path), "a call at the hop cap was handed on"
     assert "handoff refused: hop limit" in path.gateway.log()
     assert call.sipp.proc.poll() is None, "the caller was hung up"
+
+
+def test_coach_stays_heard_by_the_human_only_repeats_on_request_and_leaves_on_request(handoff_path):
+    path = handoff_path({**WARM, "coach": True, "targets": [{"target": "reception", "timeout_s": 15}]},
+                        human={"ring_ms": 300})
+    call = start_call(path)
+    call.say(phrase(HUMAN))
+    (invite,) = wait_invites(path, 1, 30)
+    media = sipp.sdp_media(invite.body)
+    assert media is not None
+    path.human_rtp.set_remote(*media)
+    briefing = path.human_rtp.first_speech_after(time.monotonic() - 5)
+    deadline = time.monotonic() + 30
+    while briefing is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        briefing = path.human_rtp.first_speech_after(call.answered or 0)
+    assert briefing is not None, "the human heard no briefing"
+    time.sleep(9.0)  # let the briefing end
+    path.human_rtp.send_dtmf_pcap("1")
+    intro = call.wait_speech(since=time.monotonic(), min_s=1.0, timeout=15, quiet_s=0.5)
+    assert intro is not None, "the caller heard no introduction"
+    time.sleep(1.5)  # bridged
+    t = time.monotonic()
+    path.human_rtp.say(phrase("Hello, this is Sam from reception."))
+    assert call.wait_speech(since=t, min_s=1.0, timeout=10, quiet_s=0.3) is not None, \
+        "the caller does not hear the human"
+    # The human asks the coach (DTMF 0): the summary again, whispered to the human only.
+    time.sleep(1.0)
+    asked = time.monotonic()
+    path.human_rtp.send_dtmf_pcap("0")
+    whisper = None
+    deadline = time.monotonic() + 20
+    while whisper is None and time.monotonic() < deadline:
+        segs = path.human_rtp.speech_segments(since=asked, bridge_s=0.6)
+        if segs and segs[-1].end - segs[0].start >= 2.0 and time.monotonic() - segs[-1].end >= 1.0:
+            whisper = (segs[0].start, segs[-1].end)
+        time.sleep(0.05)
+    assert whisper is not None, "the human did not hear the coach"
+    leaked = call.rtp.speech_seconds(since=whisper[0], until=whisper[1])
+    print(f"\ncoach whisper {whisper[1] - whisper[0]:.2f} s to the human, {leaked:.2f} s heard by the caller")
+    assert leaked < 0.3, "the caller heard the coach"
+    # The human sends the coach away (*): asking again brings nothing.
+    path.human_rtp.send_dtmf_pcap("*")
+    time.sleep(1.5)
+    again = time.monotonic()
+    path.human_rtp.send_dtmf_pcap("0")
+    time.sleep(6.0)
+    assert path.human_rtp.speech_seconds(since=again, until=again + 6.0) < 0.3, "the coach did not leave"
+    assert "coach left on request" in path.gateway.log()
+    # The call itself goes on.
+    t = time.monotonic()
+    path.human_rtp.say(phrase("Are you still there?"))
+    assert call.wait_speech(since=t, min_s=0.8, timeout=10, quiet_s=0.3) is not None, \
+        "the call broke when the coach left"
+    # The caller hangs up: every channel (caller, human) is gone, none wedged.
+    status = call.hangup()
+    assert status is not None and status.startswith("SIP/2.0 200"), f"BYE answered {status!r}"
+    assert path.fs.wait_channels(0, timeout=5.0) == 0, "channels left after the caller hung up"
