@@ -83,6 +83,7 @@ class HandoffService:
     # ------------------------------------------------------------------ create
     async def create(self, call: Any, policy: HandoffPolicy, *, reason: str, urgency: str,
                      mode: str | None = None) -> Handoff:
+        escalated_at = self._clock()
         meta = call.meta
         hops = incoming_hops(meta.extra.get("hops"))
         if hops >= policy.max_hops:
@@ -100,7 +101,7 @@ class HandoffService:
             transcript=[{"role": t["role"], "text": summary.scrub(redactor, t["text"], callback)}
                         for t in call.transcript],
             caller=redactor.number(meta.caller), sip_call_id=meta.sip_call_id,
-            digits=(policy.accept_digit, policy.decline_digit),
+            digits=(policy.accept_digit, policy.decline_digit), escalated_at=escalated_at,
         )
         self.store.put(h)
         if call.recorder is not None:
