@@ -136,6 +136,24 @@ async def _escalate(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
                        {"escalated_to": p.escalation_target})
 
 
+async def _handoff_decision(args: dict[str, Any], ctx: ToolContext, accept: bool) -> ToolResult:
+    # The human on a warm transfer's briefing leg said yes/no (gateway/handoff/warm.py): this call is
+    # that leg, and its uuid names the pending decision.
+    from gateway.handoff.service import current
+
+    if not current().decide(ctx.call_uuid, accept):
+        return ToolResult({"ok": False, "error": "no handoff is waiting for a decision on this call"})
+    return ToolResult({"ok": True, "accepted": accept}, speak=False)
+
+
+async def _accept_handoff(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
+    return await _handoff_decision(args, ctx, True)
+
+
+async def _decline_handoff(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
+    return await _handoff_decision(args, ctx, False)
+
+
 def _target_param(description: str | None = None) -> dict[str, Any]:
     prop: dict[str, Any] = {"type": "string"}
     if description:
@@ -161,6 +179,13 @@ TOOLS: dict[str, Tool] = {
     "add_participant": Tool(
         "Bring a human into the call as a conference participant.",
         _target_param(), _add_participant, moves_call=True),
+    # For the briefing agent on a warm transfer's human leg (gateway/profiles/briefing.yaml).
+    "accept_handoff": Tool(
+        "The colleague you are briefing says they will take the call.",
+        {"type": "object", "properties": {}}, _accept_handoff),
+    "decline_handoff": Tool(
+        "The colleague you are briefing says they cannot take the call.",
+        {"type": "object", "properties": {}}, _decline_handoff),
 }
 
 

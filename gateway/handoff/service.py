@@ -39,6 +39,7 @@ class HandoffService:
         self._senders: dict[str, WebhookSender] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._warm: set[str] = set()  # calls with a warm transfer under way
+        self._deciders: dict[str, Callable[[bool], None]] = {}  # human leg uuid -> its decision
         # The live call sessions by channel uuid (the Gateway's registry): a coach speaks through the
         # session on the human's leg.
         self.sessions: Callable[[str], Any] = lambda uuid: None
@@ -153,6 +154,20 @@ class HandoffService:
         """Hold a background task (webhook, warm transfer) until it ends or the service closes."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def await_decision(self, leg_uuid: str, decide: Callable[[bool], None]) -> None:
+        """A warm transfer's human leg waits for yes/no (DTMF, or the briefing agent's tool)."""
+        self._deciders[leg_uuid] = decide
+
+    def decision_done(self, leg_uuid: str) -> None:
+        self._deciders.pop(leg_uuid, None)
+
+    def decide(self, leg_uuid: str, accept: bool) -> bool:
+        decide = self._deciders.get(leg_uuid)
+        if decide is None:
+            return False
+        decide(accept)
+        return True
 
     def claim(self, call_id: str) -> bool:
         if call_id in self._warm:

@@ -210,6 +210,15 @@ class WarmTransfer:
 
     async def _await_decision(self, human: _Leg, caller: _Leg, h_uuid: str) -> tuple[str, str, str | None]:
         accept, decline = self.policy.accept_digit, self.policy.decline_digit
+        # A spoken yes/no reaches us through the briefing agent's accept_handoff/decline_handoff tools.
+        self.service.await_decision(h_uuid, lambda yes: human.digits.put_nowait(accept if yes else decline))
+        try:
+            return await self._decision(human, caller, h_uuid, accept, decline)
+        finally:
+            self.service.decision_done(h_uuid)
+
+    async def _decision(self, human: _Leg, caller: _Leg, h_uuid: str, accept: str,
+                        decline: str) -> tuple[str, str, str | None]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.policy.accept_timeout_s
         while True:

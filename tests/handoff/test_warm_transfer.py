@@ -231,3 +231,34 @@ def test_coach_stays_heard_by_the_human_only_repeats_on_request_and_leaves_on_re
     status = call.hangup()
     assert status is not None and status.startswith("SIP/2.0 200"), f"BYE answered {status!r}"
     assert path.fs.wait_channels(0, timeout=5.0) == 0, "channels left after the caller hung up"
+
+
+def test_the_human_accepts_by_saying_yes(handoff_path):
+    path = handoff_path({**WARM, "targets": [{"target": "reception", "timeout_s": 15}]},
+                        human={"ring_ms": 300})
+    call = start_call(path)
+    call.say(phrase(HUMAN))
+    (invite,) = wait_invites(path, 1, 30)
+    media = sipp.sdp_media(invite.body)
+    assert media is not None
+    path.human_rtp.set_remote(*media)
+    asked = time.monotonic()
+    briefing = None
+    deadline = time.monotonic() + 30
+    while briefing is None and time.monotonic() < deadline:
+        segs = path.human_rtp.speech_segments(since=asked, bridge_s=0.6)
+        if segs and segs[-1].end - segs[0].start >= 2.0 and time.monotonic() - segs[-1].end >= 1.0:
+            briefing = segs[-1].end
+        time.sleep(0.05)
+    assert briefing is not None, "the human heard no briefing"
+    said = time.monotonic()
+    path.human_rtp.say(phrase("Yes, put them through."))
+    intro = call.wait_speech(since=said, min_s=1.0, timeout=20, quiet_s=0.5)
+    assert intro is not None, "the caller heard no introduction after the human said yes"
+    time.sleep(1.5)
+    t = time.monotonic()
+    path.human_rtp.say(phrase("Hello, this is Sam from reception."))
+    assert call.wait_speech(since=t, min_s=1.0, timeout=10, quiet_s=0.3) is not None, \
+        "the caller does not hear the human after a spoken acceptance"
+    doc = handoff_doc(path, invite.header("X-AI-Handoff-Id") or "")
+    assert [(a["target"], a["result"]) for a in doc["attempts"]] == [("reception", "accepted")]
