@@ -56,6 +56,8 @@ class Profile(BaseModel):
     fallback: Fallback = Field(default_factory=Fallback)
     records: RecordsPolicy = Field(default_factory=RecordsPolicy)  # storage, redaction, memory, retention
     handoff: HandoffPolicy | None = None  # how `escalate` hands the caller to a human (docs/handoff.md)
+    # Listens and transcribes, never speaks (the handoff note-taker): its model's audio is dropped.
+    listen_only: bool = False
 
     @field_validator("tools")
     @classmethod

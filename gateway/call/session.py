@@ -348,7 +348,9 @@ class CallSession:
         if self._records is not None:
             self.recorder = self._records.open_call(self.uuid, start, self.profile, self._clock)
             self._memory = await self._records.memory_for(self.recorder.caller_key, self.profile.records)
-        if self._control_factory is not None:
+        # A listen-only session (the handoff note-taker) shares the caller's channel: it gets no call
+        # control, so nothing it does (or fails at) can hang up or move the call.
+        if self._control_factory is not None and not self.profile.listen_only:
             try:
                 self.control = self._control_factory(self, start)
             except Exception as exc:
@@ -510,6 +512,8 @@ class CallSession:
         """Agent audio in the session's model format."""
         if self.state != "active" or self.audio is None or self.playback is None:
             return
+        if self.profile is not None and self.profile.listen_only:
+            return  # a note-taker: nothing it generates reaches the call
         if response_id in self._dropped_responses or item_id in self._dropped_items:
             return  # audio of a reply the caller interrupted, still in flight from the model
         if item_id is not None:
@@ -697,6 +701,11 @@ class CallSession:
     # ------------------------------------------------------------------ failure path
     def _on_model_failure(self, kind: str, detail: str) -> None:
         if self.state != "active" or self._leaving:
+            return
+        if self.profile is not None and self.profile.listen_only:  # no fallback prompt into the call
+            log.warning("listen-only model failed", extra=fields(call=self.uuid, kind=kind, error=detail))
+            self.state = "fallback"
+            self._spawn(self.close(CLOSE_NORMAL, "model failed"), "close")
             return
         self.state = "fallback"
         self.last_error = f"model {kind}: {detail}"
