@@ -36,7 +36,7 @@ def briefing_text(h: Handoff, accept_digit: str = "1", decline_digit: str = "2")
 def briefing_for(meta: Any) -> Briefing | None:
     """The briefing for a stream whose metadata names a handoff this gateway holds, else None."""
     handoff_id = str((getattr(meta, "extra", None) or {}).get("handoff_id") or "")
-    if not _ID.fullmatch(handoff_id):
+    if getattr(meta, "caller", "") != "ai-briefing" or not _ID.fullmatch(handoff_id):
         return None
     from gateway.handoff.service import current
 

@@ -59,6 +59,7 @@ class Handoff:
     state: str = "pending"  # pending | ringing | briefing | accepted | failed | transferred
     attempts: list[Attempt] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
+    notes: list[dict[str, str]] = field(default_factory=list)  # the note-taker's transcript, redacted
     escalated_at: float = 0.0  # when the AI escalated (before the summary was built), wall clock
     digits: tuple[str, str] = ("1", "2")  # accept, decline (the profile's handoff.accept/decline_digit)
 

@@ -15,6 +15,7 @@ count, and the SIP headers sized for carriers.
       accept_timeout_s: 30           # after answering: time to press accept_digit (1) / decline_digit (2)
       coach: false                   # true: the briefing AI stays on the human's leg as a whisper coach;
                                      # the human presses 0 to hear the summary again, * to send it away
+      notes: false                   # true: a listen-only AI note-taker transcribes caller and human
       webhook_url: https://crm.example/handoff   # optional; signed with GATEWAY_HANDOFF_WEBHOOK_SECRET
       webhook_format: generic        # generic | flex (TaskRouter task attributes, gateway/handoff/payload.py)
 
@@ -72,6 +73,7 @@ class HandoffPolicy(BaseModel):
     coach: bool = False  # keep the briefing AI on the human's leg after the bridge, as a whisper coach
     coach_repeat_digit: str = Field("0", pattern=r"^[0-9*#]$")  # the coach repeats the summary
     coach_leave_digit: str = Field("*", pattern=r"^[0-9*#]$")  # the coach leaves the call
+    notes: bool = False  # after the bridge a listen-only AI transcribes both sides into the handoff
     accept_digit: str = Field("1", pattern=r"^[0-9*#]$")
     decline_digit: str = Field("2", pattern=r"^[0-9*#]$")
 

@@ -263,6 +263,51 @@ class WarmTransfer:
         await self.call.speak_then(INTRODUCE.format(name=f"a colleague from {name}"), act, "warm_transferred")
         if self.policy.coach:
             self.service.keep(asyncio.get_running_loop().create_task(self._coach(h_uuid)))
+        if self.policy.notes:
+            self.service.keep(asyncio.get_running_loop().create_task(self._notes()))
+
+    async def _notes(self) -> None:
+        """A listen-only AI on the bridged call: the worker streams both directions of the caller's
+        channel (mixed) to the gateway under the `notes` profile (listen_only: its audio is dropped, it
+        has no call control); what it transcribes is copied, redacted, into the handoff while it lives."""
+        c = self.control.uuid
+        notes_id = f"notes-{c}"
+        metadata = (f'{{"caller":"ai-notes","callee":"ai-notes","call_id":"{notes_id}","worker":'
+                    f'"{self.control.worker_id}","profile":"notes","handoff_id":"{self.handoff.id}","rate":8000}}')
+        for _ in range(200):  # the caller's own session ends first (one live stream per channel)
+            if self.service.sessions(c) is None:
+                break
+            await asyncio.sleep(0.05)
+        try:
+            conf_dir = (await self.client.api("global_getvar conf_dir")).strip()
+            if not re.fullmatch(r"[A-Za-z0-9_./-]{1,300}", conf_dir):
+                raise ValueError("the worker's conf_dir is not a plain path")
+            # JSON needs double quotes, which commands.uuid_setvar refuses for values from outside; this
+            # one is built here from checked parts (uuid, worker id, handoff id: no spaces, no ' or \),
+            # and passes FreeSWITCH's argument splitter the way the dialplan's metadata passes
+            # uuid_audio_stream.
+            if not re.fullmatch(r"[-{}\":,._A-Za-z0-9]{1,400}", metadata):
+                raise ValueError("note-taker metadata with unexpected characters")
+            await self.client.api(f"uuid_setvar {commands.uuid(c)} ai_stream_metadata {metadata}")
+            await self.client.api(commands.uuid_setvar(c, "ai_stream_mix", "mixed"))
+            await self.client.api(commands.uuid_setvar(c, "ai_stream_rate", "8k"))
+            await self.client.bgapi(f"lua {conf_dir}/scripts/ai_stream_start.lua {c}", timeout=15)
+        except (EslError, ValueError) as exc:
+            log.warning("note-taker not started", extra=fields(handoff=self.handoff.id, error=str(exc)))
+            return
+        caller = _Leg(self.client, c, self._clock)
+        redactor = self.call.redactor
+        try:
+            while not caller.ended.is_set():
+                session = self.service.sessions(c)  # the stream's key is the channel's uuid
+                if session is not None and getattr(session.profile, "listen_only", False):
+                    # What it heard (both sides, mixed); its own replies are never played nor kept.
+                    self.handoff.notes = [{"role": "call", "text": redactor.text(t["text"])}
+                                          for t in session.transcript if t["role"] == "caller" and t["text"]]
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(caller.ended.wait(), 1.0)
+        finally:
+            caller.close()
 
     async def _coach(self, h_uuid: str) -> None:
         """The briefing AI stays on the human's leg: it hears only the human (the leg's stream is mono:
