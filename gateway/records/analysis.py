@@ -102,7 +102,8 @@ def analyse(
     urgency = "high" if any(w in joined for w in URGENT) or intent == "emergency" else "normal"
     tools = [e["data"].get("name") for e in events if e["kind"] == "tool"]
     escalated = (
-        outcome in ("escalated", "transferred", "conference", "fallback_transferred") or "escalate" in tools
+        outcome in ("escalated", "transferred", "warm_transferred", "conference", "fallback_transferred")
+        or "escalate" in tools
     )
     lead = 0
     if intent in ("sales", "appointment"):
