@@ -65,7 +65,7 @@ def test_declined_then_accepted_by_dtmf_briefing_heard_by_the_human_only(handoff
     targets = [{"target": "billing", "queue": "billing-queue", "timeout_s": 15},
                {"target": "reception", "timeout_s": 15}]
     path = handoff_path({**WARM, "targets": targets},
-                        human={"decline": ("2001",), "ring_ms": 6000})
+                        human={"decline": ("2001",), "ring_ms": 8000})
     call = start_call(path)
     escalate_at = time.monotonic()
     call.say(phrase(HUMAN))
@@ -78,7 +78,7 @@ def test_declined_then_accepted_by_dtmf_briefing_heard_by_the_human_only(handoff
     assert first[0].header("X-AI-Skill") == "billing" and first[0].header("X-AI-Queue") == "billing-queue"
     assert first[0].header("X-AI-Summary"), first[0].text
 
-    # 603 from the first human: the second target rings (6 s) while the caller's AI says it tries another.
+    # 603 from the first human: the second target rings (8 s) while the caller's AI says it tries another.
     both = wait_invites(path, 2, 30)
     assert len(both) == 2, "the second target was never dialled after the first declined"
     assert ruri_user(both[1]) == "2000", both[1].first_line
