@@ -310,3 +310,19 @@ def test_note_taker_listens_to_the_bridged_call_and_is_never_heard(handoff_path)
     # 0.68 seen against 0.37-0.44 for the caller's; an OpenAI transcription model has no such limit.)
     said = " ".join(n["text"] for n in notes).lower()
     assert "book an appointment" in said, f"the note-taker missed the caller: {notes}"
+
+
+def test_caller_hanging_up_while_the_human_rings_cancels_the_human(handoff_path):
+    path = handoff_path({**WARM, "targets": [{"target": "nurse", "timeout_s": 30}]},
+                        human={"noanswer": ("2003",)})
+    call = start_call(path)
+    call.say(phrase(HUMAN))
+    (invite,) = wait_invites(path, 1, 30)
+    assert ruri_user(invite) == "2003"
+    time.sleep(1.0)
+    status = call.hangup()
+    assert status is not None and status.startswith("SIP/2.0 200"), f"BYE answered {status!r}"
+    assert path.human.wait_received("CANCEL", 10) is not None, "the ringing human was not cancelled"
+    assert path.fs.wait_channels(0, timeout=5.0) == 0, "channels left after the caller hung up"
+    doc = handoff_doc(path, invite.header("X-AI-Handoff-Id") or "")
+    assert [(a["target"], a["result"]) for a in doc["attempts"]] == [("nurse", "caller_gone")]
