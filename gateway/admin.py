@@ -4,8 +4,9 @@ statuses here and nowhere else.
 
 Authentication (gateway/auth.py) runs as ASGI middleware before routing: /healthz, /readyz and the
 docs are open, /metrics needs a `metrics` token, reading calls a `read` token, every verb a `control`
-token. Every control action leaves one audit line on the `gateway.audit` logger: who (the token's
-name, never the secret), what, which call, the target, and the result."""
+token (hangup, transfer, conference, handoff). Every control action leaves one audit line on the
+`gateway.audit` logger: who (the token's name, never the secret), what, which call, the target, and the
+result."""
 
 from __future__ import annotations
 
@@ -48,6 +49,11 @@ class TargetBody(BaseModel):
         ..., min_length=1, max_length=256,
         description="a transfer target name of the call's profile, or a dialplan extension / sip: URI",
     )
+
+
+class HandoffBody(BaseModel):
+    reason: str = Field("operator handoff", max_length=200)
+    urgency: str = Field("normal", pattern="^(low|normal|high)$")
 
 
 def _principal(request: Request) -> Principal:
@@ -140,5 +146,14 @@ def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | Non
         target = await _audited(request, "conference", uuid, body.target,
                                 lambda: _verb(_call(uuid).add_participant(body.target)))
         return {"ok": True, "uuid": uuid, "target": target}
+
+    @app.post("/calls/{uuid}/handoff",
+              summary="hand the caller to a human as the profile's handoff block says (docs/handoff.md)")
+    async def handoff(uuid: str, body: HandoffBody, request: Request) -> dict[str, Any]:
+        from gateway.handoff.escalation import operator_handoff
+
+        result = await _audited(request, "handoff", uuid, None,
+                                lambda: _verb(operator_handoff(_call(uuid), body.reason, body.urgency)))
+        return {"ok": True, "uuid": uuid, **result}
 
     return app

@@ -60,3 +60,41 @@ async def escalate(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
     service.attempt(h, first.target, "transferred")
     h.state = "transferred"
     return ToolResult({"ok": True, "escalated_to": first.target, "handoff_id": h.id})
+
+
+async def operator_handoff(session: Any, reason: str, urgency: str) -> dict[str, Any]:
+    """The admin API's handoff verb: what `escalate` does, started by an operator (POST
+    /calls/{uuid}/handoff). Raises CallControlError (kinds map to HTTP statuses in the admin API)."""
+    from gateway.call.control import CallControlError, ErrorKind
+
+    profile = session.profile
+    policy: HandoffPolicy | None = getattr(profile, "handoff", None)
+    if profile is None or policy is None:
+        raise CallControlError("this call's profile has no handoff block", kind=ErrorKind.CONFLICT)
+    control = session.control
+    if control is None:
+        raise CallControlError("call control unavailable for this call", kind=ErrorKind.UNAVAILABLE)
+    targets = targets_of(profile, policy)
+    if not targets:
+        raise CallControlError("no handoff target configured", kind=ErrorKind.CONFLICT)
+    service = current()
+    try:
+        h = await service.create(session, policy, reason=session.redactor.text(reason), urgency=urgency)
+    except HopLimit as exc:
+        raise CallControlError(str(exc), kind=ErrorKind.CONFLICT) from None
+    if policy.mode == "warm":
+        from gateway.handoff.warm import start_warm_transfer
+
+        error = start_warm_transfer(session, policy, h, targets)
+        if error is None:
+            session.say("Please hold on, I am getting a colleague for you.")
+            return {"handoff_id": h.id, "mode": "warm", "status": "dialling"}
+    first = targets[0]
+    address = profile.resolve_target(first.target)
+    if address is None:
+        raise CallControlError(f"unknown target {first.target!r}", kind=ErrorKind.INVALID)
+    headers = service.headers(h, policy, first)
+    await session.act_when_quiet(lambda: control.transfer(address, headers), "escalated")
+    service.attempt(h, first.target, "transferred")
+    h.state = "transferred"
+    return {"handoff_id": h.id, "mode": "blind", "target": first.target}

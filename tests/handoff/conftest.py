@@ -14,7 +14,16 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))  # realtime_fake
-from handoff_env import HOST, METRICS_TOKEN, PROFILE, READ_TOKEN, STREAM_TOKEN, WEBHOOK_SECRET, write_profile  # noqa: E402,F401
+from handoff_env import (  # noqa: E402,F401
+    CONTROL_TOKEN,
+    HOST,
+    METRICS_TOKEN,
+    PROFILE,
+    READ_TOKEN,
+    STREAM_TOKEN,
+    WEBHOOK_SECRET,
+    write_profile,
+)
 from realtime_fake import fake_servers  # noqa: E402
 
 from gateway.fallback import FallbackPrompts  # noqa: E402
@@ -48,7 +57,8 @@ async def make_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
                                   "auth_tokens": STREAM_TOKEN, "shutdown_timeout_s": 2.0,
                                   "model_connect_timeout_s": 2.0, "profiles_dir": profiles_dir,
                                   "default_profile": "desk",
-                                  "admin_tokens": f"desk:read:{READ_TOKEN},prom:metrics:{METRICS_TOKEN}",
+                                  "admin_tokens": f"desk:read:{READ_TOKEN},prom:metrics:{METRICS_TOKEN},"
+                                                  f"ops:control:{CONTROL_TOKEN}",
                                   "handoff_webhook_secret": WEBHOOK_SECRET, "handoff_webhook_backoff_s": 0.05}
         values.update(overrides)
         settings = Settings(**values)

@@ -11,6 +11,7 @@ HOST = "127.0.4.1"
 ESL_HOST = "127.0.4.2"
 STREAM_TOKEN = "handoff-stream-token"
 READ_TOKEN = "desk-read-secret-0123456789"
+CONTROL_TOKEN = "ops-control-secret-0123456789"
 METRICS_TOKEN = "prom-metrics-secret-0123456789"
 WEBHOOK_SECRET = "handoff-webhook-secret-0123456789"
 

@@ -160,3 +160,42 @@ async def test_with_the_embedded_engine_the_summary_is_extractive_and_no_out_of_
 
 def _handoff() -> dict:
     return dict(PROFILE["handoff"])
+
+
+async def test_an_operator_hands_the_call_over_from_the_admin_api(make_gateway, fake_model, freeswitch):
+    from gw_helpers import tone
+    from handoff_env import CONTROL_TOKEN
+
+    model = await fake_model(greeting_ms=8000, speed=1.0)
+    gw = await make_gateway(model_url=model.url, esl_workers={"fs1": freeswitch.address})
+    await gw.control_plane.wait_connected(5)
+    call_uuid = str(uuidlib.uuid4())
+    freeswitch.add_channel(call_uuid)
+    call = asyncio.create_task(place_call(f"ws://{gw.settings.media_host}:{gw.media_port}/stream/{call_uuid}",
+                                          tone(0.1, 8000), rate=8000, metadata=meta(), token=STREAM_TOKEN,
+                                          greeting_timeout=10))
+    admin = f"http://{gw.settings.admin_host}:{gw.admin_port}/calls/{call_uuid}/handoff"
+    try:
+        for _ in range(100):
+            if call_uuid in gw.calls and gw.calls[call_uuid].control is not None:
+                break
+            await asyncio.sleep(0.02)
+        async with aiohttp.ClientSession() as http:
+            body = {"reason": "caller wants a refund to 4111 1111 1111 1111", "urgency": "high"}
+            async with http.post(admin, json=body, headers={"Authorization": f"Bearer {READ_TOKEN}"}) as r:
+                assert r.status == 403  # a verb needs the control scope
+            async with http.post(admin, json={"urgency": "whenever"},
+                                 headers={"Authorization": f"Bearer {CONTROL_TOKEN}"}) as r:
+                assert r.status == 422
+            async with http.post(admin, json=body, headers={"Authorization": f"Bearer {CONTROL_TOKEN}"}) as r:
+                assert r.status == 200, await r.text()
+                doc = await r.json()
+        assert doc["mode"] == "blind" and doc["target"] == "billing"
+        command = await freeswitch.wait_for_command(f"api uuid_transfer {call_uuid}", timeout=10)
+        assert command == f"api uuid_transfer {call_uuid} 2001 XML ai-transfer"
+        headers = _setvars(freeswitch, call_uuid)
+        assert headers["X-AI-Handoff-Id"] == doc["handoff_id"] and headers["X-AI-Urgency"] == "high"
+        assert "4111" not in " ".join(freeswitch.api_commands())
+    finally:
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
