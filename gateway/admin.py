@@ -4,8 +4,9 @@ statuses here and nowhere else.
 
 Authentication (gateway/auth.py) runs as ASGI middleware before routing: /healthz, /readyz and the
 docs are open, /metrics needs a `metrics` token, reading calls a `read` token, every verb a `control`
-token. Every control action leaves one audit line on the `gateway.audit` logger: who (the token's
-name, never the secret), what, which call, the target, and the result."""
+token (hangup, transfer, conference, handoff). Every control action leaves one audit line on the
+`gateway.audit` logger: who (the token's name, never the secret), what, which call, the target, and the
+result."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from gateway import metrics as m
 from gateway.auth import OPEN, AdminAuthMiddleware, Principal, TokenAuthority
 from gateway.call.control import CallControlError, ErrorKind
 from gateway.call.registry import CallRegistry
+from gateway.handoff.api import handoffs_router
+from gateway.handoff.record import HandoffStore
 from gateway.log import fields, pii
 from gateway.metrics import REGISTRY
 from gateway.records.api import records_router
@@ -53,6 +56,11 @@ class TargetBody(BaseModel):
     )
 
 
+class HandoffBody(BaseModel):
+    reason: str = Field("operator handoff", max_length=200)
+    urgency: str = Field("normal", pattern="^(low|normal|high)$")
+
+
 def _principal(request: Request) -> Principal:
     return getattr(request.state, "principal", OPEN)
 
@@ -61,7 +69,7 @@ def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | Non
                    authority: TokenAuthority | None = None,
                    ready: Callable[[], bool] | None = None, records: Records | None = None,
                    outbound: OutboundService | None = None, tenants: TenantSet | None = None,
-                   ladders: Ladders | None = None) -> FastAPI:
+                   ladders: Ladders | None = None, handoffs: HandoffStore | None = None) -> FastAPI:
     app = FastAPI(title="AI voice gateway admin API", version=__version__)
     app.add_middleware(AdminAuthMiddleware, authority=authority or TokenAuthority([]))
     if records is not None:  # call records (gateway/records/api.py): GET routes read scope, DELETE control
@@ -70,6 +78,8 @@ def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | Non
         from gateway.outbound.api import outbound_router
 
         app.include_router(outbound_router(outbound, ladders, _principal))
+    if handoffs is not None:  # GET /handoffs/{id}: read scope (gateway/handoff/api.py)
+        app.include_router(handoffs_router(handoffs))
     is_ready = ready or (lambda: registry.accepting)
 
     async def _audited(request: Request, action: str, uuid: str, target: str | None,
@@ -188,5 +198,15 @@ def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | Non
         target = await _audited(request, "conference", uuid, body.target,
                                 lambda: _verb(_call(uuid, request).add_participant(body.target)))
         return {"ok": True, "uuid": uuid, "target": target}
+
+    @app.post("/calls/{uuid}/handoff",
+              summary="hand the caller to a human as the profile's handoff block says (docs/handoff.md)")
+    async def handoff(uuid: str, body: HandoffBody, request: Request) -> dict[str, Any]:
+        from gateway.handoff.escalation import operator_handoff
+
+        result = await _audited(request, "handoff", uuid, None,
+                                lambda: _verb(operator_handoff(_call(uuid, request), body.reason,
+                                                               body.urgency)))
+        return {"ok": True, "uuid": uuid, **result}
 
     return app

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.call.policy import TransferAllow
 from gateway.call.tools import TOOLS, unknown_tools
+from gateway.handoff.routing import HandoffPolicy
 from gateway.outbound.amd import AmdConfig
 from gateway.outbound.schedule import OnCall, Schedule
 from gateway.records.policy import RecordsPolicy
@@ -60,6 +61,9 @@ class Profile(BaseModel):
     schedule: Schedule | None = None
     on_call: OnCall | None = None
     amd: AmdConfig | None = None  # answering-machine detection on outbound calls (gateway/outbound/amd.py)
+    handoff: HandoffPolicy | None = None  # how `escalate` hands the caller to a human (docs/handoff.md)
+    # Listens and transcribes, never speaks (the handoff note-taker): its model's audio is dropped.
+    listen_only: bool = False
 
     @field_validator("tools")
     @classmethod
@@ -78,6 +82,14 @@ class Profile(BaseModel):
     def _fallback_target(self) -> Profile:
         if self.fallback.action == "transfer" and not self.fallback.target:
             raise ValueError("fallback.action transfer needs fallback.target")
+        return self
+
+    @model_validator(mode="after")
+    def _handoff_targets(self) -> Profile:
+        if self.handoff is not None:
+            unknown = [t.target for t in self.handoff.targets if self.resolve_target(t.target) is None]
+            if unknown:
+                raise ValueError(f"handoff.targets {unknown} are not names in transfer_targets")
         return self
 
     def resolve_target(self, name: str) -> str | None:

@@ -28,6 +28,7 @@ from gateway.call.session import CallSession
 from gateway.call.transport import StreamStart
 from gateway.call.twilio_control import TwilioControl
 from gateway.fallback import FallbackPrompts
+from gateway.handoff.service import install_handoffs
 from gateway.health import ModelProbe
 from gateway.log import fields, setup_logging
 from gateway.media_server import CLOSE_HANDSHAKE_TIMEOUT_S, media_app
@@ -58,6 +59,8 @@ class Gateway:
         self.registry = CallRegistry(settings.max_calls)
         self.calls = self.registry.calls
         self.records = Records.from_settings(settings, self.profiles)  # None without GATEWAY_RECORDS_URL
+        self.handoffs = install_handoffs(settings, self.profiles)  # gateway/handoff/
+        self.handoffs.sessions = self.registry.get
         self.control_plane: ControlPlane | None = None
         self.control_error: str | None = None
         self._runner: web.AppRunner | None = None
@@ -152,7 +155,7 @@ class Gateway:
         admin = make_admin_app(self.registry, lambda: self.control_error,
                                authority=TokenAuthority([*s.admin_tokens, *self.tenants.admin_tokens()]),
                                ready=lambda: self.ready, records=self.records, outbound=self.outbound,
-                               tenants=self.tenants, ladders=self.ladders)
+                               tenants=self.tenants, ladders=self.ladders, handoffs=self.handoffs.store)
         config = uvicorn.Config(admin, log_config=None, access_log=False, lifespan="off",
                                 ws="none")
         self._admin = _AdminServer(config)
@@ -190,6 +193,7 @@ class Gateway:
         if self.control_plane is not None:
             with contextlib.suppress(Exception):
                 await self.control_plane.close()
+        await self.handoffs.close()
         if self.records is not None:
             await self.records.close()  # after the calls: their last records are written first
         log.info("stopped")

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     # unset = on when an OpenAI key is set (the embedded engine keeps the extractive one).
     records_model_summary: bool | None = None
     records_summary_timeout_s: float = Field(5.0, gt=0, le=60)  # then the extractive summary is kept
+    # Handoffs (gateway/handoff/, docs/handoff.md): the secret that signs every profile's handoff webhook
+    # (HMAC-SHA256 like the post-call webhook), and its retries (backoff doubles after each failure).
+    handoff_webhook_secret: SecretStr | None = None
+    handoff_webhook_attempts: int = Field(4, ge=1, le=10)
+    handoff_webhook_backoff_s: float = Field(0.5, gt=0, le=60)
     # Post each Twilio call's turns (redacted) into its Twilio Conversation (ConversationSid parameter).
     records_twilio_conversations: bool = False
     # Twilio Media Streams ingress (off unless the auth token is set). `twilio_public_url` is the base

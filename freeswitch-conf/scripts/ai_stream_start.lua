@@ -11,7 +11,8 @@
 -- Two ways to run it:
 --   dialplan:  <action application="lua" data="$${conf_dir}/scripts/ai_stream_start.lua"/>
 --   API:       lua <path>/ai_stream_start.lua <uuid>   (restart after a lost stream, ai_stream_lost.lua)
--- Uses the channel variables ai_stream_rate (8k|16k) and ai_stream_metadata set by the dialplan.
+-- Uses the channel variables ai_stream_rate (8k|16k) and ai_stream_metadata set by the dialplan, and
+-- ai_stream_mix (mono unless "mixed").
 
 local api = freeswitch.API()
 local uuid = (session and session:get_uuid()) or (argv and argv[1])
@@ -77,6 +78,12 @@ split(freeswitch.getGlobalVariable("gateway_stream_urls"), candidates, seen)
 split(freeswitch.getGlobalVariable("gateway_stream_url"), candidates, seen) -- the single-gateway name of old
 
 local rate = getvar("ai_stream_rate") or "8k"
+-- mono: what the channel receives (the caller's voice). mixed: both directions, for a listen-only AI
+-- (the handoff note-taker, set by the gateway on a bridged call). Anything else is mono.
+local mix = getvar("ai_stream_mix")
+if mix ~= "mixed" then
+  mix = "mono"
+end
 local metadata = getvar("ai_stream_metadata") or "{}"
 -- mod_audio_stream gives up on a connect after 2 s; a little more covers a busy host.
 local wait_ms = tonumber(freeswitch.getGlobalVariable("gateway_connect_timeout_ms") or "") or 3000
@@ -92,7 +99,7 @@ for _, url in ipairs(candidates) do
   events:bind("CUSTOM", "mod_audio_stream::connect")
   events:bind("CUSTOM", "mod_audio_stream::error")
   events:bind("CUSTOM", "mod_audio_stream::disconnect")
-  local started = api:execute("uuid_audio_stream", uuid .. " start " .. url .. "/" .. uuid .. " mono " .. rate ..
+  local started = api:execute("uuid_audio_stream", uuid .. " start " .. url .. "/" .. uuid .. " " .. mix .. " " .. rate ..
     " " .. metadata)
   if string.sub(started or "", 1, 3) ~= "+OK" then
     why = url .. ": " .. (started or "no reply")

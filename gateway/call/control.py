@@ -176,6 +176,15 @@ class CallControl:
         self.hangup_cause: str | None = None
         self.files_played = 0
 
+    @property
+    def esl(self) -> EslClient:
+        """The worker's ESL connection, for verbs built outside this module (gateway/handoff/warm.py)."""
+        return self._client
+
+    def moving(self) -> None:
+        """Public form of `_moving` (the gateway is about to take the call out of park)."""
+        self._moving()
+
     # ------------------------------------------------------------------ verbs
 
     async def hangup(self, cause: str = "NORMAL_CLEARING") -> None:

@@ -40,6 +40,7 @@ from gateway.call.transport import (
     StreamStopped,
     StreamText,
 )
+from gateway.handoff.briefing import briefing_for
 from gateway.log import fields, pii
 from gateway.outbound.amd import AmdScreen, amd_screen
 from gateway.outbound.context import call_context, call_greeting
@@ -157,6 +158,8 @@ class CallSession:
         self.redactor: Redactor = NO_REDACTION
         self._memory = ""
         self._summary: asyncio.Future[str] | None = None  # the model's post-call summary, when asked for
+        # Other out-of-band responses (gateway/handoff/summary.py): metadata purpose -> on response.done.
+        self.out_of_band: dict[str, Callable[[dict[str, Any]], None]] = {}
         self._speech_start_ms: float | None = None
         self._speech_end_ms: float | None = None
         self._dispatch_table: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -238,6 +241,34 @@ class CallSession:
             except Exception as exc:
                 log.warning("hangup via call control failed", extra=fields(call=self.uuid, error=str(exc)))
         await self.close(CLOSE_NORMAL, reason)
+
+    def send_to_model(self, event: dict[str, Any]) -> bool:
+        """Send one client event on the live model session (an out-of-band request, an instruction);
+        False when the call has no connected model (embedded engine down, call over)."""
+        if self._model is None or self.state != "active" or not getattr(self._model, "connected", True):
+            return False
+        self._model.send(event)
+        return True
+
+    def instruct(self, text: str) -> bool:
+        """Tell the model something that happened outside the conversation and let it speak about it."""
+        return self.send_to_model(rt.user_text_item(text)) and self.send_to_model(rt.response_create())
+
+    def say(self, text: str) -> bool:
+        """Have the agent say `text` verbatim (the greeting contract both model backends follow)."""
+        return self.send_to_model(rt.greeting_response(text))
+
+    async def speak_then(self, text: str, act: Callable[[], Any], outcome: str | None) -> None:
+        """Have the agent say `text` verbatim (e.g. introduce the human), wait (bounded) until the caller
+        heard it, then act as `act_when_quiet` does."""
+        done_before = self._responses_done
+        if self.say(text):
+            await self._confirmation_played(done_before)
+        await self._quiet_then(act, outcome)
+
+    async def act_when_quiet(self, act: Callable[[], Any], outcome: str | None) -> None:
+        """Public form of `_quiet_then` for verbs built outside the call (gateway/handoff/)."""
+        await self._quiet_then(act, outcome)
 
     async def _quiet_then(self, act: Callable[[], Any], outcome: str | None) -> None:
         """Stop new agent audio, wait until the far end has played what it already holds, then run
@@ -323,7 +354,9 @@ class CallSession:
         if self._records is not None:
             self.recorder = self._records.open_call(self.uuid, start, self.profile, self._clock)
             self._memory = await self._records.memory_for(self.recorder.caller_key, self.profile.records)
-        if self._control_factory is not None:
+        # A listen-only session (the handoff note-taker) shares the caller's channel: it gets no call
+        # control, so nothing it does (or fails at) can hang up or move the call.
+        if self._control_factory is not None and not self.profile.listen_only:
             try:
                 self.control = self._control_factory(self, start)
             except Exception as exc:
@@ -429,15 +462,19 @@ class CallSession:
     def _setup_events(self) -> list[dict[str, Any]]:
         p = self.profile
         assert p is not None and self.audio is not None
+        greeting, instructions = p.greeting, p.instructions + self._memory  # + caller memory
+        brief = briefing_for(self.meta)  # the human leg of a warm transfer: the handoff's briefing
+        if brief is not None:
+            greeting, instructions = brief.greeting, instructions + brief.context
         events = [
             rt.session_update(audio_format=self.audio.model_format,
-                              instructions=p.instructions + self._memory  # + caller memory
-                              + call_context(self.meta.extra),  # outbound: direction, variables
+                              # + outbound: the call's direction and variables
+                              instructions=instructions + call_context(self.meta.extra),
                               voice=p.voice, turn_detection=p.turn_detection.model_dump(),
                               tools=schemas(p.tools),
                               input_transcription=self.settings.input_transcription_model or None)
         ]
-        greeting = call_greeting(self.meta.extra) or p.greeting  # an outbound call's own opening
+        greeting = call_greeting(self.meta.extra) or greeting  # an outbound call's own opening
         if greeting and self._screen is None:
             events.append(rt.greeting_response(greeting))
         return events
@@ -455,13 +492,19 @@ class CallSession:
                         extra=fields(call=self.uuid, type=event.get("type"), error=str(exc)))
 
     def _on_response_created(self, event: dict[str, Any]) -> None:
-        if _is_summary(event):
+        if _is_summary(event) or _purpose(event) in self.out_of_band:
             return  # the out-of-band post-call summary: not a reply to the caller
         self._response_active = True
         self._response_id = (event.get("response") or {}).get("id")
 
     def _on_response_done(self, event: dict[str, Any]) -> None:
         resp = event.get("response") or {}
+        handler = self.out_of_band.get(_purpose(event) or "")
+        if handler is not None:  # an out-of-band text response someone asked for: not a reply
+            if self.recorder is not None:
+                self.recorder.usage_from(resp)
+            handler(resp)
+            return
         if _is_summary(event):
             if self.recorder is not None:
                 self.recorder.usage_from(resp)
@@ -483,6 +526,8 @@ class CallSession:
         """Agent audio in the session's model format."""
         if self.state != "active" or self.audio is None or self.playback is None:
             return
+        if self.profile is not None and self.profile.listen_only:
+            return  # a note-taker: nothing it generates reaches the call
         if response_id in self._dropped_responses or item_id in self._dropped_items:
             return  # audio of a reply the caller interrupted, still in flight from the model
         if item_id is not None:
@@ -601,7 +646,7 @@ class CallSession:
             arguments = _redacted_arguments(self.redactor, arguments)
         result = await run_tool(name, arguments,
                                 control=deferred if deferred is not None else self.control,
-                                profile=self.profile, call_uuid=self.uuid, summary=summary)
+                                profile=self.profile, call_uuid=self.uuid, summary=summary, call=self)
         ok = bool(result.output.get("ok"))
         call_id = event.get("call_id")
         self._record_event("tool", {"name": name, "arguments": _json_or_text(event.get("arguments", "{}")),
@@ -670,6 +715,11 @@ class CallSession:
     # ------------------------------------------------------------------ failure path
     def _on_model_failure(self, kind: str, detail: str) -> None:
         if self.state != "active" or self._leaving:
+            return
+        if self.profile is not None and self.profile.listen_only:  # no fallback prompt into the call
+            log.warning("listen-only model failed", extra=fields(call=self.uuid, kind=kind, error=detail))
+            self.state = "fallback"
+            self._spawn(self.close(CLOSE_NORMAL, "model failed"), "close")
             return
         self.state = "fallback"
         self.last_error = f"model {kind}: {detail}"
@@ -831,6 +881,11 @@ SUMMARY_INSTRUCTIONS = (
     "in at most three sentences: who called, what they wanted, what was done or promised, and anything "
     "still to do. Plain text, no lists, no greeting."
 )
+
+
+def _purpose(event: dict[str, Any]) -> str | None:
+    meta = (event.get("response") or {}).get("metadata")
+    return str(meta.get("purpose")) if isinstance(meta, dict) and meta.get("purpose") else None
 
 
 def _is_summary(event: dict[str, Any]) -> bool:

@@ -49,6 +49,7 @@ class ToolContext:
     profile: Profile
     call_uuid: str
     summary: str = ""
+    call: Any = None  # the CallSession (gateway/handoff/ reads its transcript and asks its model)
 
 
 Handler = Callable[[dict[str, Any], ToolContext], Awaitable[ToolResult]]
@@ -127,6 +128,10 @@ async def _escalate(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
         paged = _page_on_call(args, ctx)
         if paged is not None:
             return paged
+    if getattr(p, "handoff", None) is not None:  # summary, attributes, hops, webhook (gateway/handoff/)
+        from gateway.handoff.escalation import escalate
+
+        return await escalate(args, ctx)
     target = p.resolve_target(p.escalation_target) if p.escalation_target else None
     if target is None:
         return ToolResult({"ok": False, "error": "no escalation target configured"})
@@ -150,6 +155,22 @@ def _page_on_call(args: dict[str, Any], ctx: ToolContext) -> ToolResult | None:
     return ToolResult({"ok": True, "paged": "on-call", "incident": run.id,
                        "tell_caller": "It is outside business hours; the on-call person is being called "
                                       "now and will join this call or call back."})
+async def _handoff_decision(args: dict[str, Any], ctx: ToolContext, accept: bool) -> ToolResult:
+    # The human on a warm transfer's briefing leg said yes/no (gateway/handoff/warm.py): this call is
+    # that leg, and its uuid names the pending decision.
+    from gateway.handoff.service import current
+
+    if not current().decide(ctx.call_uuid, accept):
+        return ToolResult({"ok": False, "error": "no handoff is waiting for a decision on this call"})
+    return ToolResult({"ok": True, "accepted": accept}, speak=False)
+
+
+async def _accept_handoff(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
+    return await _handoff_decision(args, ctx, True)
+
+
+async def _decline_handoff(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
+    return await _handoff_decision(args, ctx, False)
 
 
 def _target_param(description: str | None = None) -> dict[str, Any]:
@@ -177,6 +198,13 @@ TOOLS: dict[str, Tool] = {
     "add_participant": Tool(
         "Bring a human into the call as a conference participant.",
         _target_param(), _add_participant, moves_call=True),
+    # For the briefing agent on a warm transfer's human leg (gateway/profiles/briefing.yaml).
+    "accept_handoff": Tool(
+        "The colleague you are briefing says they will take the call.",
+        {"type": "object", "properties": {}}, _accept_handoff),
+    "decline_handoff": Tool(
+        "The colleague you are briefing says they cannot take the call.",
+        {"type": "object", "properties": {}}, _decline_handoff),
 }
 
 
@@ -189,7 +217,7 @@ def unknown_tools(names: list[str]) -> list[str]:
 
 
 async def run_tool(name: str, arguments: str, *, control: _Control | None, profile: Profile,
-                   call_uuid: str, summary: str = "") -> ToolResult:
+                   call_uuid: str, summary: str = "", call: Any = None) -> ToolResult:
     """Run one tool call from the model; never raises."""
     try:
         args = json.loads(arguments or "{}")
@@ -202,4 +230,4 @@ async def run_tool(name: str, arguments: str, *, control: _Control | None, profi
     tool = TOOLS.get(name)
     if tool is None:
         return ToolResult({"ok": False, "error": f"unknown tool {name!r}"})
-    return await tool.handler(args, ToolContext(control, profile, call_uuid, summary))
+    return await tool.handler(args, ToolContext(control, profile, call_uuid, summary, call))

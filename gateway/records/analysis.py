@@ -21,6 +21,7 @@ import json
 import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -101,7 +102,8 @@ def analyse(
     urgency = "high" if any(w in joined for w in URGENT) or intent == "emergency" else "normal"
     tools = [e["data"].get("name") for e in events if e["kind"] == "tool"]
     escalated = (
-        outcome in ("escalated", "transferred", "conference", "fallback_transferred") or "escalate" in tools
+        outcome in ("escalated", "transferred", "warm_transferred", "conference", "fallback_transferred")
+        or "escalate" in tools
     )
     lead = 0
     if intent in ("sales", "appointment"):
@@ -166,6 +168,13 @@ def sign(secret: bytes, timestamp: str, body: bytes) -> str:
     return "v1=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
+@dataclass(frozen=True)
+class Delivered:
+    ok: bool
+    attempts: int
+    status: str
+
+
 class WebhookSender:
     """POSTs each post-call record as JSON, signed; retries 5xx, 429 and network errors with backoff."""
 
@@ -180,23 +189,30 @@ class WebhookSender:
         self._session: aiohttp.ClientSession | None = None
 
     async def deliver(self, record: dict[str, Any]) -> bool:
+        return (await self.send(record, f"{record.get('call_id', '')}")).ok
+
+    async def send(self, record: dict[str, Any], delivery_id: str, what: str = "post-call") -> Delivered:
+        """POST `record`, retrying as above; the result says how many attempts and the last status
+        (a handoff records it). `X-Gateway-Delivery: <delivery_id>:<attempt>` lets a receiver drop
+        duplicates of a retried delivery."""
         body = json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         delay = self.backoff_s
+        error = "not sent"
         for attempt in range(1, self.attempts + 1):
             ts = str(int(time.time()))
             headers = {
                 "Content-Type": "application/json",
                 "X-Gateway-Timestamp": ts,
                 "X-Gateway-Signature": sign(self.secret, ts, body),
-                "X-Gateway-Delivery": f"{record.get('call_id', '')}:{attempt}",
+                "X-Gateway-Delivery": f"{delivery_id}:{attempt}",
             }
             try:
                 async with self._session.post(self.url, data=body, headers=headers) as r:
                     if 200 <= r.status < 300:
                         rm.WEBHOOK.labels(result="ok").inc()
-                        return True
+                        return Delivered(True, attempt, f"HTTP {r.status}")
                     retry = r.status >= 500 or r.status == 429
                     error = f"HTTP {r.status}"
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -204,14 +220,14 @@ class WebhookSender:
             if not retry or attempt == self.attempts:
                 rm.WEBHOOK.labels(result="failed").inc()
                 log.error(
-                    "post-call webhook failed",
+                    f"{what} webhook failed",
                     extra=fields(call=record.get("call_id"), attempts=attempt, error=error),
                 )
-                return False
+                return Delivered(False, attempt, error)
             rm.WEBHOOK.labels(result="retry").inc()
             await asyncio.sleep(delay)
             delay *= 2
-        return False
+        return Delivered(False, self.attempts, error)
 
     async def close(self) -> None:
         if self._session is not None:

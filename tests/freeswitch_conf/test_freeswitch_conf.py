@@ -188,16 +188,19 @@ def test_dialplan_starts_the_stream_with_contract_metadata(document: ET.Element)
     assert ("lua", "$${conf_dir}/scripts/ai_stream_start.lua") in [
         (app, d.replace(str(CONF), "$${conf_dir}")) for app, d in actions]
     script = (CONF / "scripts" / "ai_stream_start.lua").read_text()
-    assert '" start " .. url .. "/" .. uuid .. " mono " .. rate' in script
+    assert '" start " .. url .. "/" .. uuid .. " " .. mix .. " " .. rate' in script
+    # mono (the caller's voice) unless the gateway asks for "mixed" (the handoff note-taker)
+    assert 'if mix ~= "mixed" then\n  mix = "mono"' in script
     assert values["gateway_stream_urls"].startswith("ws://")
     # Expand the metadata as FreeSWITCH would for a sample call: it must be the contract's JSON.
     sample = {"ai_caller": "+15551234567", "ai_callee": "+15550100", "ai_call_id": "CA" + "0" * 32,
-              "ai_profile": "front-desk", "ai_stream_rate_hz": "8000"}
+              "ai_profile": "front-desk", "ai_stream_rate_hz": "8000", "ai_hops": "1"}
     template = _set_value(actions, "ai_stream_metadata")
     metadata = re.sub(r"\$\{([a-z_]+)\}", lambda m: sample[m.group(1)], template)
     assert json.loads(metadata) == {
         "caller": "+15551234567", "callee": "+15550100", "call_id": "CA" + "0" * 32,
         "worker": values["worker_id"], "profile": "front-desk", "rate": 8000,
+        "hops": "1",  # X-AI-Hops of the INVITE (issue 14): the gateway caps handoffs on it
     }
     # No quote or backslash may reach the argument list (switch_separate_string would eat it).
     assert "'" not in metadata and "\\" not in metadata

@@ -102,9 +102,10 @@ class CallPath:
     def __init__(self, workdir: Path, addrs: Addresses, freeswitch_factory, *, edition: str = "voxcom",
                  audio_stream_so: Path | None = None, gateway_env: dict[str, str] | None = None,
                  fs_vars: dict[str, str] | None = None, with_edge: bool = True, gateways: int = 1,
-                 model: GatewayModel | None = None) -> None:
+                 model: GatewayModel | None = None, human_factory=None) -> None:
         """``model``: a running `gateway model` to share (started and stopped by its owner); without
-        one the path starts its own."""
+        one the path starts its own. ``human_factory(workdir, name, host, rtp) -> Sipp``: the human's
+        SIPp (default: sipp.human, which answers every call)."""
         self.workdir, self.addrs = workdir, addrs
         self.edition = edition
         self.own_model = model is None
@@ -129,6 +130,7 @@ class CallPath:
             fs.set_vars(playback_mode=mode)
             fs.set_vars(gateway_stream_urls=",".join(g.stream_url for g in self.gateways),
                         gateway_ready_urls=",".join(g.ready_url for g in self.gateways))
+        self.human_factory = human_factory or sipp.human
         self.human_rtp = RtpEndpoint(addrs.human, name="human")
         self.human_sip_port: int | None = None
         self.edge = None
@@ -139,7 +141,8 @@ class CallPath:
 
     def start(self) -> CallPath:
         self.human_rtp.start()
-        self.human: sipp.Sipp = sipp.human(self.workdir / "sipp", "human", self.addrs.human, self.human_rtp)
+        self.human: sipp.Sipp = self.human_factory(self.workdir / "sipp", "human", self.addrs.human,
+                                                   self.human_rtp)
         self.humans.append(self.human)
         if self.with_edge:
             self.edge = start_edge(self.workdir / "edge", self.addrs.edge, self.workers,
