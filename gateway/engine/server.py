@@ -32,7 +32,8 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..runtime import freeze_startup_heap
-from .asr import PhoneDecoder, PhraseRecognizer, phones_of
+from .asr import WhisperTranscriber
+from .knowledge import index_for
 from .profiles import EngineProfile, load_profiles, profiles_dir
 from .recognition import RecognitionJob, RecognitionPool
 from .session import RealtimeSession
@@ -77,21 +78,13 @@ class Engine:
                 f"{directory} (have: {', '.join(sorted(self.profiles)) or 'none'}); set "
                 "GATEWAY_ENGINE_DEFAULT_PROFILE or --default-profile"
             )
-        decoder = PhoneDecoder()
+        # The transcriber lives in the worker processes; this process loads its own only when it
+        # recognises itself (asr_workers 0), which saves ~250 MB when it does not.
         self.engines = Engines(
-            synth=EspeakSynth(),
-            recognizers={
-                name: PhraseRecognizer(p.phrases(), decoder, settings.reject_above)
-                for name, p in self.profiles.items()
-            },
+            synth=EspeakSynth(), transcriber=WhisperTranscriber() if settings.asr_workers == 0 else None
         )
-        self._warm_up(decoder)
+        self._warm_up()
         self.recognition = RecognitionPool(
-            {
-                name: {phrase: phones_of(phrase) for phrase in p.phrases()}
-                for name, p in self.profiles.items()
-            },
-            settings.reject_above,
             settings.asr_workers,
             local=lambda job: self.engines.recognise(job.profile, job.pcm, job.rate),
         )
@@ -103,7 +96,7 @@ class Engine:
         self._ids = itertools.count(1)
         self.profiles_directory = directory
 
-    def _warm_up(self, decoder: PhoneDecoder) -> None:
+    def _warm_up(self) -> None:
         """Design the resampling filters and run each speech part once, so the first caller is as fast
         as the hundredth."""
         import numpy as np
@@ -113,8 +106,11 @@ class Engine:
         synth = self.engines.synth
         for name in sorted(self.profiles):  # fixed order: the same audio for these in every process
             profile = self.profiles[name]
-            texts = [profile.greeting, profile.dialogue.fallback_reply]
-            texts += [t for i in profile.dialogue.intents for t in (i.reply, i.reply_after_tool)]
+            d = profile.dialogue
+            texts = [profile.greeting, d.fallback_reply, d.out_of_scope.confirm, d.out_of_scope.reply]
+            texts += [d.out_of_scope.reply_after_tool, d.out_of_scope.no_transfer_reply]
+            texts += [t for i in d.intents for t in (i.reply, i.reply_after_tool, i.declined_reply)]
+            texts += [p.answer for p in index_for(profile.knowledge, profile.instructions).passages]
             for text in texts:
                 if text:
                     synth.synthesize(text)
@@ -122,7 +118,9 @@ class Engine:
         for rate in (8000, 24000):
             audio.resample(speech.pcm, speech.rate, rate)
         for rate in (8000, 24000):
-            decoder.phones(audio.resample(np.zeros(rate // 10, np.int16), rate, 16000))
+            audio.resample(np.zeros(rate // 10, np.int16), rate, 16000)
+        if self.engines.transcriber is not None:
+            self.engines.recognise("", np.random.default_rng(1).normal(0, 3000, 16000).astype(np.int16), 16000)
 
     def new_session_id(self) -> str:
         return f"sess_{os.getpid():x}_{next(self._ids):06d}"

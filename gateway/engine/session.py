@@ -27,6 +27,7 @@ import base64
 import binascii
 import copy
 import logging
+from dataclasses import replace
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,7 @@ from . import audio
 from .asr import Recognition
 from .config import apply_update, initial_config
 from .conversation import Conversation, ItemMeta
-from .dialogue import DialogueEngine, Plan, caller_name, greet_by_name, say_exactly
+from .dialogue import DialogueEngine, Plan, caller_name, greet_by_name, limit_words, say_exactly
 from .events import CLIENT_EVENT_MODELS, MAX_JSON_DEPTH, ClientError, EventBuilder, parse_client_event
 from .output import Response, ResponseWriter
 from .profiles import EngineProfile
@@ -264,7 +265,7 @@ class RealtimeSession:
                     "session": self.session_id,
                     "item": item_id,
                     "audio_ms": len(pcm) * 1000 // rate,
-                    "phone_distance": round(result.distance, 3) if result else None,
+                    "asr_confidence": result.confidence if result else None,
                     "asr_cpu_ms": result.cpu_ms if result else None,  # the log only, never the events
                     "pii": {"transcript": transcript},
                 }
@@ -466,7 +467,10 @@ class RealtimeSession:
             said = " ".join(
                 p.get("text") or p.get("transcript") or "" for p in users[-1].get("content") or []
             )
-            return self.dialogue.answer(said, tools)
+            # The session's instructions (session.update) are what a real model would follow; their facts
+            # ("Opening hours: ...") are what this engine answers from, with the profile's as default.
+            instructions = self.config.get("instructions") or self.profile.instructions
+            return self.dialogue.answer(said, tools, instructions)
         if opening:
             plan = self.dialogue.opening()
             return Plan(reply=greet_by_name(plan.reply, caller_name(self.config.get("instructions"))))
@@ -478,6 +482,9 @@ class RealtimeSession:
             params.get("tool_choice") or self.config["tool_choice"],
         )
         plan = self._plan(params, tools)
+        limit = params.get("max_output_tokens", self.config.get("max_output_tokens"))
+        if isinstance(limit, int) and plan.reply:
+            plan = replace(plan, reply=limit_words(plan.reply, limit))
         conversation = params.get("conversation", "auto") != "none"
         if conversation:
             self.conversation.mark_answered()
@@ -505,6 +512,7 @@ class RealtimeSession:
                     "session": self.session_id,
                     "response": r.id,
                     "intent": plan.intent,
+                    "kind": plan.kind,
                     "tool": plan.tool.name if plan.tool else None,
                     "pii": {"reply": plan.reply},
                 }

@@ -1,4 +1,4 @@
-"""The process-wide speech parts every session shares: one synthesiser, one phrase recogniser per profile.
+"""The process-wide speech parts every session shares: one synthesiser, one transcriber.
 
 Loaded once, before the engine listens, so the first caller pays no start-up cost.
 """
@@ -12,8 +12,12 @@ import numpy as np
 
 from . import audio
 from .asr import RATE as ASR_RATE
-from .asr import PhraseRecognizer, Recognition
+from .asr import Recognition, WhisperTranscriber
 from .tts import EspeakSynth
+
+# A turn longer than this is cut to its first part before transcription (Whisper's window is 30 s, and
+# a caller's question is seconds long); the limit keeps one monologue from holding a worker for long.
+MAX_TURN_MS = 30_000
 
 
 @dataclass
@@ -21,18 +25,20 @@ class Engines:
     """The speech parts. `recognise` here runs in the calling thread; the server runs it in worker
     processes instead (`recognition.RecognitionPool`), so decoding never blocks the event loop."""
 
-    synth: EspeakSynth
-    recognizers: dict[str, PhraseRecognizer]
+    synth: EspeakSynth | None
+    transcriber: WhisperTranscriber | None = None
+    # Load the transcriber on first use when none was given (the server's own process needs it only
+    # when recognition runs in-process: `asr_workers` 0, or sessions that recognise inline).
+    lazy: bool = True
 
     def recognise(self, profile: str, pcm: np.ndarray, rate: int) -> Recognition | None:
-        """What the caller said in `pcm` (int16 at `rate`), by the profile's recogniser; None when the
-        profile has none."""
-        recognizer = self.recognizers.get(profile)
-        if recognizer is None:
-            return None
-        if recognizer.too_long(len(pcm), rate):
-            return Recognition("", 1.0, ())  # not one of the phrases, whatever it is: not decoded
+        """What the caller said in `pcm` (int16 at `rate`); None when there is no transcriber. `profile`
+        is kept for the log and for profile-specific recognisers; Whisper is the same for all."""
+        if self.transcriber is None:
+            if not self.lazy:
+                return None
+            self.transcriber = WhisperTranscriber()
         cpu0 = time.process_time()
-        pcm16k = audio.resample(pcm, rate, ASR_RATE)
-        result = recognizer.recognise(pcm16k)
+        pcm = pcm[: MAX_TURN_MS * rate // 1000]
+        result = self.transcriber.transcribe(audio.resample(pcm, rate, ASR_RATE))
         return replace(result, cpu_ms=round((time.process_time() - cpu0) * 1000, 1))
