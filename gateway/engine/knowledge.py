@@ -33,11 +33,17 @@ _FACT_LINE = re.compile(r"^\s*(?P<label>[A-Z][A-Za-z' /-]{1,40}):\s+(?P<text>\S.
 _NOT_FACTS = {"caller name", "say exactly", "note", "notes", "tone", "style", "rules"}
 
 
+# Added to a fact's score for the share of its topic's terms the question names: "opening hours" asked
+# is the fact "Opening hours", not "Holiday hours", although both are about hours.
+TOPIC_BONUS = 1.0
+
+
 @dataclass(frozen=True)
 class Passage:
     label: str  # where it came from: "fact: parking", "faq: Do you see children?", "text"
     answer: str  # what the agent says
     terms: tuple[str, ...]  # what it is matched on
+    topic: tuple[str, ...] = ()  # a fact's topic terms
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,12 @@ def _passages(knowledge: Knowledge, instructions: str) -> list[Passage]:
     for fact in instruction_facts(instructions):
         facts[fact.topic.strip().lower()] = fact  # the instructions win: they are what a model would read
     out = [
-        Passage(f"fact: {f.topic}", _answer_with_topic(f), tuple(terms(f"{f.topic} {f.topic} {f.answer}")))
+        Passage(
+            f"fact: {f.topic}",
+            _answer_with_topic(f),
+            tuple(terms(f"{f.topic} {f.topic} {f.answer}")),
+            tuple(dict.fromkeys(terms(f.topic))),
+        )
         for f in facts.values()
     ]
     out += [
@@ -127,6 +138,8 @@ class KnowledgeIndex:
                 f = tf.get(t, 0)
                 if f:
                     score += self._idf[t] * f * (K1 + 1) / (f + K1 * (1 - B + B * length / (self._avg or 1)))
+            if score > 0 and p.topic:
+                score += TOPIC_BONUS * sum(t in query for t in p.topic) / len(p.topic)
             if score > 0:
                 hits.append(Hit(p, score))
         hits.sort(key=lambda h: (-h.score, self.passages.index(h.passage)))

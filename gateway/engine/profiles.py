@@ -72,6 +72,9 @@ class TransferOffer(BaseModel):
 
 class Dialogue(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # Words callers of this profile are likely to say, given to the recogniser as context ("previous
+    # text" for Whisper), e.g. the practice's name and its services. Optional; ~100 tokens at most.
+    asr_prompt: str | None = None
     # Nothing intelligible was heard.
     fallback_reply: str = "Sorry, I did not catch that."
     # Spoken when a tool's function_call_output says {"ok": false, "error": ...}; {error} is substituted.

@@ -49,12 +49,13 @@ class RecognitionJob:
 _worker_engines: Any = None
 
 
-def _init_worker() -> None:
+def _init_worker(contexts: dict[str, str]) -> None:
     global _worker_engines
     from .asr import WhisperTranscriber
     from .speech import Engines
 
-    _worker_engines = Engines(synth=None, transcriber=WhisperTranscriber())  # workers only recognise
+    # Workers only recognise.
+    _worker_engines = Engines(synth=None, transcriber=WhisperTranscriber(), contexts=contexts)
 
 
 def _recognise_in_worker(profile: str, pcm: bytes, rate: int) -> Recognition | None:
@@ -63,9 +64,16 @@ def _recognise_in_worker(profile: str, pcm: bytes, rate: int) -> Recognition | N
 
 # ---------------------------------------------------------------- event loop side
 class RecognitionPool:
-    """Runs `RecognitionJob`s on `workers` processes (0: one thread of this process, using `local`)."""
+    """Runs `RecognitionJob`s on `workers` processes (0: one thread of this process, using `local`).
+    `contexts` is each profile's recognition prompt (`dialogue.asr_prompt`)."""
 
-    def __init__(self, workers: int, local: Callable[[RecognitionJob], Recognition | None]) -> None:
+    def __init__(
+        self,
+        workers: int,
+        local: Callable[[RecognitionJob], Recognition | None],
+        contexts: dict[str, str] | None = None,
+    ) -> None:
+        self._contexts = dict(contexts or {})
         self.workers = workers
         self._local = local
         self._slots = max(1, workers)
@@ -83,6 +91,7 @@ class RecognitionPool:
             self.workers,
             mp_context=multiprocessing.get_context("forkserver"),
             initializer=_init_worker,
+            initargs=(self._contexts,),
         )
 
     def _submit(self, job: RecognitionJob) -> concurrent.futures.Future[Recognition | None]:

@@ -80,13 +80,17 @@ class Engine:
             )
         # The transcriber lives in the worker processes; this process loads its own only when it
         # recognises itself (asr_workers 0), which saves ~250 MB when it does not.
+        contexts = {name: p.dialogue.asr_prompt for name, p in self.profiles.items() if p.dialogue.asr_prompt}
         self.engines = Engines(
-            synth=EspeakSynth(), transcriber=WhisperTranscriber() if settings.asr_workers == 0 else None
+            synth=EspeakSynth(),
+            transcriber=WhisperTranscriber() if settings.asr_workers == 0 else None,
+            contexts=contexts,
         )
         self._warm_up()
         self.recognition = RecognitionPool(
             settings.asr_workers,
             local=lambda job: self.engines.recognise(job.profile, job.pcm, job.rate),
+            contexts=contexts,
         )
         self.recognition.warm_up()
         # One thread for large client messages: they queue for it instead of each taking a share of the
@@ -120,7 +124,9 @@ class Engine:
         for rate in (8000, 24000):
             audio.resample(np.zeros(rate // 10, np.int16), rate, 16000)
         if self.engines.transcriber is not None:
-            self.engines.recognise("", np.random.default_rng(1).normal(0, 3000, 16000).astype(np.int16), 16000)
+            self.engines.recognise(
+                "", np.random.default_rng(1).normal(0, 3000, 16000).astype(np.int16), 16000
+            )
 
     def new_session_id(self) -> str:
         return f"sess_{os.getpid():x}_{next(self._ids):06d}"

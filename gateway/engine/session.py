@@ -27,8 +27,8 @@ import base64
 import binascii
 import copy
 import logging
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -468,8 +468,9 @@ class RealtimeSession:
                 p.get("text") or p.get("transcript") or "" for p in users[-1].get("content") or []
             )
             # The session's instructions (session.update) are what a real model would follow; their facts
-            # ("Opening hours: ...") are what this engine answers from, with the profile's as default.
-            instructions = self.config.get("instructions") or self.profile.instructions
+            # ("Opening hours: ...") are what this engine answers from. The profile's facts are the
+            # defaults: a fact of the session's instructions replaces the profile's of the same label.
+            instructions = f"{self.profile.instructions}\n{self.config.get('instructions') or ''}"
             return self.dialogue.answer(said, tools, instructions)
         if opening:
             plan = self.dialogue.opening()

@@ -6,7 +6,7 @@ Loaded once, before the engine listens, so the first caller pays no start-up cos
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -30,15 +30,17 @@ class Engines:
     # Load the transcriber on first use when none was given (the server's own process needs it only
     # when recognition runs in-process: `asr_workers` 0, or sessions that recognise inline).
     lazy: bool = True
+    # Per profile, the words its callers are likely to say (`dialogue.asr_prompt`), to bias recognition.
+    contexts: dict[str, str] = field(default_factory=dict)
 
     def recognise(self, profile: str, pcm: np.ndarray, rate: int) -> Recognition | None:
-        """What the caller said in `pcm` (int16 at `rate`); None when there is no transcriber. `profile`
-        is kept for the log and for profile-specific recognisers; Whisper is the same for all."""
+        """What the caller said in `pcm` (int16 at `rate`), with the profile's vocabulary as context; None
+        when there is no transcriber."""
         if self.transcriber is None:
             if not self.lazy:
                 return None
             self.transcriber = WhisperTranscriber()
         cpu0 = time.process_time()
         pcm = pcm[: MAX_TURN_MS * rate // 1000]
-        result = self.transcriber.transcribe(audio.resample(pcm, rate, ASR_RATE))
+        result = self.transcriber.transcribe(audio.resample(pcm, rate, ASR_RATE), self.contexts.get(profile))
         return replace(result, cpu_ms=round((time.process_time() - cpu0) * 1000, 1))
