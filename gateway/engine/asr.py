@@ -172,10 +172,11 @@ class WhisperTranscriber:
     Determinism: one intra-op thread, greedy decoding, no sampling, so the same audio always gives the
     same transcript (the engine's "same input, same events" promise)."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, beam_size: int = 3) -> None:
         import ctranslate2
 
         self.path = Path(path) if path else model_dir()
+        self.beam_size = beam_size
         self._model = ctranslate2.models.Whisper(
             str(self.path), device="cpu", compute_type="int8", intra_threads=1, inter_threads=1
         )
@@ -212,7 +213,7 @@ class WhisperTranscriber:
         result = self._model.generate(
             features,
             [prompt],
-            beam_size=1,
+            beam_size=self.beam_size,
             max_length=budget,
             return_scores=True,
             return_no_speech_prob=True,

@@ -193,9 +193,14 @@ class DialogueEngine:
             intent = self._intent(ranked[0].name)
             assert intent is not None
             return self._propose(intent, heard, tools)
-        hit = self._knowledge_hit(text)
+        hit = index_for(self.profile.knowledge, self.instructions or "").answer(text)
         if hit is not None:
-            return Plan(reply=hit, kind="knowledge", intent="knowledge")
+            return Plan(
+                reply=hit.passage.answer,
+                kind="knowledge",
+                intent="knowledge",
+                fields={"passage": hit.passage.label},
+            )
         return self._out_of_scope(tools)
 
     def _label(self, name: str) -> str:

@@ -26,6 +26,9 @@ K1, B = 1.2, 0.75
 # An answer needs at least this BM25 score and a matched term that is not in most passages; tuned on the
 # held-out set (tests/engine/heldout.py): below it, the question is out of scope.
 MIN_SCORE = 1.5
+# ... and must share at least this share of the question's content terms: one stray word of a garbled
+# transcript ("my two first really medley") must not pull out an answer about something else.
+MIN_COVERAGE = 0.3
 
 # `Label: text` on a line of its own; the label is a few words, not a sentence.
 _FACT_LINE = re.compile(r"^\s*(?P<label>[A-Z][A-Za-z' /-]{1,40}):\s+(?P<text>\S.*?)\s*$", re.MULTILINE)
@@ -134,10 +137,12 @@ class KnowledgeIndex:
         hits = []
         for p, tf, length in zip(self.passages, self._tf, self._len, strict=True):
             score = 0.0
-            for t in query:
-                f = tf.get(t, 0)
-                if f:
-                    score += self._idf[t] * f * (K1 + 1) / (f + K1 * (1 - B + B * length / (self._avg or 1)))
+            matched = [t for t in query if tf.get(t, 0)]
+            if len(matched) < MIN_COVERAGE * len(query):
+                continue
+            for t in matched:
+                f = tf[t]
+                score += self._idf[t] * f * (K1 + 1) / (f + K1 * (1 - B + B * length / (self._avg or 1)))
             if score > 0 and p.topic:
                 score += TOPIC_BONUS * sum(t in query for t in p.topic) / len(p.topic)
             if score > 0:

@@ -19,7 +19,8 @@ STOPWORDS = frozenset(
     he she they them his her their can could would should will shall may might must have has had having
     please thanks thank hi hello hey so just also too very really some any what which who whom whose
     when where why how well oh um uh like okay ok yeah get got go going want wanted need needed
-    let know tell say said much many more most than then now""".split()
+    let know tell say said much many more most than then now take see show give come make put ill id im
+    one two three first next only not no""".split()
 )
 
 # A few words callers use for the same thing, folded into one so a question finds its answer whatever
@@ -282,7 +283,7 @@ def _time(words: list[str]) -> str | None:
     return part
 
 
-_NAME = re.compile(r"\b(?:my name is|this is|i am|i'm|name's)\s+([A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)")
+_NAME = re.compile(r"\b(?i:my name is|this is|i am|i'm|name's)\s+([A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)")
 
 
 def slots(text: str) -> Slots:
