@@ -29,6 +29,7 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..runtime import freeze_startup_heap
@@ -233,6 +234,10 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+def same_audio(a: RecognitionJob, b: RecognitionJob) -> bool:
+    return a.profile == b.profile and a.rate == b.rate and np.array_equal(a.pcm, b.pcm)
+
+
 async def _send(ws: web.WebSocketResponse, events: list[dict[str, Any]]) -> None:
     for ev in events:
         await ws.send_str(json.dumps(ev, separators=(",", ":")))
@@ -246,16 +251,40 @@ async def _run(ws: web.WebSocketResponse, session: RealtimeSession, engine: Engi
     inbox: asyncio.Queue[Any] = asyncio.Queue(INBOX_MESSAGES)
     loop = asyncio.get_running_loop()
 
+    # Recognition started when the caller paused (session.speculative): if the turn then ends with the
+    # same audio, its result is the turn's, and the caller does not wait for it from the end of the
+    # silence window. Speech that resumes makes it stale; it is then cancelled.
+    early: tuple[RecognitionJob, asyncio.Task[Any]] | None = None
+
+    def start_early() -> None:
+        nonlocal early
+        job, session.speculative = session.speculative, None
+        if job is not None:
+            if early is not None:
+                early[1].cancel()
+            early = (job, asyncio.ensure_future(engine.recognition.recognise(job)))
+
+    async def recognise(job: RecognitionJob) -> Any:
+        nonlocal early
+        started, early = early, None
+        if started is not None and same_audio(started[0], job):
+            return await started[1]
+        if started is not None:
+            started[1].cancel()
+        return await engine.recognition.recognise(job)
+
     async def feed(data: str | bytes) -> None:
         if len(data) >= BULK_MESSAGE_BYTES:
             events = await loop.run_in_executor(engine.bulk, session.receive, data, clock())
         else:
             events = session.receive(data, clock())
         await _send(ws, events)
+        start_early()
         while session.waiting is not None:  # a committed turn: decoded off the loop, then carry on
             job: RecognitionJob = session.waiting
-            result = await engine.recognition.recognise(job)
+            result = await recognise(job)
             await _send(ws, session.recognised(result, clock()))
+            start_early()
 
     async def read() -> None:
         # Not in `finally`: when this task is cancelled the loop below is leaving anyway, and waiting to
@@ -290,7 +319,10 @@ async def _run(ws: web.WebSocketResponse, session: RealtimeSession, engine: Engi
                 break
     finally:
         reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
+        pending = [reader] + ([early[1]] if early is not None else [])
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def build_app(engine: Engine) -> web.Application:

@@ -43,7 +43,8 @@ from .output import Response, ResponseWriter
 from .profiles import EngineProfile
 from .recognition import RecognitionJob
 from .speech import Engines
-from .turns import InputBuffer, TurnStarted
+from .turns import InputBuffer, TurnPausing, TurnStarted
+from .vad import FRAME_MS
 
 log = logging.getLogger("gateway.engine.session")
 
@@ -80,6 +81,9 @@ class RealtimeSession:
         self.recognise_inline = recognise_inline
         self.max_json_depth = max_json_depth
         self.waiting: RecognitionJob | None = None  # a turn's audio awaiting `recognised()`
+        # The audio a turn will be recognised on if it ends now (the caller paused): an adapter may
+        # start recognising it at once and hand the result back when the same job is `waiting`.
+        self.speculative: RecognitionJob | None = None
         self._resume: Callable[[Recognition | None, float], Events] | None = None
 
     @property
@@ -207,6 +211,10 @@ class RealtimeSession:
         td = self.turn_detection
         for turn in self.input.turns():
             assert td is not None  # turns are only detected under turn detection
+            if isinstance(turn, TurnPausing):
+                pcm = self.input.recognisable(turn.first_frame)
+                self.speculative = RecognitionJob(self.profile.name, pcm, self.input.rate)
+                continue
             if isinstance(turn, TurnStarted):
                 self.input.turn_item = self.events.new_id("item")
                 out.append(
@@ -223,15 +231,18 @@ class RealtimeSession:
                 out.append(
                     ev("input_audio_buffer.speech_stopped", audio_end_ms=turn.audio_end_ms, item_id=item_id)
                 )
-                out += self._commit(item_id, turn.first_frame, now, auto=True)
+                out += self._commit(item_id, turn.first_frame, now, auto=True, trailing=turn.trailing_frames)
                 if self.waiting is not None:
                     break  # the rest of the audio waits, pending, until the turn is recognised
         return out
 
-    def _commit(self, item_id: str, first_frame: int, now: float, auto: bool) -> Events:
+    def _commit(self, item_id: str, first_frame: int, now: float, auto: bool, trailing: int = 0) -> Events:
         ev = self.events.event
         rate = self.input.rate
         pcm = self.input.take(first_frame)
+        # Recognised on the audio up to a short silence after the words (turns.RECOGNISE_AFTER_SILENCE_MS),
+        # the same samples a pause made ready, so a recognition started then is this one.
+        heard = pcm[: max(0, len(pcm) - trailing * rate * FRAME_MS // 1000)] if trailing else pcm
         item = {
             "id": item_id,
             "type": "message",
@@ -247,7 +258,7 @@ class RealtimeSession:
             ev("conversation.item.done", item=copy.deepcopy(item), previous_item_id=previous),
         ]
         self._wait_for(
-            RecognitionJob(self.profile.name, pcm, rate),
+            RecognitionJob(self.profile.name, heard, rate),
             lambda result, now: self._committed(item, pcm, rate, result, now, auto),
         )
         return out

@@ -7,6 +7,7 @@ import asyncio
 import threading
 
 import numpy as np
+import pytest
 from engine_helpers import _engine_defaults
 
 from gateway.engine.asr import Recognition
@@ -66,3 +67,34 @@ def test_a_two_minute_turn_is_cut_to_its_first_30_seconds(say):
     result = engines.recognise("front-desk", long_turn, 8000)
     assert result is not None and "bye" in result.transcript.lower()
     assert result.cpu_ms < 20_000  # not two minutes of decoding
+
+
+def test_a_pause_makes_the_turns_recognition_audio_ready_before_the_silence_window_ends(say):
+    """The session hands out the audio to recognise when the caller has paused 200 ms: exactly the
+    samples the turn is recognised on when the 500 ms silence window closes, so recognition can start
+    300 ms earlier and its result is the turn's (same audio, same transcript)."""
+    import base64
+    import json
+
+    from engine_helpers import front_desk_update
+
+    from gateway.engine.session import RealtimeSession
+
+    engine = _engine_defaults()
+    session = RealtimeSession(engine.profiles["front-desk"], engine.engines, recognise_inline=False)
+    session.open(0.0)
+    session.receive(json.dumps(front_desk_update()), 0.0)
+    audio = say("do you see children")
+    early, stopped_at, early_at = None, None, None
+    for i in range(0, len(audio), 160):  # 20 ms appends, as the gateway sends
+        msg = {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio[i : i + 160]).decode()}
+        events = session.receive(json.dumps(msg), i / 8000)
+        if session.speculative is not None and early is None:
+            early, session.speculative, early_at = session.speculative, None, i / 8000
+        if any(e["type"] == "input_audio_buffer.speech_stopped" for e in events):
+            stopped_at = i / 8000
+            break
+    assert early is not None and stopped_at is not None
+    assert stopped_at - early_at == pytest.approx(0.3, abs=0.021)
+    waiting = session.waiting
+    assert waiting is not None and np.array_equal(waiting.pcm, early.pcm)
