@@ -323,3 +323,38 @@ async def test_out_of_band_spoken_response_plays_out_and_the_session_carries_on(
     await conv.send({"type": "response.create", "response": {"instructions": 'Say exactly: "Still here."'}})
     again = await conv.expect("response.done")
     assert again["response"]["status"] == "completed"
+
+
+async def test_session_instructions_and_max_output_tokens_are_respected(connect):
+    """The facts of the session's instructions are what the engine answers from (another practice,
+    other hours), and `max_output_tokens` cuts the reply (a word counts as a token)."""
+    conv = await connect()
+    await conv.send(
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "output_modalities": ["text"],
+                "instructions": "You are Hilltop Dental.\nOpening hours: Saturdays only, nine to noon.",
+            },
+        }
+    )
+    await conv.expect("session.updated")
+    ask = {
+        "type": "conversation.item.create",
+        "item": {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "When are you open?"}],
+        },
+    }
+    await conv.send(ask)
+    await conv.send({"type": "response.create"})
+    text = await conv.expect("response.output_text.done")
+    assert text["text"] == "Our opening hours are Saturdays only, nine to noon."
+    await conv.send({"type": "session.update", "session": {"type": "realtime", "max_output_tokens": 4}})
+    await conv.expect("session.updated")
+    await conv.send(ask)
+    await conv.send({"type": "response.create"})
+    text = await conv.expect("response.output_text.done")
+    assert text["text"] == "Our opening hours are"
