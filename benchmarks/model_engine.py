@@ -8,8 +8,17 @@
    minus RSS with none, divided by N.
 3. concurrency: N sessions in one engine process, each a caller that speaks a phrase every few seconds,
    real-time frames both ways; engine CPU (one core = 100 %) and the latency percentiles at each N.
+   `--pin-core C` runs the engine and its recognition workers on core C only (taskset), so the figures
+   are sessions per core, whatever the rest of the machine does.
+4. accuracy (`--accuracy`): the held-out set of tests/engine/heldout.py through the engine's own parts:
+   transcript word error rate, right first answer, wrong actions, ASR CPU per turn; and, for comparison,
+   the word error rate of pocketsphinx's general language model (the en-us LM in its wheel) on the same
+   audio.
+
+Caller phrases are the held-out utterances (tests/engine/heldout.py), each in its voice and rate.
 
     .venv/bin/python benchmarks/model_engine.py [--turns 10] [--levels 10,25,50] [--seconds 20]
+    .venv/bin/python benchmarks/model_engine.py --accuracy
 """
 
 from __future__ import annotations
@@ -33,9 +42,13 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "tests" / "engine"))
+
+import heldout  # noqa: E402
+
 from gateway.audio.g711 import ULAW_DECODE  # noqa: E402
 
-PHRASES = ["when are you open", "what are your opening hours", "book an appointment for tomorrow"]
+PIN_CORE: int | None = None  # --pin-core
 FRAME = 160  # 20 ms of μ-law
 SILENCE = b"\xff" * FRAME
 
@@ -105,8 +118,10 @@ class EngineProcess:
             self.port = s.getsockname()[1]
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         t0 = time.monotonic()
+        pin = ["taskset", "-c", str(PIN_CORE)] if PIN_CORE is not None else []
         self.proc = subprocess.Popen(
             [
+                *pin,
                 sys.executable,
                 "-m",
                 "gateway",
@@ -134,7 +149,7 @@ class EngineProcess:
                     ) from None
                 time.sleep(0.05)
         self.ready_s = time.monotonic() - t0
-        self.ps = psutil.Process(self.proc.pid)
+        self.ps = psutil.Process(self.proc.pid)  # taskset execs the engine: same pid
         self.url = f"ws://{HOST}:{self.port}/v1"
 
     def _workers(self) -> list[psutil.Process]:
@@ -393,6 +408,64 @@ async def bench_concurrency(phrases, levels: list[int], seconds: float) -> list[
     return rows
 
 
+def accuracy() -> dict:
+    """The held-out set through Whisper (the engine's transcriber and dialogue, in this process) and
+    pocketsphinx's general LM for comparison."""
+    from gateway.engine import audio
+    from gateway.engine.asr import Recognition, WhisperTranscriber
+    from gateway.engine.profiles import load_profile
+    from gateway.engine.speech import Engines
+
+    profile = load_profile(ROOT / "gateway" / "profiles" / "front-desk.yaml")
+    engines = Engines(None, WhisperTranscriber(), contexts={profile.name: profile.dialogue.asr_prompt or ""})
+    t0 = time.monotonic()
+    figures = heldout.run(profile, engines)
+    elapsed = time.monotonic() - t0
+    print(figures.table())
+    asr_ms = [o.asr_ms[0] for o in figures.outcomes]
+    by_voice: dict[str, list[int]] = {}
+    for o in figures.outcomes:
+        v = by_voice.setdefault(f"{o.voice} {o.wpm}", [0, 0])
+        v[0] += heldout.edit_distance(heldout.words(o.case.text), heldout.words(o.transcript))
+        v[1] += len(heldout.words(o.case.text))
+    out = {
+        "utterances": len(figures.outcomes),
+        "whisper_tiny_en_wer": round(figures.wer, 3),
+        "wer_by_voice": {k: round(e / n, 3) for k, (e, n) in by_voice.items()},
+        "right_first_answer": f"{sum(o.correct for o in figures.outcomes)}/{len(figures.outcomes)}",
+        "intent_accuracy": round(figures.intent_accuracy, 3),
+        "actions_done": figures.actions_done,
+        "wrong_actions": figures.wrong_actions,
+        "asr_cpu_ms_per_utterance": {"p50": round(pct(asr_ms, 50), 1), "p95": round(pct(asr_ms, 95), 1)},
+        "wall_s": round(elapsed, 1),
+    }
+    try:
+        from pocketsphinx import Decoder
+
+        decoder = Decoder(samprate=16000, loglevel="FATAL")
+
+        def sphinx(pcm) -> Recognition:
+            decoder.start_utt()
+            decoder.process_raw(audio.resample(pcm, 8000, 16000).astype("<i2").tobytes(), full_utt=True)
+            decoder.end_utt()
+            return Recognition(decoder.hyp().hypstr if decoder.hyp() else "")
+
+        t0 = time.process_time()
+        errors = total = 0
+        for i, case in enumerate(heldout.CASES):
+            voice, wpm, noisy = heldout.voice_for(i)
+            pcm = audio.decode("audio/pcmu", heldout.caller_audio(case.text, voice, wpm, noisy))
+            errors += heldout.edit_distance(heldout.words(case.text), heldout.words(sphinx(pcm).transcript))
+            total += len(heldout.words(case.text))
+        out["pocketsphinx_lm_wer"] = round(errors / total, 3)
+        out["pocketsphinx_lm_cpu_ms_per_utterance"] = round(
+            (time.process_time() - t0) * 1000 / len(heldout.CASES)
+        )
+    except ImportError:
+        out["pocketsphinx_lm_wer"] = None
+    return out
+
+
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--turns", type=int, default=10)
@@ -401,9 +474,18 @@ async def main() -> None:
     p.add_argument("--memory-sessions", type=int, default=100)
     p.add_argument("--latency-only", action="store_true")
     p.add_argument("--host", default=HOST, help="loopback address for the engine under test")
+    p.add_argument("--pin-core", type=int, help="run the engine and its workers on this core only")
+    p.add_argument("--accuracy", action="store_true", help="the held-out set's figures only")
     args = p.parse_args()
     globals()["HOST"] = args.host
-    phrases = {t: frames_of(b"\xff" * 8 * 300 + speak(t) + b"\xff" * 8 * 1200) for t in PHRASES}
+    globals()["PIN_CORE"] = args.pin_core
+    if args.accuracy:
+        print(json.dumps(accuracy(), indent=2))
+        return
+    phrases = {}
+    for i, case in enumerate(heldout.CASES):
+        voice, wpm, _noisy = heldout.voice_for(i)
+        phrases[case.text] = frames_of(heldout.caller_audio(case.text, voice, wpm, False) + b"\xff" * 8 * 500)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "cpus": os.cpu_count(),

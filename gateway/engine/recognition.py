@@ -1,9 +1,10 @@
 """Speech recognition off the event loop: committed turns decoded in worker processes, shortest first.
 
-A turn's decode costs ~25-90 ms of CPU (more for a long monologue). Run on the event loop it would stall
-every other session for that long, and a flood of long turns would stall them for seconds; in a thread
-it would still hold the interpreter lock. So decoding runs in a pool of worker processes, each with its
-own pocketsphinx decoder and the profiles' phrase lists, and the event loop only waits for the result.
+A turn's transcription costs ~100-300 ms of CPU (Whisper tiny.en; more for a long monologue). Run on the
+event loop it would stall every other session for that long, and a flood of long turns would stall them
+for seconds; in a thread it would still hold the interpreter lock for the feature extraction. So it runs
+in a pool of worker processes, each with its own Whisper model (one intra-op thread each: one worker per
+core is the most a core can give), and the event loop only waits for the result.
 
 The queue in front of the pool is shortest-audio-first: a caller's two-second question never waits
 behind a stream of two-minute turns from another session. Each session has at most one turn in
@@ -48,19 +49,13 @@ class RecognitionJob:
 _worker_engines: Any = None
 
 
-def _init_worker(phrases: dict[str, dict[str, list[str]]], reject_above: float) -> None:
+def _init_worker(contexts: dict[str, str]) -> None:
     global _worker_engines
-    from .asr import PhoneDecoder, PhraseRecognizer
+    from .asr import WhisperTranscriber
     from .speech import Engines
 
-    decoder = PhoneDecoder()
-    _worker_engines = Engines(
-        synth=None,  # type: ignore[arg-type] - workers only recognise
-        recognizers={
-            name: PhraseRecognizer(list(said), decoder, reject_above, pronunciations=said)
-            for name, said in phrases.items()
-        },
-    )
+    # Workers only recognise.
+    _worker_engines = Engines(synth=None, transcriber=WhisperTranscriber(), contexts=contexts)
 
 
 def _recognise_in_worker(profile: str, pcm: bytes, rate: int) -> Recognition | None:
@@ -70,16 +65,15 @@ def _recognise_in_worker(profile: str, pcm: bytes, rate: int) -> Recognition | N
 # ---------------------------------------------------------------- event loop side
 class RecognitionPool:
     """Runs `RecognitionJob`s on `workers` processes (0: one thread of this process, using `local`).
-    `phrases` is, per profile, each phrase and its phones (in profile order)."""
+    `contexts` is each profile's recognition prompt (`dialogue.asr_prompt`)."""
 
     def __init__(
         self,
-        phrases: dict[str, dict[str, list[str]]],
-        reject_above: float,
         workers: int,
         local: Callable[[RecognitionJob], Recognition | None],
+        contexts: dict[str, str] | None = None,
     ) -> None:
-        self._phrases, self._reject_above = phrases, reject_above
+        self._contexts = dict(contexts or {})
         self.workers = workers
         self._local = local
         self._slots = max(1, workers)
@@ -97,7 +91,7 @@ class RecognitionPool:
             self.workers,
             mp_context=multiprocessing.get_context("forkserver"),
             initializer=_init_worker,
-            initargs=(self._phrases, self._reject_above),
+            initargs=(self._contexts,),
         )
 
     def _submit(self, job: RecognitionJob) -> concurrent.futures.Future[Recognition | None]:
@@ -109,7 +103,9 @@ class RecognitionPool:
 
     def warm_up(self) -> None:
         """Start every worker and decode once in each before the engine listens."""
-        silence = RecognitionJob(next(iter(self._phrases), ""), np.zeros(1600, np.int16), 16000)
+        # Speech-like noise, so the whole model runs once (pure silence is answered without it).
+        noise = np.random.default_rng(1).normal(0, 3000, 16000).astype(np.int16)
+        silence = RecognitionJob("", noise, 16000)
         futures = [self._submit(silence) for _ in range(self._slots)]
         for f in futures:
             f.result(timeout=120)

@@ -29,10 +29,12 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..runtime import freeze_startup_heap
-from .asr import PhoneDecoder, PhraseRecognizer, phones_of
+from .asr import WhisperTranscriber
+from .knowledge import index_for
 from .profiles import EngineProfile, load_profiles, profiles_dir
 from .recognition import RecognitionJob, RecognitionPool
 from .session import RealtimeSession
@@ -77,23 +79,19 @@ class Engine:
                 f"{directory} (have: {', '.join(sorted(self.profiles)) or 'none'}); set "
                 "GATEWAY_ENGINE_DEFAULT_PROFILE or --default-profile"
             )
-        decoder = PhoneDecoder()
+        # The transcriber lives in the worker processes; this process loads its own only when it
+        # recognises itself (asr_workers 0), which saves ~250 MB when it does not.
+        contexts = {name: p.dialogue.asr_prompt for name, p in self.profiles.items() if p.dialogue.asr_prompt}
         self.engines = Engines(
             synth=EspeakSynth(),
-            recognizers={
-                name: PhraseRecognizer(p.phrases(), decoder, settings.reject_above)
-                for name, p in self.profiles.items()
-            },
+            transcriber=WhisperTranscriber() if settings.asr_workers == 0 else None,
+            contexts=contexts,
         )
-        self._warm_up(decoder)
+        self._warm_up()
         self.recognition = RecognitionPool(
-            {
-                name: {phrase: phones_of(phrase) for phrase in p.phrases()}
-                for name, p in self.profiles.items()
-            },
-            settings.reject_above,
             settings.asr_workers,
             local=lambda job: self.engines.recognise(job.profile, job.pcm, job.rate),
+            contexts=contexts,
         )
         self.recognition.warm_up()
         # One thread for large client messages: they queue for it instead of each taking a share of the
@@ -103,7 +101,7 @@ class Engine:
         self._ids = itertools.count(1)
         self.profiles_directory = directory
 
-    def _warm_up(self, decoder: PhoneDecoder) -> None:
+    def _warm_up(self) -> None:
         """Design the resampling filters and run each speech part once, so the first caller is as fast
         as the hundredth."""
         import numpy as np
@@ -113,8 +111,11 @@ class Engine:
         synth = self.engines.synth
         for name in sorted(self.profiles):  # fixed order: the same audio for these in every process
             profile = self.profiles[name]
-            texts = [profile.greeting, profile.dialogue.fallback_reply]
-            texts += [t for i in profile.dialogue.intents for t in (i.reply, i.reply_after_tool)]
+            d = profile.dialogue
+            texts = [profile.greeting, d.fallback_reply, d.out_of_scope.confirm, d.out_of_scope.reply]
+            texts += [d.out_of_scope.reply_after_tool, d.out_of_scope.no_transfer_reply]
+            texts += [t for i in d.intents for t in (i.reply, i.reply_after_tool, i.declined_reply)]
+            texts += [p.answer for p in index_for(profile.knowledge, profile.instructions).passages]
             for text in texts:
                 if text:
                     synth.synthesize(text)
@@ -122,7 +123,11 @@ class Engine:
         for rate in (8000, 24000):
             audio.resample(speech.pcm, speech.rate, rate)
         for rate in (8000, 24000):
-            decoder.phones(audio.resample(np.zeros(rate // 10, np.int16), rate, 16000))
+            audio.resample(np.zeros(rate // 10, np.int16), rate, 16000)
+        if self.engines.transcriber is not None:
+            self.engines.recognise(
+                "", np.random.default_rng(1).normal(0, 3000, 16000).astype(np.int16), 16000
+            )
 
     def new_session_id(self) -> str:
         return f"sess_{os.getpid():x}_{next(self._ids):06d}"
@@ -229,6 +234,10 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+def same_audio(a: RecognitionJob, b: RecognitionJob) -> bool:
+    return a.profile == b.profile and a.rate == b.rate and np.array_equal(a.pcm, b.pcm)
+
+
 async def _send(ws: web.WebSocketResponse, events: list[dict[str, Any]]) -> None:
     for ev in events:
         await ws.send_str(json.dumps(ev, separators=(",", ":")))
@@ -242,16 +251,40 @@ async def _run(ws: web.WebSocketResponse, session: RealtimeSession, engine: Engi
     inbox: asyncio.Queue[Any] = asyncio.Queue(INBOX_MESSAGES)
     loop = asyncio.get_running_loop()
 
+    # Recognition started when the caller paused (session.speculative): if the turn then ends with the
+    # same audio, its result is the turn's, and the caller does not wait for it from the end of the
+    # silence window. Speech that resumes makes it stale; it is then cancelled.
+    early: tuple[RecognitionJob, asyncio.Task[Any]] | None = None
+
+    def start_early() -> None:
+        nonlocal early
+        job, session.speculative = session.speculative, None
+        if job is not None:
+            if early is not None:
+                early[1].cancel()
+            early = (job, asyncio.ensure_future(engine.recognition.recognise(job)))
+
+    async def recognise(job: RecognitionJob) -> Any:
+        nonlocal early
+        started, early = early, None
+        if started is not None and same_audio(started[0], job):
+            return await started[1]
+        if started is not None:
+            started[1].cancel()
+        return await engine.recognition.recognise(job)
+
     async def feed(data: str | bytes) -> None:
         if len(data) >= BULK_MESSAGE_BYTES:
             events = await loop.run_in_executor(engine.bulk, session.receive, data, clock())
         else:
             events = session.receive(data, clock())
         await _send(ws, events)
+        start_early()
         while session.waiting is not None:  # a committed turn: decoded off the loop, then carry on
             job: RecognitionJob = session.waiting
-            result = await engine.recognition.recognise(job)
+            result = await recognise(job)
             await _send(ws, session.recognised(result, clock()))
+            start_early()
 
     async def read() -> None:
         # Not in `finally`: when this task is cancelled the loop below is leaving anyway, and waiting to
@@ -286,7 +319,10 @@ async def _run(ws: web.WebSocketResponse, session: RealtimeSession, engine: Engi
                 break
     finally:
         reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
+        pending = [reader] + ([early[1]] if early is not None else [])
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def build_app(engine: Engine) -> web.Application:

@@ -28,6 +28,7 @@ import binascii
 import copy
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,13 +37,14 @@ from . import audio
 from .asr import Recognition
 from .config import apply_update, initial_config
 from .conversation import Conversation, ItemMeta
-from .dialogue import DialogueEngine, Plan, caller_name, greet_by_name, say_exactly
+from .dialogue import DialogueEngine, Plan, caller_name, greet_by_name, limit_words, say_exactly
 from .events import CLIENT_EVENT_MODELS, MAX_JSON_DEPTH, ClientError, EventBuilder, parse_client_event
 from .output import Response, ResponseWriter
 from .profiles import EngineProfile
 from .recognition import RecognitionJob
 from .speech import Engines
-from .turns import InputBuffer, TurnStarted
+from .turns import InputBuffer, TurnPausing, TurnStarted
+from .vad import FRAME_MS
 
 log = logging.getLogger("gateway.engine.session")
 
@@ -79,6 +81,9 @@ class RealtimeSession:
         self.recognise_inline = recognise_inline
         self.max_json_depth = max_json_depth
         self.waiting: RecognitionJob | None = None  # a turn's audio awaiting `recognised()`
+        # The audio a turn will be recognised on if it ends now (the caller paused): an adapter may
+        # start recognising it at once and hand the result back when the same job is `waiting`.
+        self.speculative: RecognitionJob | None = None
         self._resume: Callable[[Recognition | None, float], Events] | None = None
 
     @property
@@ -206,6 +211,10 @@ class RealtimeSession:
         td = self.turn_detection
         for turn in self.input.turns():
             assert td is not None  # turns are only detected under turn detection
+            if isinstance(turn, TurnPausing):
+                pcm = self.input.recognisable(turn.first_frame)
+                self.speculative = RecognitionJob(self.profile.name, pcm, self.input.rate)
+                continue
             if isinstance(turn, TurnStarted):
                 self.input.turn_item = self.events.new_id("item")
                 out.append(
@@ -222,15 +231,18 @@ class RealtimeSession:
                 out.append(
                     ev("input_audio_buffer.speech_stopped", audio_end_ms=turn.audio_end_ms, item_id=item_id)
                 )
-                out += self._commit(item_id, turn.first_frame, now, auto=True)
+                out += self._commit(item_id, turn.first_frame, now, auto=True, trailing=turn.trailing_frames)
                 if self.waiting is not None:
                     break  # the rest of the audio waits, pending, until the turn is recognised
         return out
 
-    def _commit(self, item_id: str, first_frame: int, now: float, auto: bool) -> Events:
+    def _commit(self, item_id: str, first_frame: int, now: float, auto: bool, trailing: int = 0) -> Events:
         ev = self.events.event
         rate = self.input.rate
         pcm = self.input.take(first_frame)
+        # Recognised on the audio up to a short silence after the words (turns.RECOGNISE_AFTER_SILENCE_MS),
+        # the same samples a pause made ready, so a recognition started then is this one.
+        heard = pcm[: max(0, len(pcm) - trailing * rate * FRAME_MS // 1000)] if trailing else pcm
         item = {
             "id": item_id,
             "type": "message",
@@ -246,7 +258,7 @@ class RealtimeSession:
             ev("conversation.item.done", item=copy.deepcopy(item), previous_item_id=previous),
         ]
         self._wait_for(
-            RecognitionJob(self.profile.name, pcm, rate),
+            RecognitionJob(self.profile.name, heard, rate),
             lambda result, now: self._committed(item, pcm, rate, result, now, auto),
         )
         return out
@@ -264,7 +276,7 @@ class RealtimeSession:
                     "session": self.session_id,
                     "item": item_id,
                     "audio_ms": len(pcm) * 1000 // rate,
-                    "phone_distance": round(result.distance, 3) if result else None,
+                    "asr_confidence": result.confidence if result else None,
                     "asr_cpu_ms": result.cpu_ms if result else None,  # the log only, never the events
                     "pii": {"transcript": transcript},
                 }
@@ -466,7 +478,11 @@ class RealtimeSession:
             said = " ".join(
                 p.get("text") or p.get("transcript") or "" for p in users[-1].get("content") or []
             )
-            return self.dialogue.answer(said, tools)
+            # The session's instructions (session.update) are what a real model would follow; their facts
+            # ("Opening hours: ...") are what this engine answers from. The profile's facts are the
+            # defaults: a fact of the session's instructions replaces the profile's of the same label.
+            instructions = f"{self.profile.instructions}\n{self.config.get('instructions') or ''}"
+            return self.dialogue.answer(said, tools, instructions)
         if opening:
             plan = self.dialogue.opening()
             return Plan(reply=greet_by_name(plan.reply, caller_name(self.config.get("instructions"))))
@@ -478,6 +494,9 @@ class RealtimeSession:
             params.get("tool_choice") or self.config["tool_choice"],
         )
         plan = self._plan(params, tools)
+        limit = params.get("max_output_tokens", self.config.get("max_output_tokens"))
+        if isinstance(limit, int) and plan.reply:
+            plan = replace(plan, reply=limit_words(plan.reply, limit))
         conversation = params.get("conversation", "auto") != "none"
         if conversation:
             self.conversation.mark_answered()
@@ -505,6 +524,7 @@ class RealtimeSession:
                     "session": self.session_id,
                     "response": r.id,
                     "intent": plan.intent,
+                    "kind": plan.kind,
                     "tool": plan.tool.name if plan.tool else None,
                     "pii": {"reply": plan.reply},
                 }

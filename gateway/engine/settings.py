@@ -44,8 +44,6 @@ class EngineSettings(BaseSettings):
     chunk_ms: int = Field(100, ge=20, le=1000)
     lead_ms: int = Field(300, ge=0, le=10_000)
     pace: float = Field(1.0, ge=0.0, le=100.0)
-    # Normalised phone distance above which an utterance is "none of the profile's phrases".
-    reject_above: float = Field(0.65, gt=0.0, le=1.0)
     max_sessions: int = Field(500, ge=1)
     # Largest client message. 1 MiB holds ~16 s of 24 kHz PCM or ~98 s of G.711 in one append; the
     # gateway sends 20-100 ms per append. Larger messages are refused before they are read.

@@ -1,4 +1,4 @@
-"""The process-wide speech parts every session shares: one synthesiser, one phrase recogniser per profile.
+"""The process-wide speech parts every session shares: one synthesiser, one transcriber.
 
 Loaded once, before the engine listens, so the first caller pays no start-up cost.
 """
@@ -6,14 +6,18 @@ Loaded once, before the engine listens, so the first caller pays no start-up cos
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from . import audio
 from .asr import RATE as ASR_RATE
-from .asr import PhraseRecognizer, Recognition
+from .asr import Recognition, WhisperTranscriber
 from .tts import EspeakSynth
+
+# A turn longer than this is cut to its first part before transcription (Whisper's window is 30 s, and
+# a caller's question is seconds long); the limit keeps one monologue from holding a worker for long.
+MAX_TURN_MS = 30_000
 
 
 @dataclass
@@ -21,18 +25,22 @@ class Engines:
     """The speech parts. `recognise` here runs in the calling thread; the server runs it in worker
     processes instead (`recognition.RecognitionPool`), so decoding never blocks the event loop."""
 
-    synth: EspeakSynth
-    recognizers: dict[str, PhraseRecognizer]
+    synth: EspeakSynth | None
+    transcriber: WhisperTranscriber | None = None
+    # Load the transcriber on first use when none was given (the server's own process needs it only
+    # when recognition runs in-process: `asr_workers` 0, or sessions that recognise inline).
+    lazy: bool = True
+    # Per profile, the words its callers are likely to say (`dialogue.asr_prompt`), to bias recognition.
+    contexts: dict[str, str] = field(default_factory=dict)
 
     def recognise(self, profile: str, pcm: np.ndarray, rate: int) -> Recognition | None:
-        """What the caller said in `pcm` (int16 at `rate`), by the profile's recogniser; None when the
-        profile has none."""
-        recognizer = self.recognizers.get(profile)
-        if recognizer is None:
-            return None
-        if recognizer.too_long(len(pcm), rate):
-            return Recognition("", 1.0, ())  # not one of the phrases, whatever it is: not decoded
+        """What the caller said in `pcm` (int16 at `rate`), with the profile's vocabulary as context; None
+        when there is no transcriber."""
+        if self.transcriber is None:
+            if not self.lazy:
+                return None
+            self.transcriber = WhisperTranscriber()
         cpu0 = time.process_time()
-        pcm16k = audio.resample(pcm, rate, ASR_RATE)
-        result = recognizer.recognise(pcm16k)
+        pcm = pcm[: MAX_TURN_MS * rate // 1000]
+        result = self.transcriber.transcribe(audio.resample(pcm, rate, ASR_RATE), self.contexts.get(profile))
         return replace(result, cpu_ms=round((time.process_time() - cpu0) * 1000, 1))

@@ -19,6 +19,10 @@ from .config import DEFAULT_TURN_DETECTION, prefix_ms, silence_ms
 from .vad import FRAME_MS, TurnDetector
 
 MAX_BUFFER_MS = 120_000  # uncommitted input audio kept at most (a caller monologue, 2 minutes)
+# A turn is recognised on its audio up to this much silence after the last voiced frame, not on the
+# whole silence window: the words are all there, and recognition can start this early (`TurnPausing`)
+# instead of when the window closes, which hides most of its time from the caller.
+RECOGNISE_AFTER_SILENCE_MS = 200
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,15 @@ class TurnStarted:
 class TurnStopped:
     audio_end_ms: int
     first_frame: int  # the turn's first buffered frame (what `take` commits from)
+    trailing_frames: int = 0  # frames of the ending silence beyond RECOGNISE_AFTER_SILENCE_MS
+
+
+@dataclass(frozen=True)
+class TurnPausing:
+    """The caller has been silent for RECOGNISE_AFTER_SILENCE_MS in a turn: the audio that will be
+    recognised if the turn ends here is complete (`recognisable()`)."""
+
+    first_frame: int
 
 
 class InputBuffer:
@@ -85,7 +98,7 @@ class InputBuffer:
         samples = audio.decode(self.fmt, raw)
         self._pending = np.concatenate([self._pending, samples]) if len(self._pending) else samples
 
-    def turns(self) -> Iterator[TurnStarted | TurnStopped]:
+    def turns(self) -> Iterator[TurnStarted | TurnStopped | TurnPausing]:
         """Run the pending whole frames through turn detection, yielding turn boundaries as they occur.
         The consumer may stop early: the frames not yet run stay pending for the next call."""
         n = self._frame_samples
@@ -95,7 +108,18 @@ class InputBuffer:
             if event is not None:
                 yield event
 
-    def _on_frame(self, frame: np.ndarray) -> TurnStarted | TurnStopped | None:
+    def _early_frames(self) -> int:
+        return min(RECOGNISE_AFTER_SILENCE_MS // FRAME_MS, self._vad.silence_frames)
+
+    def _turn_first_frame(self) -> int:
+        return max(0, self._turn_start_ms // FRAME_MS - self._start_frame)
+
+    def recognisable(self, first_frame: int) -> np.ndarray:
+        """The turn's audio so far, from `first_frame` (what a pause makes ready to recognise)."""
+        frames = self._frames[first_frame:]
+        return np.concatenate(frames) if frames else np.zeros(0, np.int16)
+
+    def _on_frame(self, frame: np.ndarray) -> TurnStarted | TurnStopped | TurnPausing | None:
         self._frames.append(frame)
         td = self.turn_detection
         if td is None:
@@ -117,8 +141,11 @@ class InputBuffer:
             self._turn_start_ms = max(0, ev.ms - prefix_ms(td), self._start_frame * FRAME_MS)
             return TurnStarted(self._turn_start_ms)
         elif ev is not None and ev.kind == "stop":
-            first = self._turn_start_ms // FRAME_MS - self._start_frame
-            return TurnStopped(ev.ms, max(0, first))
+            trailing = self._vad.silence_frames - self._early_frames()
+            return TurnStopped(ev.ms, self._turn_first_frame(), trailing)
+        elif self._vad.in_speech and self._vad.silence_run_ms == self._early_frames() * FRAME_MS:
+            if self._early_frames() < self._vad.silence_frames:
+                return TurnPausing(self._turn_first_frame())
         elif self._vad.in_speech and len(self._frames) * FRAME_MS > MAX_BUFFER_MS:
             # A turn longer than the buffer: end it here rather than grow without bound.
             self._vad.reset()

@@ -56,6 +56,11 @@ class TurnDetector:
         self._recent: deque[bool] = deque(maxlen=_ONSET_WINDOW)
         self._silence = 0
 
+    @property
+    def silence_run_ms(self) -> int:
+        """Unvoiced time since the last voiced frame of the turn in progress (0 outside a turn)."""
+        return self._silence * FRAME_MS if self.in_speech else 0
+
     def reset(self) -> None:
         """Forget a turn in progress (buffer cleared or committed by the client); keep the clock."""
         self.in_speech = False

@@ -16,3 +16,4 @@ OPENING_HOURS = "What are your opening hours?"
 BILLING = "Transfer me to billing please."
 HUMAN = "I want to talk to a human."
 GOODBYE = "Thank you, goodbye."
+YES = "Yes, please."  # the answer to the embedded engine's "Shall I ...?" before an action

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from harness.sipp import SipMessage
-from speech import HUMAN, phrase
+from speech import HUMAN, YES, phrase
 
 pytestmark = [pytest.mark.freeswitch, pytest.mark.slow]
 
@@ -54,7 +54,12 @@ def test_escalation_by_the_model_carries_the_ai_headers(callpath):
     call = path.call(wait_bye_s=60)
     assert call.wait_answered(15)
     assert call.wait_speech(since=call.answered, min_s=2.5, timeout=15, quiet_s=1.0) is not None
-    call.say(phrase(HUMAN))
+    spoken_end = call.say(phrase(HUMAN))
+    # The embedded engine asks before it transfers (an action with consequences, issue 18); the caller
+    # answers yes once the question has been heard.
+    asked = call.wait_speech(since=spoken_end, min_s=1.5, timeout=20, quiet_s=0.8)
+    assert asked is not None, "the agent did not ask before transferring"
+    call.say(phrase(YES))
     invite = path.human.wait_received("INVITE", 25)
     assert invite is not None, "the escalation never reached the human"
     assert ruri_user(invite) == "+15550199", invite.first_line

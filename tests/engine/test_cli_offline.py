@@ -93,8 +93,8 @@ def test_engine_needs_no_network_under_unshare():
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     result = json.loads(proc.stdout.decode().strip().splitlines()[-1])
     assert result["network_gone"] is True
-    assert result["heard"] == "what are your opening hours"
-    assert result["reply"].startswith("We are open Monday to Friday")
+    assert "opening hour" in result["heard"].lower()
+    assert result["reply"].startswith("Our opening hours are Monday to Friday")
     assert result["reply_audio_bytes"] > 3 * 8000  # over three seconds of μ-law
 
 

@@ -63,6 +63,9 @@ def drive(say, barge_at_s: float) -> list[dict]:
     return events
 
 
+HOURS = "Our opening hours are Monday to Friday, eight in the morning to six in the evening."
+
+
 def test_core_on_injected_clock_is_deterministic_including_barge_in(say):
     a = drive(say, barge_at_s=1.5)
     b = drive(say, barge_at_s=1.5)
@@ -71,12 +74,11 @@ def test_core_on_injected_clock_is_deterministic_including_barge_in(say):
     # The hours answer is interrupted 1.5 s (plus the VAD onset) into its audio, then goodbye is handled.
     assert done[0]["status"] == "cancelled" and done[0]["status_details"]["reason"] == "turn_detected"
     heard = done[0]["output"][0]["content"][0]["transcript"]
-    assert (
-        heard
-        and "We are open Monday to Friday, from eight in the morning to six in the evening.".startswith(heard)
-    )
-    assert heard != "We are open Monday to Friday, from eight in the morning to six in the evening."
-    assert done[1]["status"] == "completed" and done[1]["output"][1]["name"] == "end_call"
+    assert heard and HOURS.startswith(heard) and heard != HOURS
+    # Goodbye ends a call, so it is asked back first: a question, no tool yet.
+    assert done[1]["status"] == "completed" and [o["type"] for o in done[1]["output"]] == ["message"]
+    asked = done[1]["output"][0]["content"][0]["transcript"]
+    assert asked == "Shall I end the call now? Please say yes or no."
     # A later barge-in lets more of the answer out before the cut.
     c = drive(say, barge_at_s=2.5)
     sent = [
@@ -134,4 +136,5 @@ def test_deferred_recognition_gives_the_same_events_as_inline(say):
     deferred = drive_deferred(say, barge_at_s=2.5)
     assert json.dumps(deferred) == json.dumps(inline)
     transcripts = [e["transcript"] for e in deferred if e["type"].endswith("transcription.completed")]
-    assert transcripts == ["what are your opening hours", "goodbye"]
+    assert len(transcripts) == 2
+    assert "opening hour" in transcripts[0].lower() and "bye" in transcripts[1].lower()

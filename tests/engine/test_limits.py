@@ -129,7 +129,7 @@ async def test_a_15_mb_append_is_refused_with_an_error_event_and_1009_while_anot
             for i in range(0, len(turn := say("what are your opening hours")), 1600):
                 await other.send_str(append(turn[i : i + 1600]))
             heard = await next_event(other, "conversation.item.input_audio_transcription.completed")
-            assert heard["transcript"] == "what are your opening hours"
+            assert "opening hour" in heard["transcript"].lower()
             done = await next_event(other, "response.done")
             assert "Monday to Friday" in done["response"]["output"][0]["content"][0]["transcript"]
     finally:

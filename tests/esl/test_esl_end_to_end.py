@@ -1,10 +1,11 @@
 """End to end: `gateway serve` and `gateway model` as real processes, a caller streaming speech exactly as
 mod_audio_stream does, and the loopback FreeSWITCH (captured ESL bytes) receiving the call control.
 
-The caller asks for billing: the embedded engine calls transfer_call, the gateway maps the profile's
-target to extension 2001 and FreeSWITCH receives `uuid_transfer <uuid> 2001 XML ai-transfer`. The caller
-asks for a manager: escalate sets X-AI-Reason / X-AI-Urgency / X-AI-Summary as sip_h_ variables, then
-transfers to the profile's human queue (a SIP URI that leaves through the Kamailio edge).
+The caller asks for billing and says yes when the embedded engine asks back: it calls transfer_call, the
+gateway maps the profile's target to extension 2001 and FreeSWITCH receives `uuid_transfer <uuid> 2001
+XML ai-transfer`. The caller asks for a manager (and says yes): escalate sets X-AI-Reason / X-AI-Urgency /
+X-AI-Summary as sip_h_ variables, then transfers to the profile's human queue (a SIP URI that leaves
+through the Kamailio edge).
 """
 
 from __future__ import annotations
@@ -126,10 +127,23 @@ async def _wait_call_control(stack: Stack, call_uuid: str) -> None:
             await asyncio.sleep(0.1)
 
 
-def speech(tmp_path: Path, text: str) -> Path:
+def speech(tmp_path: Path, text: str, then: str | None = None) -> Path:
+    """The caller's words as a WAV; with `then`, a pause long enough for the agent's question, then
+    those words (the embedded engine asks "Shall I ...?" before an action and acts on a yes)."""
     path = tmp_path / (text.replace(" ", "_") + ".wav")
     subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(path), text], check=True, timeout=30)
-    return path
+    if then is None:
+        return path
+    import numpy as np
+    import soundfile
+
+    first, rate = soundfile.read(path, dtype="int16")
+    answer = speech(tmp_path, then)
+    second, _ = soundfile.read(answer, dtype="int16")
+    pause, tail = np.zeros(int(rate * 7.0), np.int16), np.zeros(int(rate * 4.0), np.int16)
+    both = tmp_path / (path.stem + "_then_" + answer.stem + ".wav")
+    soundfile.write(both, np.concatenate([first, pause, second, tail]), rate)
+    return both
 
 
 def metadata() -> dict[str, object]:
@@ -143,7 +157,7 @@ async def test_caller_asks_for_billing_and_freeswitch_receives_the_transfer(stac
     call_uuid = str(uuidlib.uuid4())
     stack.fs.add_channel(call_uuid)
     start = len(stack.fs.commands)
-    summary = await place_call(stack.stream_url(call_uuid), speech(tmp_path, "transfer me to billing"),
+    summary = await place_call(stack.stream_url(call_uuid), speech(tmp_path, "transfer me to billing", "yes"),
                                rate=8000, metadata=metadata(), token=TOKEN, reply_timeout=20,
                                greeting_timeout=30)
     command = await stack.fs.wait_for_command(f"api uuid_transfer {call_uuid}", timeout=30, start=start)
@@ -156,8 +170,8 @@ async def test_escalation_carries_reason_and_summary_headers(stack: Stack, tmp_p
     call_uuid = str(uuidlib.uuid4())
     stack.fs.add_channel(call_uuid)
     start = len(stack.fs.commands)
-    await place_call(stack.stream_url(call_uuid), speech(tmp_path, "I want to speak to a manager"), rate=8000,
-                     metadata=metadata(), token=TOKEN, reply_timeout=20, greeting_timeout=30)
+    await place_call(stack.stream_url(call_uuid), speech(tmp_path, "I want to speak to a manager", "yes"),
+                     rate=8000, metadata=metadata(), token=TOKEN, reply_timeout=20, greeting_timeout=30)
     await stack.fs.wait_for_command(f"api uuid_transfer {call_uuid}", timeout=30, start=start)
     cmds = [c for c in stack.fs.commands[start:] if call_uuid in c]
     reason = f"api uuid_setvar {call_uuid} sip_h_X-AI-Reason caller asked for a person"
