@@ -51,6 +51,7 @@ def _fake_model(host: str, expected: int, reply_every: float, reply_ms: int) -> 
     chunk = base64.b64encode(bytes([0xFF]) * 800).decode()  # 100 ms of mu-law silence
     sessions = [0]
     ids = iter(range(1, 1 << 30))
+    lags: list[float] = []  # how late each reply delta left the fake against its schedule
 
     def ev(doc: dict) -> str:
         return json.dumps(doc, separators=(",", ":"))
@@ -70,6 +71,7 @@ def _fake_model(host: str, expected: int, reply_every: float, reply_ms: int) -> 
             t0 = loop.time()
             for k in range(max(1, reply_ms // 100)):  # at twice real time, as the real service is faster
                 await asyncio.sleep(max(0.0, t0 + k * 0.05 - loop.time()))
+                lags.append(loop.time() - (t0 + k * 0.05))
                 await ws.send(f'{delta_head}"{chunk}"}}')
             await ws.send(ev({"type": "response.done", "event_id": "e",
                               "response": {"id": rid, "object": "realtime.response", "status": "completed",
@@ -128,10 +130,16 @@ def _fake_model(host: str, expected: int, reply_every: float, reply_ms: int) -> 
                     task.cancel()
 
     async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         async with serve(handler, host, 0, compression=None, max_size=None) as server:
             port = next(iter(server.sockets)).getsockname()[1]
             print(f"PORT {port}", flush=True)
-            await asyncio.Event().wait()
+            await stop.wait()
+        d = sorted(lags) or [0.0]
+        print(json.dumps({"fake_delta_lag_ms": {"p50": round(d[len(d) // 2] * 1000, 1),
+                                                "p99": round(d[int(len(d) * 0.99)] * 1000, 1),
+                                                "max": round(d[-1] * 1000, 1)}}), flush=True)
 
     uvloop.run(main())
 
@@ -184,6 +192,7 @@ def run(calls: int, args: argparse.Namespace) -> dict:
     fake = subprocess.Popen([*mp.NICE, "taskset", "-c", "1", PY, __file__, "--fake", host, str(calls),
                              str(args.reply_every), str(args.reply_ms)], stdout=subprocess.PIPE, text=True)
     server = client = None
+    result: dict = {}
     try:
         assert fake.stdout is not None
         line = fake.stdout.readline().split()
@@ -222,9 +231,10 @@ def run(calls: int, args: argparse.Namespace) -> dict:
         cpu1 = sum(proc.cpu_times()[:2])
         rss1 = proc.memory_info().rss
         if line2 != "READY":  # some calls never got their model session: the set-up broke down
-            return {"calls": calls, "loadavg_1m": round(os.getloadavg()[0], 1),
-                    "error": f"not every model session came up within {args.setup_timeout} s",
-                    "setup_cpu_ms_per_call": round((cpu1 - cpu0) / calls * 1000, 2)}
+            result = {"calls": calls, "loadavg_1m": round(os.getloadavg()[0], 1),
+                      "error": f"not every model session came up within {args.setup_timeout} s",
+                      "setup_cpu_ms_per_call": round((cpu1 - cpu0) / calls * 1000, 2)}
+            return result
         lines = []
         while (line := client.stdout.readline().strip()) != "MEASURE":
             lines.append(line)
@@ -251,7 +261,7 @@ def run(calls: int, args: argparse.Namespace) -> dict:
 
         frames_out = delta("gateway_frames_out_total")
         underruns = delta("gateway_playout_underruns_total")
-        return {"calls": calls, "loadavg_1m": round(os.getloadavg()[0], 1),
+        result = {"calls": calls, "loadavg_1m": round(os.getloadavg()[0], 1),
                 "setup_cpu_ms_per_call": round((cpu1 - cpu0) / calls * 1000, 2),
                 "setup_wall_s": round(setup_wall, 2),
                 "rss_per_call_kb_after_setup": round((rss1 - rss0) / calls / 1024, 1),
@@ -270,6 +280,11 @@ def run(calls: int, args: argparse.Namespace) -> dict:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait(5)
+        if fake.stdout is not None and result:  # the fake's own lag: late replies are not the gateway's
+            for line in fake.stdout.read().splitlines():
+                if line.startswith("{"):
+                    result.update(json.loads(line))
+    return result
 
 
 def main() -> int:

@@ -161,6 +161,11 @@ class RealtimeLink:
 
     async def _send_loop(self) -> None:
         conn = self._conn
+        # Appends go straight to the SDK connection's WebSocket: its send_raw adds a reconnect queue,
+        # a send receipt and an anyio task lookup per message (~40 % of the gateway's CPU per append
+        # under cProfile at 100 calls, docs/benchmarks.md), for reconnects this link never asks for
+        # (the call falls back instead). Control events keep the SDK's typed path.
+        send_raw = getattr(getattr(conn, "_connection", None), "send", None) or conn.send_raw
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
@@ -169,7 +174,7 @@ class RealtimeLink:
                     await conn.send(self._control.popleft())
                 else:
                     # Pre-serialised append: the SDK's typed path costs more than the audio work itself.
-                    await conn.send_raw(self._audio.popleft())
+                    await send_raw(self._audio.popleft())
 
     async def _recv_loop(self) -> None:
         conn = self._conn
