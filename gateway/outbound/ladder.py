@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import metrics as m
 from gateway.esl.errors import EslError
 from gateway.log import fields, pii
+from gateway.outbound.originate import MAX_VAR_CHARS
 from gateway.outbound.pacing import normalize_number
 from gateway.outbound.service import DialRequest, OutboundRefused, OutboundService
 from gateway.records.analysis import WebhookSender
@@ -99,11 +100,19 @@ class LadderRun:
 
 def announcement(summary: str, callback: str) -> str:
     """What the on-call person hears. Digits spaced out so text-to-speech reads them one by one; no
-    double quotes (the greeting is quoted in the model's instructions)."""
-    said = " ".join(summary.replace('"', "'").split())[:400]
+    double quotes (the greeting is quoted in the model's instructions). A summary in transcript form
+    ("agent: … / caller: …") is cut to the caller's own lines, and the whole text to what one originate
+    variable carries (MAX_VAR_CHARS), the newest words kept."""
+    lines = [part.strip() for part in summary.split(" / ")]
+    callers = [line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("caller:")]
+    said = " ".join((" ".join(callers) if callers else summary).replace('"', "'").split())
     digits = " ".join(ch for ch in callback if ch.isdigit()) or "unknown"
-    return (f"This is the after-hours line with an urgent call. The caller said: {said}. "
-            f"The callback number is {digits}. Press 1 to acknowledge.")
+    head = "This is the after-hours line with an urgent call. The caller said: "
+    tail = f". The callback number is {digits}. Press 1 to acknowledge."
+    room = max(0, MAX_VAR_CHARS - len(head) - len(tail))
+    if len(said) > room:
+        said = said[len(said) - room:].split(" ", 1)[-1] if room else ""
+    return f"{head}{said.rstrip('. ')}{tail}"
 
 
 class Ladders:
@@ -233,6 +242,8 @@ class Ladders:
             except OutboundRefused as exc:
                 step.result, step.ended_at = "failed", self._wall()
                 self._event(run, "ladder.leg_failed", person=person.name, error=str(exc))
+                log.warning("on-call leg refused", extra=fields(incident=run.id, person=person.name,
+                                                                error=str(exc)))
                 return step.result
             step.leg = leg.id
             self.outbound.on_digits(leg.id, lambda d: ack.set() if d == ACK_DIGIT else None)

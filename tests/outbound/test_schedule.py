@@ -48,3 +48,20 @@ def test_the_announcement_reads_the_callback_digit_by_digit_and_has_no_quotes():
     text = announcement('He said "flood" in room 2', "+1 (555) 0123")
     assert '"' not in text and "flood" in text
     assert "1 5 5 5 0 1 2 3" in text and text.endswith("Press 1 to acknowledge.")
+
+
+def test_the_announcement_of_a_long_conversation_is_the_callers_words_and_fits_one_originate_variable():
+    """A summary in transcript form (the escalate tool's: the last turns, the agent's confirmation
+    question among them) used to overflow the 256-character originate variable, and the leg was refused."""
+    from gateway.outbound.originate import MAX_VAR_CHARS, encode_vars
+
+    summary = " / ".join(["agent: Thank you for calling Riverside Dental. How can I help you today?",
+                          "caller: The pipe under the sink burst and water is everywhere.",
+                          "agent: Would you like me to put you through to a colleague? Please say yes or no.",
+                          "caller: Yes, please."])
+    text = announcement(summary, "15550001111")
+    assert "pipe under the sink burst" in text and "Would you like" not in text
+    assert len(text) <= MAX_VAR_CHARS and encode_vars({"greeting": text})
+    long = announcement("caller: " + "water everywhere " * 60, "1")
+    assert len(long) <= MAX_VAR_CHARS and long.endswith("Press 1 to acknowledge.")
+    assert "water everywhere" in long
