@@ -17,7 +17,7 @@ from handoff_sipp import caller_with_headers  # noqa: E402
 from harness import sipp  # noqa: E402
 from harness.callpath import Call  # noqa: E402
 from harness.rtp import RtpEndpoint  # noqa: E402
-from speech import HUMAN, OPENING_HOURS, phrase  # noqa: E402
+from speech import HUMAN, OPENING_HOURS, YES, phrase  # noqa: E402
 
 pytestmark = [pytest.mark.freeswitch, pytest.mark.slow]
 
@@ -55,6 +55,16 @@ def start_call(path) -> Call:
     return call
 
 
+def ask_for_a_human(call: Call) -> float:
+    """The caller asks for a person and says yes when the embedded engine asks back (it confirms every
+    action with consequences before doing it, issue 18); returns when the yes has been sent."""
+    spoken_end = call.say(phrase(HUMAN))
+    asked = call.wait_speech(since=spoken_end, min_s=1.5, timeout=20, quiet_s=0.8)
+    assert asked is not None, "the agent did not ask before handing the call on"
+    call.say(phrase(YES))
+    return call.wait_said()
+
+
 def handoff_doc(path, handoff_id: str) -> dict:
     r = httpx.get(f"{path.gateway.admin_url}/handoffs/{handoff_id}", timeout=5)
     assert r.status_code == 200, r.text
@@ -67,8 +77,7 @@ def test_declined_then_accepted_by_dtmf_briefing_heard_by_the_human_only(handoff
     path = handoff_path({**WARM, "targets": targets},
                         human={"decline": ("2001",), "ring_ms": 8000})
     call = start_call(path)
-    escalate_at = time.monotonic()
-    call.say(phrase(HUMAN))
+    escalate_at = ask_for_a_human(call)
     first = wait_invites(path, 1, 30)
     assert first, "the first target was never dialled"
     assert ruri_user(first[0]) == "2001", first[0].first_line
@@ -131,7 +140,7 @@ def test_busy_then_no_answer_the_caller_is_told_and_stays_with_the_ai(handoff_pa
     path = handoff_path({**WARM, "on_no_answer": "carry_on", "targets": targets},
                         human={"busy": ("2002",), "noanswer": ("2003",)})
     call = start_call(path)
-    call.say(phrase(HUMAN))
+    ask_for_a_human(call)
     both = wait_invites(path, 2, 40)
     assert [ruri_user(i) for i in both] == ["2002", "2003"], [i.first_line for i in both]
     rang = time.monotonic()
@@ -165,8 +174,7 @@ def test_a_call_at_the_hop_cap_is_not_handed_on(handoff_path):
     s.start()
     assert call.wait_answered(15)
     assert call.wait_speech(since=call.answered, min_s=2.5, timeout=25, quiet_s=1.0) is not None
-    call.say(phrase(HUMAN))
-    end = call.wait_said()
+    end = ask_for_a_human(call)
     assert call.wait_speech(since=end, min_s=0.5, timeout=20, quiet_s=0.5) is not None, \
         "the caller heard nothing after asking for a human"
     time.sleep(3.0)
@@ -179,7 +187,7 @@ def test_coach_stays_heard_by_the_human_only_repeats_on_request_and_leaves_on_re
     path = handoff_path({**WARM, "coach": True, "targets": [{"target": "reception", "timeout_s": 15}]},
                         human={"ring_ms": 300})
     call = start_call(path)
-    call.say(phrase(HUMAN))
+    ask_for_a_human(call)
     (invite,) = wait_invites(path, 1, 30)
     media = sipp.sdp_media(invite.body)
     assert media is not None
@@ -237,7 +245,7 @@ def test_the_human_accepts_by_saying_yes(handoff_path):
     path = handoff_path({**WARM, "targets": [{"target": "reception", "timeout_s": 15}]},
                         human={"ring_ms": 300})
     call = start_call(path)
-    call.say(phrase(HUMAN))
+    ask_for_a_human(call)
     (invite,) = wait_invites(path, 1, 30)
     media = sipp.sdp_media(invite.body)
     assert media is not None
@@ -268,7 +276,7 @@ def test_note_taker_listens_to_the_bridged_call_and_is_never_heard(handoff_path)
     path = handoff_path({**WARM, "notes": True, "targets": [{"target": "reception", "timeout_s": 15}]},
                         human={"ring_ms": 300})
     call = start_call(path)
-    call.say(phrase(HUMAN))
+    ask_for_a_human(call)
     (invite,) = wait_invites(path, 1, 30)
     media = sipp.sdp_media(invite.body)
     assert media is not None
@@ -316,7 +324,7 @@ def test_caller_hanging_up_while_the_human_rings_cancels_the_human(handoff_path)
     path = handoff_path({**WARM, "targets": [{"target": "nurse", "timeout_s": 30}]},
                         human={"noanswer": ("2003",)})
     call = start_call(path)
-    call.say(phrase(HUMAN))
+    ask_for_a_human(call)
     (invite,) = wait_invites(path, 1, 30)
     assert ruri_user(invite) == "2003"
     time.sleep(1.0)
