@@ -33,7 +33,8 @@ RATE = 16000
 _N_FFT, _HOP, _N_MELS = 400, 160, 80
 FRAMES_PER_S = RATE // _HOP  # 100
 MIN_WINDOW_FRAMES = 600  # 6 s: shorter windows made the decoder loop on short questions
-WINDOW_FACTOR = 2.0  # the window is this many times the turn (at least MIN_WINDOW_FRAMES)
+WINDOW_FACTOR = 2.0  # the window is this many times the turn (at least MIN_WINDOW_FRAMES) ...
+WINDOW_MARGIN_FRAMES = 300  # ... but at most the turn plus 3 s: the cost grows with the window
 MAX_WINDOW_FRAMES = 3000  # the 30 s the model was trained on; a longer turn is cut to its first 30 s
 _SOT, _NO_TIMESTAMPS = "<|startoftranscript|>", "<|notimestamps|>"
 
@@ -234,10 +235,17 @@ class WhisperTranscriber:
         if seconds < 0.1 or float(np.abs(audio).max(initial=0.0)) < 1e-3:
             return Recognition("", 0.0, round((time.process_time() - cpu0) * 1000, 1))
         frames = min(
-            MAX_WINDOW_FRAMES, max(MIN_WINDOW_FRAMES, math.ceil(seconds * WINDOW_FACTOR) * FRAMES_PER_S)
+            MAX_WINDOW_FRAMES,
+            max(
+                MIN_WINDOW_FRAMES,
+                min(
+                    math.ceil(seconds * WINDOW_FACTOR) * FRAMES_PER_S,
+                    math.ceil(seconds * FRAMES_PER_S) + WINDOW_MARGIN_FRAMES,
+                ),
+            ),
         )
         features = ctranslate2.StorageView.from_array(log_mel(audio, frames)[None])
-        # Conversational English is ~3 words/s, ~4 tokens/s: a budget of 6/s plus a margin stops a loop
+        # Conversational English is ~3 words/s, ~4 tokens/s: a budget of 5/s plus a margin stops a loop
         # early without cutting real speech.
         prompt = self._prompt(context)
         budget = min(440, 12 + math.ceil(min(seconds, 30.0) * 6)) + len(prompt)  # the prompt counts

@@ -25,7 +25,7 @@ from typing import Any
 from .asr import normalise
 from .knowledge import index_for
 from .profiles import EngineProfile, Intent, ToolCall, TransferOffer
-from .understanding import Scored, Slots, contains_phrase, slots, yes_or_no
+from .understanding import Scored, Slots, contains_phrase, slots, terms, yes_or_no
 
 # `Say exactly: "..."` in response instructions: the gateway's greeting contract (docs/gateway.md).
 _SAY_EXACTLY = re.compile(r'say\s+exactly\s*:\s*["“](?P<text>.*?)["”]\s*$', re.IGNORECASE | re.DOTALL)
@@ -193,6 +193,10 @@ class DialogueEngine:
             intent = self._intent(ranked[0].name)
             assert intent is not None
             return self._propose(intent, heard, tools)
+        if not terms(text):
+            # Only a yes or a no (or words that carry nothing) with no question pending: nothing to act
+            # on and nothing to look up, so ask again rather than answer at random.
+            return Plan(reply=self.dialogue.fallback_reply, kind="fallback")
         hit = index_for(self.profile.knowledge, self.instructions or "").answer(text)
         if hit is not None:
             return Plan(

@@ -15,9 +15,10 @@ from .asr import RATE as ASR_RATE
 from .asr import Recognition, WhisperTranscriber
 from .tts import EspeakSynth
 
-# A turn longer than this is cut to its first part before transcription (Whisper's window is 30 s, and
-# a caller's question is seconds long); the limit keeps one monologue from holding a worker for long.
-MAX_TURN_MS = 30_000
+# A turn longer than this is cut to its first part before transcription: a caller's question is seconds
+# long, and the cost grows with the audio (measured ~0.7 s of CPU for 15 s), so one monologue, or a
+# session streaming noise, holds a recognition worker for a bounded time.
+MAX_TURN_MS = 15_000
 
 
 @dataclass

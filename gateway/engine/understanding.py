@@ -20,7 +20,7 @@ STOPWORDS = frozenset(
     please thanks thank hi hello hey so just also too very really some any what which who whom whose
     when where why how well oh um uh like okay ok yeah get got go going want wanted need needed
     let know tell say said much many more most than then now take see show give come make put ill id im
-    one two three first next only not no""".split()
+    one two three first next only not no yes yeah yep yup nope nah sure right""".split()
 )
 
 # A few words callers use for the same thing, folded into one so a question finds its answer whatever

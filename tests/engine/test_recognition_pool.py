@@ -1,5 +1,5 @@
 """The recognition queue: shortest audio first, failures cost one turn, and an over-long turn is cut to
-Whisper's 30 s window before it is transcribed."""
+its first 15 s before it is transcribed."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ async def test_a_failing_decode_costs_that_turn_only():
         pool.close()
 
 
-def test_a_two_minute_turn_is_cut_to_its_first_30_seconds(say):
+def test_a_two_minute_turn_is_cut_to_its_first_15_seconds(say):
     from gateway.engine import audio
 
     engines = _engine_defaults().engines

@@ -37,7 +37,8 @@ def test_a_request_is_asked_back_with_what_was_heard_and_done_only_after_yes():
     d = front_desk()
     d.answer("please cancel my appointment on Tuesday", TOOLS)
     assert d.answer("no, don't", TOOLS).kind == "declined"
-    assert d.answer("yes", TOOLS).kind != "act"  # a late yes confirms nothing
+    late = d.answer("yes", TOOLS)  # a late yes confirms nothing, and is not taken for a question
+    assert late.kind == "fallback" and late.tool is None
 
 
 def test_booking_asks_for_the_day_then_confirms_it():
