@@ -313,11 +313,12 @@ def test_note_taker_listens_to_the_bridged_call_and_is_never_heard(handoff_path)
             break
         time.sleep(0.25)
     print(f"notes: {notes}")
-    # The embedded engine is a phrase spotter: the caller's sentence is one of the notes profile's phrases.
-    # (The human's short phrase, mixed with the caller's line, is often rejected by it: phone distance
-    # 0.68 seen against 0.37-0.44 for the caller's; an OpenAI transcription model has no such limit.)
+    # The embedded engine transcribes open speech (Whisper tiny.en on espeak-ng's voice through G.711, so
+    # a word can come out wrong: "book" was once heard as "welcome"): the caller's sentence is judged on
+    # its two content words, the human's on theirs.
     said = " ".join(n["text"] for n in notes).lower()
-    assert "book an appointment" in said, f"the note-taker missed the caller: {notes}"
+    assert "appointment" in said and "tomorrow" in said, f"the note-taker missed the caller: {notes}"
+    assert "how can i" in said, f"the note-taker missed the human: {notes}"
 
 
 def test_caller_hanging_up_while_the_human_rings_cancels_the_human(handoff_path):
