@@ -126,7 +126,7 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=10)
     args = p.parse_args()
     if not have_freeswitch():
-        print("no FreeSWITCH build (/work/shared/freeswitch/install.sh)", file=sys.stderr)
+        print("no FreeSWITCH build (../shared/freeswitch/install.sh beside the checkout)", file=sys.stderr)
         return 2
     module = patched_module_so()
     workdir = Path(tempfile.mkdtemp(prefix="bench-handoff-"))

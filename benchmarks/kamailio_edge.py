@@ -135,7 +135,8 @@ def markdown(result: dict, command: str) -> str:
   first step.
 - The callers run with `-pause_msg_ign`: when the saturated machine delays an ACK past T1 the worker
   stand-in retransmits its 200, which SIPp would otherwise count as an "unexpected message" failure
-  during the hold although the call completes (research §1.14); retransmissions are listed.
+  during the hold although the call completes (SIPp's `-pause_msg_ign`, https://sipp.sourceforge.net/doc/reference.html);
+  retransmissions are listed.
 
 | calls/s | calls | OK | failed | retrans. | Kamailio CPU s | cores | cores/1,000 calls/s | shm max MB |
 |---:|---:|---:|---:|---:|---:|---:|---:|---:|

@@ -164,7 +164,7 @@ def main() -> None:
     p.add_argument("--fs-sps", type=int, default=1000, help="FreeSWITCH sessions_per_second")
     args = p.parse_args()
     if not have_freeswitch():
-        sys.exit("no FreeSWITCH build (/work/shared/freeswitch/install.sh)")
+        sys.exit("no FreeSWITCH build (../shared/freeswitch/install.sh beside the checkout)")
     with tempfile.TemporaryDirectory(prefix="outbound-bench-") as tmp:
         path = start_path(Path(tmp), args)
         try:
