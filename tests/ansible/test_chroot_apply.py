@@ -224,7 +224,7 @@ def test_operator_profiles_are_installed_and_load_in_the_gateway(applied: dict[s
     loaded = _in_root(str(root), "/opt/aivg/venv/bin/python", "-c",
                       "from pathlib import Path; from gateway.profiles import load_profiles; "
                       "print(sorted(load_profiles(Path('/etc/aivg/profiles'), 'front-desk').profiles))")
-    assert loaded.stdout.strip() == "['coach', 'front-desk', 'sales']", loaded.stderr
+    assert loaded.stdout.strip() == "['briefing', 'coach', 'front-desk', 'notes', 'sales']", loaded.stderr
 
 
 def test_gateway_settings_and_units(applied: dict[str, object]) -> None:
