@@ -81,11 +81,9 @@ def one_call(path: CallPath, human_phrase: bytes) -> dict[str, float] | None:
         if call.wait_speech(since=call.answered, min_s=2.5, timeout=25, quiet_s=1.0) is None:
             return None
         before = len(path.human.received("INVITE"))
-        spoken_end = call.say(human_phrase)
         # The embedded engine asks before it hands the call on (issue 18); the caller says yes.
-        if call.wait_speech(since=spoken_end, min_s=1.5, timeout=20, quiet_s=0.8) is None:
+        if call.ask_and_confirm(human_phrase, YES) is None:
             return None
-        call.say(YES)
         deadline = time.monotonic() + 30
         invite = None
         while invite is None and time.monotonic() < deadline:

@@ -54,12 +54,9 @@ def test_escalation_by_the_model_carries_the_ai_headers(callpath):
     call = path.call(wait_bye_s=60)
     assert call.wait_answered(15)
     assert call.wait_speech(since=call.answered, min_s=2.5, timeout=15, quiet_s=1.0) is not None
-    spoken_end = call.say(phrase(HUMAN))
-    # The embedded engine asks before it transfers (an action with consequences, issue 18); the caller
-    # answers yes once the question has been heard.
-    asked = call.wait_speech(since=spoken_end, min_s=1.5, timeout=20, quiet_s=0.8)
-    assert asked is not None, "the agent did not ask before transferring"
-    call.say(phrase(YES))
+    # The embedded engine asks before it transfers (an action with consequences, issue 18).
+    assert call.ask_and_confirm(phrase(HUMAN), phrase(YES)) is not None, \
+        "the agent did not ask before transferring"
     invite = path.human.wait_received("INVITE", 25)
     assert invite is not None, "the escalation never reached the human"
     assert ruri_user(invite) == "+15550199", invite.first_line

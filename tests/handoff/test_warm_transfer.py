@@ -58,10 +58,8 @@ def start_call(path) -> Call:
 def ask_for_a_human(call: Call) -> float:
     """The caller asks for a person and says yes when the embedded engine asks back (it confirms every
     action with consequences before doing it, issue 18); returns when the yes has been sent."""
-    spoken_end = call.say(phrase(HUMAN))
-    asked = call.wait_speech(since=spoken_end, min_s=1.5, timeout=20, quiet_s=0.8)
-    assert asked is not None, "the agent did not ask before handing the call on"
-    call.say(phrase(YES))
+    assert call.ask_and_confirm(phrase(HUMAN), phrase(YES)) is not None, \
+        "the agent did not ask before handing the call on"
     return call.wait_said()
 
 

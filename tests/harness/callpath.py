@@ -84,6 +84,15 @@ class Call:
         assert self.rtp.speech_end is not None
         return self.rtp.speech_end
 
+    def ask_and_confirm(self, request: bytes, yes: bytes) -> float | None:
+        """Ask for an action, then say `yes` once the agent's question has been heard: the embedded engine
+        asks back before any action with consequences (transfer, escalation, hand-off). Returns when the
+        yes will have been sent (as `say`), or None when the agent asked nothing."""
+        spoken_end = self.say(request)
+        if self.wait_speech(since=spoken_end, min_s=1.5, timeout=20, quiet_s=0.8) is None:
+            return None
+        return self.say(yes)
+
     def hangup(self) -> str | None:
         """The caller hangs up now (BYE); returns the answer's status line."""
         status = sipp.send_bye(self.sipp)

@@ -34,12 +34,9 @@ def test_escalate_after_hours_pages_on_call_who_acknowledges_and_is_bridged(outp
     assert call.wait_answered(15)
     assert call.wait_speech(since=call.answered, min_s=2.5, timeout=25, quiet_s=1.0) is not None
     uuid = httpx.get(f"{path.gateway.admin_url}/calls", headers=OPS, timeout=10).json()[0]["uuid"]
-    spoken_end = call.say(speech_pcmu("I want to talk to a human."))
-    # The embedded engine asks before an action with consequences (issue 18): the caller says yes once
-    # the question has been heard.
-    asked = call.wait_speech(since=spoken_end, min_s=1.5, timeout=20, quiet_s=0.8)
-    assert asked is not None, "the agent did not ask before escalating"
-    call.say(speech_pcmu("Yes, please."))
+    # The embedded engine asks before an action with consequences (issue 18).
+    assert call.ask_and_confirm(speech_pcmu("I want to talk to a human."), speech_pcmu("Yes, please.")) \
+        is not None, "the agent did not ask before escalating"
 
     invite = path.human.wait_received("INVITE", 30)
     assert invite is not None, "the on-call person was never dialled"
