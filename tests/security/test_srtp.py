@@ -5,8 +5,9 @@
   ``sip_term_status`` is 488) and never reaches the dialplan.
 - An offer with AES_CM_128_HMAC_SHA1_80 is answered RTP/SAVP with an ``a=crypto`` line; both legs say
   ``rtp_has_crypto``; the call runs the real dialplan (stream to `gateway serve`, null-echo backend);
-  the carrier's 440 Hz tone is what the worker hears (decrypted) and a 660 Hz tone played on the
-  worker's leg is what the carrier hears, with no SRTP authentication failure on either side (a wrong
+  the carrier's 440 Hz tone is what the worker hears (decrypted) and what the carrier hears is the
+  worker's audio (the gateway's echo of that tone, or a 660 Hz tone played on the worker's leg), with no
+  SRTP authentication failure on either side (a wrong
   key fails the HMAC and the packet is dropped with "unprotect failed").
 
 Twilio secure trunking is TLS signalling plus SDES-SRTP media; the TLS half (Kamailio) is
@@ -159,7 +160,13 @@ async def test_mandatory_srtp_refuses_plain_and_answers_crypto_with_media(srtp_p
         # The echo of its own tone: the worker decrypted the carrier's SRTP, the gateway got the audio,
         # and the carrier decrypted the worker's SRTP reply.
         assert tone_seconds(got, 440.0) >= 2.0, tone_seconds(got, 440.0)
-        assert tone_seconds(heard, 660.0) >= 2.0, tone_seconds(heard, 660.0)
+        # The carrier hears the worker's audio: the gateway's echo of its 440 Hz tone (the module's stream
+        # playback takes the worker's write path while it holds audio, which under load is most of the time)
+        # or, between echo frames, the 660 Hz tone played on the worker's leg. Either is SRTP the carrier
+        # decrypted (its recording is RECORD_READ_ONLY, so its own tone is not in it); how the two share the
+        # 4 s depends on the machine's load, so the test asks for 2 s of the two together.
+        heard_echo, heard_tone = tone_seconds(heard, 440.0), tone_seconds(heard, 660.0)
+        assert heard_echo + heard_tone >= 2.0, (heard_echo, heard_tone)
         for fs in (worker, carrier):
             assert "unprotect failed" not in fs.log(), fs.host
     finally:
