@@ -18,6 +18,10 @@ count, and the SIP headers sized for carriers.
       notes: false                   # true: a listen-only AI note-taker transcribes caller and human
       webhook_url: https://crm.example/handoff   # optional; signed with GATEWAY_HANDOFF_WEBHOOK_SECRET
       webhook_format: generic        # generic | flex (TaskRouter task attributes, gateway/handoff/payload.py)
+      twilio:                        # Twilio Media Streams calls only (gateway/handoff/twilio_warm.py)
+        coach_to: sip:ai-coach@example.sip.twilio.com   # routes back to this gateway's /twilio/voice
+        hold_url: https://example.com/hold.mp3          # waitUrl/holdUrl; unset: Twilio's default music
+        caller_id: "+15550100"       # From of the human's leg; unset: the number the caller dialled
 
 SIP headers (`sip_headers`): a carrier or SBC may drop an INVITE that no longer fits one UDP datagram
 (RFC 3261 section 18.1.1 asks for TCP above 1300 bytes), so the AI's headers are kept to a small budget:
@@ -58,6 +62,18 @@ class Target(BaseModel):
     attributes: Attributes | None = None  # overrides the block's attributes for this target
 
 
+class TwilioHandoff(BaseModel):
+    """A warm transfer on a Twilio call (docs/handoff.md): the caller is moved into a conference and held,
+    the human is added as a participant, and the AI coach joins as a participant with `coaching` on,
+    through `coach_to`: a Twilio SIP domain address whose voice URL is this gateway's
+    /twilio/voice (Participants have no TwiML of their own)."""
+
+    model_config = ConfigDict(extra="forbid")
+    coach_to: str = Field(..., pattern=r"^sips?:[^\s;,?'\"<>&]{3,200}$")
+    hold_url: str | None = Field(None, max_length=500, pattern=r"^https?://[^\s\"<>]{3,490}$")
+    caller_id: str | None = Field(None, pattern=r"^\+[0-9]{6,16}$")
+
+
 class HandoffPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
     targets: list[Target] = Field(default_factory=list)
@@ -76,6 +92,7 @@ class HandoffPolicy(BaseModel):
     notes: bool = False  # after the bridge a listen-only AI transcribes both sides into the handoff
     accept_digit: str = Field("1", pattern=r"^[0-9*#]$")
     decline_digit: str = Field("2", pattern=r"^[0-9*#]$")
+    twilio: TwilioHandoff | None = None  # warm transfer on Twilio calls (without it they get the blind one)
 
     @field_validator("targets")
     @classmethod

@@ -371,6 +371,10 @@ def start_warm_transfer(call: Any, policy: HandoffPolicy, handoff: Handoff,
     from gateway.handoff.service import current
 
     control = getattr(call, "control", None)
+    if control is not None and getattr(control, "rest", None) is not None:  # a Twilio Media Streams call
+        from gateway.handoff.twilio_warm import start_twilio_warm_transfer
+
+        return start_twilio_warm_transfer(call, control, policy, handoff, targets)
     esl = getattr(control, "esl", None) if control is not None else None
     if esl is None:
         return "warm transfer needs FreeSWITCH call control"
