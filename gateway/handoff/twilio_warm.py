@@ -135,6 +135,7 @@ class TwilioWarmTransfer:
         self._changed = asyncio.Event()
         self._decision: asyncio.Queue[bool] = asyncio.Queue()
         self.result: str | None = None
+        self.moved = False  # the caller has left their AI session for the conference
         self.started = clock()
 
     # ------------------------------------------------------------------ Twilio -> us
@@ -195,7 +196,14 @@ class TwilioWarmTransfer:
             self.control.release()  # the caller's stream ends now on purpose (Twilio stops it)
 
         self.handoff.state = "holding"
-        await self.call.speak_then(HOLD_TEXT, move, "warm_transfer")
+        try:
+            await self.call.speak_then(HOLD_TEXT, move, "warm_transfer")
+        except CallControlError as exc:  # Twilio refused: the caller is still with their AI
+            log.warning("twilio warm transfer: the caller could not be moved", extra=fields(
+                call=self.caller_sid, handoff=self.handoff.id, error=str(exc)))
+            self.call.say(NO_ONE["carry_on"])
+            return "failed"
+        self.moved = True
         joined = await self._wait(lambda e: e.get("StatusCallbackEvent") == "participant-join"
                                   and e.get("CallSid") == self.caller_sid, JOIN_TIMEOUT_S)
         if joined is None:
@@ -275,6 +283,7 @@ class TwilioWarmTransfer:
 
     async def _add_coach(self, human: str) -> None:
         rest = self.control.rest
+        self._decision = asyncio.Queue()  # nothing said to an earlier target's coach counts here
         self.coach_wanted = True
         to = _uri_with_headers(self.twilio.coach_to, {"X-AI-Handoff-Id": self.handoff.id,
                                                       "X-AI-Coach-Token": self.coach_token})
@@ -355,6 +364,9 @@ class TwilioWarmTransfer:
                                        "hangup")
 
     async def _end_legs(self, human: str) -> None:
+        self.coach_wanted = False
+        if self.coach_sid is not None:
+            self.service.decision_done(self.coach_sid)
         await self._hangup(human)
         if self.coach_participant:
             await self._hangup(self.coach_participant)
@@ -399,8 +411,11 @@ def start_twilio_warm_transfer(call: Any, control: Any, policy: HandoffPolicy, h
             await transfer.run()
         except Exception:  # one bad transfer must not take anything else with it
             log.exception("twilio warm transfer failed", extra=fields(call=call.uuid, handoff=handoff.id))
-            with contextlib.suppress(Exception):
-                await transfer._back_to_ai()
+            if transfer.moved:  # never while the caller is still on their own stream
+                with contextlib.suppress(Exception):
+                    await transfer._back_to_ai()
+            else:
+                call.say(NO_ONE["carry_on"])
         finally:
             service.release(call.uuid)
 

@@ -317,3 +317,21 @@ async def test_coach_webhook_for_an_unknown_handoff_is_rejected(twilio_gateway, 
     status, _ = await rest.signed_post(f"http://{HOST}:{gw.media_port}/twilio/handoff/ho_{'x' * 20}/events",
                                        {"CallSid": new_sid("CA"), "CallStatus": "in-progress"})
     assert status == 404
+
+
+async def test_twilio_refusing_the_move_leaves_the_caller_with_their_ai(twilio_gateway, fake_model, rest,
+                                                                        manager_wav):
+    model = await fake_model(greeting_ms=300, reply_ms=300, caller_transcript=SAID, tool=ESCALATE)
+    gw = await twilio_gateway(model.url)
+    sid = new_sid("CA")
+    rest.unknown_calls.add(sid)  # Twilio answers the caller's Call update with 404
+    call = asyncio.create_task(place_twilio_call(f"ws://{HOST}:{gw.media_port}/twilio/stream", manager_wav,
+                                                 auth_token=TOKEN, profile="desk", call_sid=sid,
+                                                 reply_timeout=8))
+    carry_on = 'Say exactly: "I\'m sorry, no one is available right now. I can keep helping you myself."'
+    try:
+        await _until(lambda: carry_on in _said(model), 30)
+    finally:
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+    assert rest.participant_requests() == []
