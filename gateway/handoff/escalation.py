@@ -46,7 +46,7 @@ async def escalate(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
         from gateway.handoff.warm import start_warm_transfer
 
         error = start_warm_transfer(call, policy, h, targets)
-        if error is None and _on_twilio(ctx.control):  # the transfer says "please hold" itself
+        if error is None and (_on_twilio(ctx.control) or policy.hold_audio):  # it says "please hold" itself
             return ToolResult({"ok": True, "handoff_id": h.id, "status": "holding the caller"}, speak=False)
         if error is None:
             return ToolResult({"ok": True, "handoff_id": h.id, "status": "dialling a colleague",
@@ -92,7 +92,7 @@ async def operator_handoff(session: Any, reason: str, urgency: str) -> dict[str,
         from gateway.handoff.warm import start_warm_transfer
 
         error = start_warm_transfer(session, policy, h, targets)
-        if error is None and _on_twilio(control):
+        if error is None and (_on_twilio(control) or policy.hold_audio):
             return {"handoff_id": h.id, "mode": "warm", "status": "holding"}
         if error is None:
             session.say("Please hold on, I am getting a colleague for you.")
