@@ -130,7 +130,7 @@ def test_caller_hears_the_hold_audio_not_the_briefing_until_bridged(hold_path):
     # While the human rang and was briefed the caller heard the hold tone, and nothing else.
     n, tone, other = tone_frames(call.rtp.audio_packets(since=dialled_at + 0.5, until=briefing[1]))
     print(f"\ncaller while held: {n} frames, {tone} tone, {other} other sound "
-          f"(escalated {dialled_at - said:.2f} s after the caller's yes)")
+          f"(the human dialled {dialled_at - said:.2f} s after the caller's yes)")
     assert n > 100 and tone > 0.9 * n, "the caller did not hear the hold audio while the human was dialled"
     assert other < 0.03 * n, "the caller heard something besides the hold audio (the briefing?)"
 
@@ -147,3 +147,30 @@ def test_caller_hears_the_hold_audio_not_the_briefing_until_bridged(hold_path):
     path.human_rtp.say(phrase("Hello, this is Sam from billing."))
     assert call.wait_speech(since=t, min_s=1.0, timeout=10, quiet_s=0.3) is not None, \
         "the caller does not hear the human after the warm transfer"
+
+
+def test_hold_audio_stops_when_nobody_answers_and_the_ai_takes_the_caller_back(hold_path):
+    handoff = {"mode": "warm", "max_hops": 2, "hold_audio": HOLD, "on_no_answer": "carry_on",
+               "targets": [{"target": "billing", "timeout_s": 5}]}
+    path = hold_path(handoff, human={"noanswer": ("2001",)})
+    call = path.call(wait_bye_s=120)
+    assert call.wait_answered(15)
+    assert call.wait_speech(since=call.answered, min_s=2.5, timeout=25, quiet_s=1.0) is not None, \
+        "the caller heard no greeting"
+    assert call.ask_and_confirm(phrase(HUMAN), phrase(YES)) is not None, "the agent did not ask first"
+    deadline = time.monotonic() + 30
+    while not path.human.received("INVITE") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.human.received("INVITE"), "the human was never dialled"
+    dialled_at = time.monotonic()
+    time.sleep(3.5)  # ringing, inside the target's 5 s
+    n, tone, other = tone_frames(call.rtp.audio_packets(since=dialled_at + 0.5, until=time.monotonic()))
+    assert n > 100 and tone > 0.9 * n and other < 0.03 * n, (n, tone, other)
+    # No answer in 5 s: the hold audio stops and the AI tells the caller it carries on itself.
+    time.sleep(4.0)
+    back = time.monotonic()
+    said = call.wait_speech(since=back - 2.0, min_s=1.5, timeout=20, quiet_s=0.8)
+    assert said is not None, "the AI did not take the caller back"
+    time.sleep(1.0)
+    n, tone, other = tone_frames(call.rtp.audio_packets(since=back, until=time.monotonic()))
+    assert tone < 10 and other > 40, f"after no answer: {tone} tone and {other} other of {n} frames"
