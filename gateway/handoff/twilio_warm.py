@@ -374,10 +374,11 @@ class TwilioWarmTransfer:
 
 
 def coach_twiml(params: dict[str, str], stream_url: str) -> str | None:
-    """The voice webhook's answer for a coach leg (a signed request naming a handoff), else None.
-    A request naming a handoff that is not waiting for its coach, or with the wrong token, is rejected."""
-    handoff_id = params.get("SipHeader_X-AI-Handoff-Id")
-    if handoff_id is None:
+    """The voice webhook's answer for a coach leg (a signed request with a coach token), else None (an
+    ordinary call, also one handed on from elsewhere with X-AI-* headers). A coach token for a handoff
+    that is not waiting for its coach, or the wrong token, is rejected."""
+    handoff_id = params.get("SipHeader_X-AI-Handoff-Id", "")
+    if "SipHeader_X-AI-Coach-Token" not in params:
         return None
     t = _ACTIVE.get(handoff_id)
     call_sid = params.get("CallSid", "")

@@ -335,3 +335,44 @@ async def test_twilio_refusing_the_move_leaves_the_caller_with_their_ai(twilio_g
         call.cancel()
         await asyncio.gather(call, return_exceptions=True)
     assert rest.participant_requests() == []
+
+
+async def test_human_hangs_up_while_briefed_then_the_caller_leaves_while_the_next_rings(
+        twilio_gateway, fake_model, rest, manager_wav):
+    model = await fake_model(greeting_ms=300, reply_ms=300, caller_transcript=SAID, tool=ESCALATE)
+    gw = await twilio_gateway(model.url)
+    tw = Twilio(gw, rest, manager_wav)
+    conf = await tw.escalating_caller()
+    await tw.caller_joins((conf.text or "").strip())
+    _, first_sid = await tw.human(0, "ringing", "in-progress")
+    await _until(lambda: _creates(rest)[1:2])  # the coach is added
+    coach_sid = rest.added[1]
+    # The human hangs up during the briefing: the coach's call is ended, the next target rings.
+    assert await tw.event(CallSid=first_sid, CallStatus="completed", ConferenceSid=tw.conference_sid) == 204
+    assert await _until(lambda: _call_updates(rest, coach_sid)) == [{"Status": "completed"}]
+    second = (await _until(lambda: _creates(rest)[2:3]))[0]
+    second_sid = rest.added[2]
+    assert second.form["Label"] == "human" and second.form["To"].startswith("sip:+15550199@trunk.example?")
+    # The caller hangs up while it rings: that call is ended too, nobody else is dialled, the caller is gone.
+    assert await tw.event(StatusCallbackEvent="participant-leave", ConferenceSid=tw.conference_sid,
+                          CallSid=tw.caller_sid) == 204
+    assert await _until(lambda: _call_updates(rest, second_sid)) == [{"Status": "completed"}]
+    handoff_id = parse_qs(urlsplit(second.form["To"]).query)["X-AI-Handoff-Id"][0]
+    h = gw.handoffs.store.get(handoff_id)
+    assert h is not None
+    await _until(lambda: h.state == "failed")
+    assert [(a.target, a.result) for a in h.attempts] == [("billing", "declined"), ("human", "caller_gone")]
+    await asyncio.sleep(0.3)
+    assert len(_creates(rest)) == 3
+    assert len(_call_updates(rest, tw.caller_sid)) == 1  # only the move: no way back for a caller who left
+
+
+async def test_a_call_handed_on_with_ai_headers_is_an_ordinary_call(twilio_gateway, fake_model, rest):
+    model = await fake_model()
+    gw = await twilio_gateway(model.url)
+    params = {"AccountSid": ACCOUNT, "CallSid": new_sid("CA"), "From": "sip:pbx@pbx.example", "To": COACH_TO,
+              "SipHeader_X-AI-Handoff-Id": "ho_" + "y" * 20, "SipHeader_X-AI-Hops": "1"}
+    status, body = await rest.signed_post(f"http://{HOST}:{gw.media_port}/twilio/voice", params)
+    assert status == 200
+    url, stream = _stream_of(body)
+    assert stream["profile"] == "desk" and stream["hops"] == "1" and "handoff_id" not in stream
