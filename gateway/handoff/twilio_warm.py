@@ -241,12 +241,13 @@ class TwilioWarmTransfer:
             to = _uri_with_headers(address, self.service.headers(self.handoff, self.policy, target))
         from_ = self.twilio.caller_id or self.control.caller_id or "+10000000000"
         rest = self.control.rest
+        ring_s = max(5, int(target.timeout_s))  # Twilio's Timeout is 5..600 s
         self.handoff.state = "ringing"
         mark = len(self.events)
         try:
             created = await self.control.request(
                 lambda: rest.conferences(self.conference_sid).participants.create_async(
-                    from_=from_, to=to, label="human", timeout=int(target.timeout_s),
+                    from_=from_, to=to, label="human", timeout=ring_s,
                     status_callback=self.events_url, status_callback_method="POST",
                     status_callback_event=PARTICIPANT_EVENTS, start_conference_on_enter=True,
                     end_conference_on_exit=False, beep="false", early_media=False),
