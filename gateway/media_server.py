@@ -277,4 +277,11 @@ def media_app(gateway: Gateway) -> web.Application:
             return await voice_webhook(gateway, request)
 
         app.router.add_post("/twilio/voice", twilio_voice)
+
+        from gateway.twilio_webhook import handoff_events
+
+        async def twilio_handoff(request: web.Request) -> web.StreamResponse:
+            return await handoff_events(gateway, request)
+
+        app.router.add_post("/twilio/handoff/{handoff_id}/events", twilio_handoff)
     return app

@@ -57,13 +57,39 @@ async def voice_webhook(gateway: Gateway, request: web.Request) -> web.StreamRes
     profile = gateway.profiles.select("", called)
     base = public_url(gateway.settings, request, scheme=None).removesuffix(request.rel_url.path_qs)
     stream_url = ("wss" if base.startswith("https") else "ws") + base[base.index("://"):] + "/twilio/stream"
+    from gateway.handoff.twilio_warm import coach_twiml
+
+    coach = coach_twiml(params, stream_url)  # a warm transfer's AI coach leg (gateway/handoff/twilio_warm.py)
+    if coach is not None:
+        return web.Response(text=coach, content_type="application/xml")
     response = VoiceResponse()
     connect = Connect()
     stream = connect.stream(url=stream_url)
     for name, value in (("profile", profile.name), ("caller", caller), ("called", called),
                         ("callSid", call_sid)):
         stream.parameter(name=name, value=value)
+    hops = params.get("SipHeader_X-AI-Hops", "")  # handed on before (a SIP domain call, X- headers)
+    if hops.isdigit() and len(hops) <= 2:
+        stream.parameter(name="hops", value=hops)
     response.append(connect)
     log.info("twilio call", extra=fields(call=call_sid, profile=profile.name, caller=pii(caller),
                                          callee=pii(called)))
     return web.Response(text=str(response), content_type="application/xml")
+
+
+async def handoff_events(gateway: Gateway, request: web.Request) -> web.StreamResponse:
+    """Conference and participant status callbacks of a Twilio warm transfer
+    (gateway/handoff/twilio_warm.py), signed like every Twilio request."""
+    from gateway.handoff.twilio_warm import active
+
+    form = await request.post()
+    params = {k: str(v) for k, v in form.items()}
+    if not valid_signature(gateway.settings, request, params):
+        m.AUTH_FAILURES.inc()
+        log.warning("twilio handoff callback refused: bad signature", extra=fields(peer=request.remote))
+        return web.Response(status=403, text="bad signature\n")
+    transfer = active(request.match_info["handoff_id"])
+    if transfer is None:
+        return web.Response(status=404, text="no such transfer\n")
+    transfer.event(params)
+    return web.Response(status=204)

@@ -266,6 +266,16 @@ class CallSession:
             await self._confirmation_played(done_before)
         await self._quiet_then(act, outcome)
 
+    async def say_and_wait(self, text: str) -> None:
+        """Have the agent say `text` verbatim and wait (bounded) until the caller heard it; the call goes
+        on as before (a warm transfer starts the profile's hold audio then, gateway/handoff/warm.py)."""
+        done_before = self._responses_done
+        if self.say(text):
+            await self._confirmation_played(done_before)
+        self._leaving = False
+        if self.playback is not None:
+            self.playback.accepting = True
+
     async def act_when_quiet(self, act: Callable[[], Any], outcome: str | None) -> None:
         """Public form of `_quiet_then` for verbs built outside the call (gateway/handoff/)."""
         await self._quiet_then(act, outcome)

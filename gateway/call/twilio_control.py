@@ -82,15 +82,24 @@ class TwilioControl:
     def release(self) -> None:
         self.released = True
 
+    @property
+    def rest(self) -> Client:
+        """The SDK client (gateway/handoff/twilio_warm.py drives conferences with it)."""
+        return self._client
+
+    async def request(self, request, verb: str):  # type: ignore[no-untyped-def]
+        """Run one SDK request (`lambda: client....create_async(...)`), errors as CallControlError."""
+        return await self._call(request, verb)
+
     def _target(self, target: str) -> str:
         target = target.strip()
         if not _TARGET.fullmatch(target):
             raise CallControlError(f"not a phone number or sip: URI: {target!r}", kind=ErrorKind.INVALID)
         return target
 
-    async def _call(self, request, verb: str) -> None:  # type: ignore[no-untyped-def]
+    async def _call(self, request, verb: str):  # type: ignore[no-untyped-def]
         try:
-            await request()
+            return await request()
         except TwilioRestException as exc:
             kind = ErrorKind.INVALID if exc.status == 400 else ErrorKind.REFUSED
             log.warning("twilio refused", extra=fields(call=self.uuid, verb=verb, status=exc.status,

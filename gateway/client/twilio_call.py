@@ -109,10 +109,11 @@ async def place_twilio_call(
     quiet_s: float = 0.8,
     reply_timeout: float = 15.0,
     max_duration: float = 120.0,
+    call_sid: str | None = None,
 ) -> TwilioCallSummary:
     from twilio.request_validator import RequestValidator
 
-    call_sid, stream_sid = new_sid("CA"), new_sid("MZ")
+    call_sid, stream_sid = call_sid or new_sid("CA"), new_sid("MZ")
     s = TwilioCallSummary(url=url, call_sid=call_sid, stream_sid=stream_sid)
     t_start = time.monotonic()
     pcm = load_audio(audio, 8000)

@@ -23,18 +23,30 @@ class Briefing:
     context: str
 
 
-def briefing_text(h: Handoff, accept_digit: str = "1", decline_digit: str = "2") -> str:
+def briefing_text(h: Handoff, accept_digit: str = "1", decline_digit: str = "2", *,
+                  spoken: bool = False) -> str:
     s = h.summary
     who = s.slots.name or "a caller"
     parts = [f"Incoming call from {who}.", s.text]
     if s.urgency == "high":
         parts.insert(1, "This is urgent.")
-    parts.append(f"Press {accept_digit} to take the call, or {decline_digit} to decline.")
+    if spoken:  # a Twilio conference passes no DTMF to the coach's stream: the colleague answers aloud
+        parts.append("Say yes to take the call, or no to decline.")
+    else:
+        parts.append(f"Press {accept_digit} to take the call, or {decline_digit} to decline.")
     return " ".join(p.strip() for p in parts if p.strip())
 
 
 def briefing_for(meta: Any) -> Briefing | None:
     """The briefing for a stream whose metadata names a handoff this gateway holds, else None."""
+    back = str((getattr(meta, "extra", None) or {}).get("handoff_return") or "")
+    if _ID.fullmatch(back):  # a Twilio caller back from a warm transfer nobody took (twilio_warm.py)
+        from gateway.handoff.twilio_warm import returning_greeting
+
+        said = returning_greeting(back, str(getattr(meta, "call_id", "")))
+        if said is not None:
+            return Briefing(said, "\n\nNo colleague could take this call just now; you told the caller so. "
+                                  "Do not transfer again: help them yourself or take a message.")
     handoff_id = str((getattr(meta, "extra", None) or {}).get("handoff_id") or "")
     if getattr(meta, "caller", "") != "ai-briefing" or not _ID.fullmatch(handoff_id):
         return None
@@ -47,4 +59,5 @@ def briefing_for(meta: Any) -> Briefing | None:
     context = ("\n\nYou are briefing a human colleague who is about to take over a call; the caller cannot "
                f"hear you. Handoff summary: {h.summary.text} Reason: {h.summary.reason}. Urgency: "
                f"{h.summary.urgency}. Answer the colleague's questions about the call in one short sentence.")
-    return Briefing(briefing_text(h, accept, decline), context)
+    twilio = bool(getattr(meta, "stream_id", ""))  # the coach leg of a Twilio warm transfer
+    return Briefing(briefing_text(h, accept, decline, spoken=twilio), context)

@@ -21,6 +21,10 @@ def targets_of(profile: Any, policy: HandoffPolicy) -> list[Target]:
     return [Target(target=profile.escalation_target)] if profile.escalation_target else []
 
 
+def _on_twilio(control: Any) -> bool:
+    return getattr(control, "rest", None) is not None  # gateway/call/twilio_control.py
+
+
 async def escalate(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
     profile, call = ctx.profile, ctx.call
     policy: HandoffPolicy = profile.handoff
@@ -42,6 +46,8 @@ async def escalate(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
         from gateway.handoff.warm import start_warm_transfer
 
         error = start_warm_transfer(call, policy, h, targets)
+        if error is None and (_on_twilio(ctx.control) or policy.hold_audio):  # it says "please hold" itself
+            return ToolResult({"ok": True, "handoff_id": h.id, "status": "holding the caller"}, speak=False)
         if error is None:
             return ToolResult({"ok": True, "handoff_id": h.id, "status": "dialling a colleague",
                                "say": "Tell the caller you are getting a colleague and ask them to hold on."})
@@ -86,6 +92,8 @@ async def operator_handoff(session: Any, reason: str, urgency: str) -> dict[str,
         from gateway.handoff.warm import start_warm_transfer
 
         error = start_warm_transfer(session, policy, h, targets)
+        if error is None and (_on_twilio(control) or policy.hold_audio):
+            return {"handoff_id": h.id, "mode": "warm", "status": "holding"}
         if error is None:
             session.say("Please hold on, I am getting a colleague for you.")
             return {"handoff_id": h.id, "mode": "warm", "status": "dialling"}

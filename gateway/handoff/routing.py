@@ -12,12 +12,19 @@ count, and the SIP headers sized for carriers.
       max_hops: 2                    # refuse a handoff once a call has been handed on this often
       mode: warm                     # warm (briefing + accept) | blind (transfer with headers)
       on_no_answer: carry_on         # carry_on | take_message | hangup
+      hold_audio: tone_stream://%(2000,4000,440);loops=-1   # SIP warm transfer: what the caller hears
+                                     # while the human is dialled and briefed (unset: the caller stays
+                                     # with the AI); an absolute file path, tone_stream:// or local_stream://
       accept_timeout_s: 30           # after answering: time to press accept_digit (1) / decline_digit (2)
       coach: false                   # true: the briefing AI stays on the human's leg as a whisper coach;
                                      # the human presses 0 to hear the summary again, * to send it away
       notes: false                   # true: a listen-only AI note-taker transcribes caller and human
       webhook_url: https://crm.example/handoff   # optional; signed with GATEWAY_HANDOFF_WEBHOOK_SECRET
       webhook_format: generic        # generic | flex (TaskRouter task attributes, gateway/handoff/payload.py)
+      twilio:                        # Twilio Media Streams calls only (gateway/handoff/twilio_warm.py)
+        coach_to: sip:ai-coach@example.sip.twilio.com   # routes back to this gateway's /twilio/voice
+        hold_url: https://example.com/hold.mp3          # waitUrl/holdUrl; unset: Twilio's default music
+        caller_id: "+15550100"       # From of the human's leg; unset: the number the caller dialled
 
 SIP headers (`sip_headers`): a carrier or SBC may drop an INVITE that no longer fits one UDP datagram
 (RFC 3261 section 18.1.1 asks for TCP above 1300 bytes), so the AI's headers are kept to a small budget:
@@ -58,6 +65,26 @@ class Target(BaseModel):
     attributes: Attributes | None = None  # overrides the block's attributes for this target
 
 
+# What FreeSWITCH can play as hold audio (uuid_broadcast): an absolute path to a sound file
+# (mod_sndfile / mod_native_file formats), a tone_stream:// (mod_tone_stream, TGML
+# https://developer.signalwire.com/freeswitch/FreeSWITCH-Explained/Modules/mod_tone_stream_6586599/) or a
+# local_stream:// music-on-hold source (mod_local_stream). One token: no spaces, quotes or braces.
+HOLD_AUDIO = re.compile(r"(/(?!.*\.\.)[A-Za-z0-9_./-]{1,250}\.(wav|r8|r16|pcmu|pcma)"
+                        r"|tone_stream://[%(),;=0-9A-Za-z.+-]{1,200}|local_stream://[A-Za-z0-9_-]{1,64})")
+
+
+class TwilioHandoff(BaseModel):
+    """A warm transfer on a Twilio call (docs/handoff.md): the caller is moved into a conference and held,
+    the human is added as a participant, and the AI coach joins as a participant with `coaching` on,
+    through `coach_to`: a Twilio SIP domain address whose voice URL is this gateway's
+    /twilio/voice (Participants have no TwiML of their own)."""
+
+    model_config = ConfigDict(extra="forbid")
+    coach_to: str = Field(..., pattern=r"^sips?:[^\s;,?'\"<>&]{3,200}$")
+    hold_url: str | None = Field(None, max_length=500, pattern=r"^https?://[^\s\"<>]{3,490}$")
+    caller_id: str | None = Field(None, pattern=r"^\+[0-9]{6,16}$")
+
+
 class HandoffPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
     targets: list[Target] = Field(default_factory=list)
@@ -76,6 +103,16 @@ class HandoffPolicy(BaseModel):
     notes: bool = False  # after the bridge a listen-only AI transcribes both sides into the handoff
     accept_digit: str = Field("1", pattern=r"^[0-9*#]$")
     decline_digit: str = Field("2", pattern=r"^[0-9*#]$")
+    twilio: TwilioHandoff | None = None  # warm transfer on Twilio calls (without it they get the blind one)
+    hold_audio: str | None = Field(None, max_length=260)  # SIP warm transfer: played to the held caller
+
+    @field_validator("hold_audio")
+    @classmethod
+    def _hold_audio(cls, value: str | None) -> str | None:
+        if value is not None and not HOLD_AUDIO.fullmatch(value):
+            raise ValueError("hold_audio must be an absolute sound file path (.wav .r8 .r16 .pcmu .pcma), "
+                             "a tone_stream:// or a local_stream:// URI")
+        return value
 
     @field_validator("targets")
     @classmethod

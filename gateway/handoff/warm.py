@@ -62,6 +62,7 @@ RESULT_OF_CAUSE = {
 }
 # What the caller's AI says, verbatim (both model backends follow the "Say exactly" contract), so an
 # operator knows what callers hear.
+HOLD = "Please hold on, I am getting a colleague for you."
 TRY_NEXT = "I'm sorry, that colleague is not available. Let me try someone else, please stay on the line."
 INTRODUCE = "I have {name} on the line for you now. Connecting you."
 NO_ONE = {
@@ -133,6 +134,7 @@ class WarmTransfer:
     async def run(self) -> str:
         caller = _Leg(self.client, self.control.uuid, self._clock)
         try:
+            await self._hold(True)
             for i, target in enumerate(self.targets):
                 if caller.ended.is_set():
                     self.result = "caller_gone"
@@ -151,16 +153,44 @@ class WarmTransfer:
                     self.result = result
                     break
                 if i + 1 < len(self.targets):
-                    self.call.say(TRY_NEXT)
+                    if self.policy.hold_audio:
+                        await self._hold(False)
+                        await self.call.say_and_wait(TRY_NEXT)
+                        await self._hold(True, announce=False)
+                    else:
+                        self.call.say(TRY_NEXT)
             else:
                 self.result = "no_one"
+                await self._hold(False)
                 self._no_one()
             return self.result or "no_one"
         finally:
             caller.close()
+            if self._holding:  # the caller gone, or an error: no hold audio left behind
+                await self._hold(False)
             self.handoff.state = {"accepted": "accepted"}.get(self.result or "", "failed")
 
     _briefing_ms: float | None = None
+    _holding = False
+
+    async def _hold(self, on: bool, announce: bool = True) -> None:
+        """The profile's hold audio to the caller (uuid_broadcast on its parked channel) while the human
+        is dialled and briefed; stopped (uuid_break all) before the AI speaks to the caller again.
+        Without hold_audio the caller stays with the AI and hears nothing else."""
+        audio = self.policy.hold_audio
+        if not audio or on == self._holding:
+            return
+        c = self.control.uuid
+        try:
+            if on:
+                if announce:
+                    await self.call.say_and_wait(HOLD)
+                await self.client.api(commands.uuid_broadcast(c, audio, "aleg"))
+            else:
+                await self.client.api(commands.uuid_break(c, True))
+            self._holding = on
+        except (EslError, ValueError) as exc:  # no hold audio is no reason to drop the transfer
+            log.warning("hold audio", extra=fields(call=c, handoff=self.handoff.id, on=on, error=str(exc)))
 
     async def _try(self, target: Target, caller: _Leg) -> tuple[str, str, str | None]:
         self._briefing_ms = None
@@ -260,6 +290,7 @@ class WarmTransfer:
             await self.client.api(f"uuid_bridge {commands.uuid(self.control.uuid)} {commands.uuid(h_uuid)}")
 
         name = target.target.replace("_", " ").replace("-", " ")
+        await self._hold(False)
         await self.call.speak_then(INTRODUCE.format(name=f"a colleague from {name}"), act, "warm_transferred")
         if self.policy.coach:
             self.service.keep(asyncio.get_running_loop().create_task(self._coach(h_uuid)))
@@ -371,6 +402,10 @@ def start_warm_transfer(call: Any, policy: HandoffPolicy, handoff: Handoff,
     from gateway.handoff.service import current
 
     control = getattr(call, "control", None)
+    if control is not None and getattr(control, "rest", None) is not None:  # a Twilio Media Streams call
+        from gateway.handoff.twilio_warm import start_twilio_warm_transfer
+
+        return start_twilio_warm_transfer(call, control, policy, handoff, targets)
     esl = getattr(control, "esl", None) if control is not None else None
     if esl is None:
         return "warm transfer needs FreeSWITCH call control"

@@ -101,6 +101,11 @@ class TwilioMediaCodec:
         for key in ("direction", "tenant", "vars"):
             if params.get(key):
                 extra[key] = params[key]
+        # a warm transfer's coach leg / a caller back from one (gateway/handoff/twilio_warm.py): checked
+        # there against the handoffs this gateway holds; the hop count as the X-AI-Hops header gives it
+        for key in ("handoff_id", "handoff_return", "hops"):
+            if params.get(key):
+                extra[key] = params[key]
         conversation = params.get("ConversationSid")
         if conversation is not None:
             # A Twilio Conversation's SID as a <Parameter> of the <Stream>: the caller's memory key

@@ -4,6 +4,12 @@ It answers the documented JSON resources (https://www.twilio.com/docs/voice/api/
 https://www.twilio.com/docs/voice/api/conference-participant-resource) and Twilio's error body
 (`{"code", "message", "more_info", "status"}`), checks HTTP Basic auth (AccountSid:AuthToken), and
 records every request so tests assert on what Twilio would have received.
+
+Conferences (https://www.twilio.com/docs/voice/api/conference-participant-resource): Create Participant
+(From and To required; Coaching=true needs CallSidToCoach) answers a new participant with its own CallSid;
+Update Participant (Hold, HoldUrl, EndConferenceOnExit, ...) answers the participant with the changes.
+A test plays Twilio's side of the callbacks with `signed_post`, signed as Twilio signs them
+(X-Twilio-Signature, https://www.twilio.com/docs/usage/webhooks/webhooks-security).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ class Request:
     method: str
     path: str
     form: dict[str, str]
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # the form as sent (repeated keys kept)
 
 
 @dataclass
@@ -36,6 +43,10 @@ class FakeTwilioRest:
     created: dict[str, list[str]] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
     _parties: dict[str, tuple[str, str]] = field(default_factory=dict)
+    participants: dict[str, dict[str, Any]] = field(default_factory=dict)  # CallSid -> participant
+    added: list[str] = field(default_factory=list)  # CallSids of the participants created, in order
+    conference_sids: dict[str, str] = field(default_factory=dict)  # friendly name -> CF SID
+    refuse: set[str] = field(default_factory=set)  # participant `To`s answered with 400 (invalid number)
     port: int = 0
 
     @property
@@ -49,6 +60,8 @@ class FakeTwilioRest:
         app.router.add_post("/2010-04-01/Accounts/{ac}/Calls/{sid}.json", self._update_call)
         app.router.add_post("/2010-04-01/Accounts/{ac}/Conferences/{conf}/Participants.json",
                             self._participant)
+        app.router.add_post("/2010-04-01/Accounts/{ac}/Conferences/{conf}/Participants/{sid}.json",
+                            self._update_participant)
         app.router.add_post("/v1/Conversations/{conv}/Messages", self._message)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -142,16 +155,74 @@ class FakeTwilioRest:
         to, from_ = self._parties[sid]
         return web.json_response(self._call_json(sid, steps[0], to, from_))
 
+    def _participant_json(self, conf: str, sid: str, p: dict[str, Any]) -> dict[str, Any]:
+        """A Participant resource as Twilio returns it (conference addressed by name or by SID)."""
+        conference_sid = conf if conf.startswith("CF") else self.conference_sids.setdefault(
+            conf, "CF" + uuid.uuid4().hex)
+        return {"account_sid": self.account_sid, "call_sid": sid, "label": p.get("label"),
+                "call_sid_to_coach": p.get("call_sid_to_coach"), "coaching": p.get("coaching", False),
+                "conference_sid": conference_sid, "date_created": "Sun, 06 Dec 2026 10:00:00 +0000",
+                "date_updated": "Sun, 06 Dec 2026 10:00:00 +0000",
+                "end_conference_on_exit": p.get("end_conference_on_exit", False),
+                "muted": p.get("muted", False), "hold": p.get("hold", False),
+                "start_conference_on_enter": p.get("start_conference_on_enter", True),
+                "status": p.get("status", "queued"), "queue_time": None,
+                "uri": f"/2010-04-01/Accounts/{self.account_sid}/Conferences/{conference_sid}/Participants/"
+                       f"{sid}.json"}
+
     async def _participant(self, request: web.Request) -> web.Response:
-        form = {k: str(v) for k, v in (await request.post()).items()}
-        self.requests.append(Request("POST", request.path, form))
+        """Create Participant."""
+        posted = await request.post()
+        form = {k: str(v) for k, v in posted.items()}
+        self.requests.append(Request("POST", request.path, form, [(k, str(v)) for k, v in posted.items()]))
         if not self._authorized(request):
             return self._error(401, 20003, "Authenticate")
-        return web.json_response({
-            "account_sid": self.account_sid, "call_sid": "CA" + "1" * 32,
-            "conference_sid": "CF" + "2" * 32, "status": "queued", "muted": False, "hold": False,
-            "coaching": False, "label": None,
-        }, status=201)
+        if not form.get("From") or not form.get("To"):
+            return self._error(400, 21201, "No 'To' or 'From' specified")
+        coaching = form.get("Coaching") == "true"
+        if coaching and not form.get("CallSidToCoach"):
+            return self._error(400, 21210, "CallSidToCoach is required when Coaching is true")
+        if form["To"] in self.refuse:
+            return self._error(400, 21211, f"Invalid 'To' Phone Number: {form['To']}")
+        sid = "CA" + uuid.uuid4().hex
+        p = {"label": form.get("Label"), "coaching": coaching,
+             "call_sid_to_coach": form.get("CallSidToCoach"),
+             "end_conference_on_exit": form.get("EndConferenceOnExit") == "true",
+             "start_conference_on_enter": form.get("StartConferenceOnEnter", "true") == "true",
+             "muted": form.get("Muted") == "true"}
+        self.participants[sid] = p
+        self.added.append(sid)
+        return web.json_response(self._participant_json(request.match_info["conf"], sid, p), status=201)
+
+    async def _update_participant(self, request: web.Request) -> web.Response:
+        """Update Participant (Hold, HoldUrl, Muted, EndConferenceOnExit, ...)."""
+        posted = await request.post()
+        form = {k: str(v) for k, v in posted.items()}
+        self.requests.append(Request("POST", request.path, form, [(k, str(v)) for k, v in posted.items()]))
+        if not self._authorized(request):
+            return self._error(401, 20003, "Authenticate")
+        sid = request.match_info["sid"]
+        p = self.participants.setdefault(sid, {"status": "connected"})
+        for key, name in (("Hold", "hold"), ("Muted", "muted"), ("Coaching", "coaching"),
+                          ("EndConferenceOnExit", "end_conference_on_exit")):
+            if key in form:
+                p[name] = form[key] == "true"
+        return web.json_response(self._participant_json(request.match_info["conf"], sid, p))
+
+    def participant_requests(self) -> list[Request]:
+        return [r for r in self.requests if "/Participants" in r.path]
+
+    async def signed_post(self, url: str, params: dict[str, str], *, sign_url: str | None = None,
+                          signature: str | None = None) -> tuple[int, str]:
+        """POST a form to the gateway as Twilio does, signed with this account's auth token."""
+        import aiohttp
+        from twilio.request_validator import RequestValidator
+
+        sig = signature if signature is not None else \
+            RequestValidator(self.auth_token).compute_signature(sign_url or url, params)
+        async with aiohttp.ClientSession() as http, http.post(url, data=params,
+                                                               headers={"X-Twilio-Signature": sig}) as resp:
+            return resp.status, await resp.text()
 
     def calls_updates(self) -> list[dict[str, Any]]:
         return [r.form for r in self.requests if "/Calls/" in r.path]

@@ -86,3 +86,30 @@ def test_policy_defaults():
     assert p.max_hops == 2 and p.mode == "blind" and p.on_no_answer == "carry_on"
     r = _summary().redacted(Redactor(RedactionPolicy()))
     assert r.text == _summary().text
+
+
+@pytest.mark.parametrize("value", ["tone_stream://%(2000,4000,440,480);loops=-1", "local_stream://moh",
+                                   "/usr/share/freeswitch/sounds/hold.wav", "/srv/hold/music.r8"])
+def test_hold_audio_accepts_files_tones_and_local_streams(value):
+    p = Profile.model_validate({**BASE, "handoff": {"mode": "warm", "hold_audio": value}})
+    assert p.handoff is not None and p.handoff.hold_audio == value
+
+
+@pytest.mark.parametrize("value", ["hold.wav", "/srv/../etc/passwd.wav", "/srv/hold.mp3", "http://x/hold.wav",
+                                   "tone_stream://%(1,0,440) aleg", "local_stream://moh;evil", "shout://x",
+                                   "tone_stream://%(1,0,440)'x"])
+def test_hold_audio_refuses_anything_else(value):
+    with pytest.raises(ValueError, match="hold_audio must be"):
+        Profile.model_validate({**BASE, "handoff": {"mode": "warm", "hold_audio": value}})
+
+
+def test_twilio_block_needs_a_sip_coach_address():
+    ok = Profile.model_validate({**BASE, "handoff": {"mode": "warm", "twilio": {
+        "coach_to": "sip:ai-coach@desk.sip.twilio.com", "hold_url": "https://h.example/m.mp3",
+        "caller_id": "+15550100"}}})
+    assert ok.handoff is not None and ok.handoff.twilio is not None
+    for bad in ({"coach_to": "+15550100"}, {"coach_to": "sip:a@b?X-Evil=1"},
+                {"coach_to": "sip:a@b.example", "hold_url": "ftp://x"},
+                {"coach_to": "sip:a@b.example", "caller_id": "5550100"}):
+        with pytest.raises(ValueError):
+            Profile.model_validate({**BASE, "handoff": {"mode": "warm", "twilio": bad}})

@@ -1,7 +1,8 @@
 """A handoff on a Twilio Media Streams call: the same `escalate` tool and profile, through Twilio's REST
-API (the local fake of api.twilio.com). Warm transfer needs FreeSWITCH call control, so a Twilio call gets
-the blind handoff: summary, attributes and hop count as X- headers on the <Sip> URI (Twilio passes them
-on: https://www.twilio.com/docs/voice/twiml/sip#custom-headers), the handoff kept for the fetch."""
+API (the local fake of api.twilio.com). Without a `handoff.twilio` block (test_twilio_warm.py) a Twilio
+call in `mode: warm` gets the blind handoff: summary, attributes and hop count as X- headers on the <Sip>
+URI (Twilio passes them on: https://www.twilio.com/docs/voice/twiml/sip#custom-headers), the handoff kept
+for the fetch."""
 
 from __future__ import annotations
 
