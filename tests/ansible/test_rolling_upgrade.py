@@ -254,6 +254,7 @@ def test_rolling_upgrade_under_load_drops_no_call(appliance: Appliance) -> None:
          "-s", "1000", "-i", CARRIER, "-p", str(free_port(CARRIER)), "-mp", str(free_port(CARRIER, span=4)),
          "-r", str(CALL_RATE), "-m", "600",
          "-d", str(HOLD_MS), "-nostdin", "-trace_stat", "-stf", str(csv_path), "-fd", "1",
+         "-trace_err", "-error_file", str(app.tmp / "carrier-errors.log"),
          "-timeout", "900s", "-timeout_error", "-max_socket", "512"],
         cwd=app.tmp, stdout=(app.tmp / "carrier.log").open("ab"), stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, start_new_session=True)
@@ -302,7 +303,9 @@ def test_rolling_upgrade_under_load_drops_no_call(appliance: Appliance) -> None:
     print(f"rolling upgrade: {placed} calls placed, {stats.failed} failed, sequence {sequence_s:.0f}s, "
           "drains: " + ", ".join(f"{k} {v:.1f}s" for k, v in drains.items()))
     assert placed >= 30, (stats, (app.tmp / "carrier.log").read_text()[-3000:])
-    assert stats.failed == 0, (stats, (app.tmp / "carrier.log").read_text()[-3000:])
+    errors = app.tmp / "carrier-errors.log"  # each unexpected message, with the SIP it got
+    assert stats.failed == 0, (stats, errors.read_text()[-6000:] if errors.exists() else "",
+                               (app.tmp / "carrier.log").read_text()[-3000:])
     # Both workers and both gateways took calls after coming back (the dispatcher list says active).
     flags = app.edge.worker_flags()
     assert all(flags[fs.sip_uri].startswith("A") for fs in app.workers.values()), flags

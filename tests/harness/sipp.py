@@ -43,7 +43,7 @@ _DLG = """Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
 CALLER_TEMPLATE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
 <scenario name="carrier caller">
-  <send retrans="500">
+  <send retrans="500" start_txn="invite">
     <![CDATA[
       INVITE sip:{number}@[remote_ip]:[remote_port] SIP/2.0
       Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
@@ -59,15 +59,15 @@ CALLER_TEMPLATE = """<?xml version="1.0" encoding="ISO-8859-1" ?>
       {sdp}
     ]]>
   </send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="183" optional="true"/>
+  <recv response="100" optional="true" response_txn="invite"/>
+  <recv response="180" optional="true" response_txn="invite"/>
+  <recv response="183" optional="true" response_txn="invite"/>
   {answer}
 </scenario>
 """
 
-ANSWER_200 = """<recv response="200" rtd="true" rrs="true"/>
-  <send>
+ANSWER_200 = """<recv response="200" rtd="true" rrs="true" response_txn="invite"/>
+  <send ack_txn="invite">
     <![CDATA[
       ACK [next_url] SIP/2.0
       [routes]
