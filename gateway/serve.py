@@ -58,7 +58,8 @@ class Gateway:
         self.fallback = fallback or FallbackPrompts(self.profiles, settings.fallback_voice)
         self.registry = CallRegistry(settings.max_calls)
         self.calls = self.registry.calls
-        self.records = Records.from_settings(settings, self.profiles)  # None without GATEWAY_RECORDS_URL
+        # None without GATEWAY_RECORDS_URL; each record carries its call's tenant
+        self.records = Records.from_settings(settings, self.profiles, self.tenants)
         self.handoffs = install_handoffs(settings, self.profiles)  # gateway/handoff/
         self.handoffs.sessions = self.registry.get
         self.control_plane: ControlPlane | None = None
