@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.log import fields
 from gateway.records.analysis import WebhookSender, analyse
 from gateway.records.memory import memory_instructions, next_memory
+from gateway.records.metrics import CALLS_RECORDED
 from gateway.records.policy import RecordsPolicy
 from gateway.records.redact import Redactor
 from gateway.records.store import DEFAULT_TENANT, RecordFilter, Store, open_store
@@ -146,7 +147,12 @@ class Records:
     def open_call(
         self, call_id: str, start: StreamStart, profile: Profile, call_clock: Callable[[], float]
     ) -> CallRecorder:
-        return CallRecorder(self, call_id, start, profile, call_clock, tenant=self.tenant_of(start, profile))
+        tenant = self.tenant_of(start, profile)
+        recorder = CallRecorder(self, call_id, start, profile, call_clock, tenant=tenant)
+        if recorder.enabled:
+            label = self.tenants.get(tenant).metric_label if self.tenants is not None else tenant
+            CALLS_RECORDED.labels(tenant=label).inc()
+        return recorder
 
     async def memory_for(self, caller_key: str, policy: RecordsPolicy, tenant: str = DEFAULT_TENANT) -> str:
         """The memory block for a call's instructions: only what this tenant remembers of the caller."""
