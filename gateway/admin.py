@@ -173,7 +173,15 @@ def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | Non
                 if live is not None:
                     info["live"] = live.info()
                 return info
-        return _info(_call(uuid, request))
+        try:
+            return _info(_call(uuid, request))
+        except HTTPException:
+            # An outbound call that ended before this process started: its outcome from the store.
+            if records is not None and outbound is not None:
+                kept = await records.get_outcome(uuid, _principal(request).tenant)
+                if kept is not None:
+                    return kept | {"restored": True}
+            raise
 
     @app.post("/calls/{uuid}/hangup", summary="end the call (an outbound call also while queued or ringing)")
     async def hangup(uuid: str, request: Request) -> dict[str, Any]:

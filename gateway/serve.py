@@ -92,6 +92,7 @@ class Gateway:
                 stream_url=settings.outbound_twilio_stream_url,
                 ring_timeout_s=settings.outbound_ring_timeout_s,
                 base_url=settings.twilio_api_base_url)
+        self.outbound.records = self.records  # final outcomes kept in the store (None: in memory only)
         self.ladders = Ladders(settings, self.outbound, self.profiles, self.tenants, self.registry)
         self.ladders.install()  # the `escalate` tool pages the on-call ladder after hours
 

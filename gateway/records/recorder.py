@@ -213,6 +213,24 @@ class Records:
     async def get_memory(self, caller: str, tenant: str = DEFAULT_TENANT) -> dict[str, Any] | None:
         return await self.writer.run_in_store(self.store.get_memory, self.caller_key(caller), tenant)  # type: ignore[no-any-return]
 
+    def outcome(self, kind: str, outcome_id: str, tenant: str, state: str, ended_at: float | None,
+                doc: dict[str, Any], profile: str = "") -> None:
+        """Keep the outcome of something done outside a call's stream (an outbound call) in the store,
+        redacted by its profile's policy first; not when that profile stores no records."""
+        policy = self.profiles.select(profile).records if self.profiles is not None else RecordsPolicy()
+        if not policy.store:
+            return
+        redactor = Redactor(policy.redaction)
+        clean = redactor.value(doc)
+        for key in ("to", "caller_id"):
+            if isinstance(doc.get(key), str):
+                clean[key] = redactor.number(doc[key])
+        self.writer.submit("outcome", {"id": outcome_id, "kind": kind, "tenant": tenant, "state": state,
+                                       "ended_at": ended_at, "doc": clean})
+
+    async def get_outcome(self, outcome_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        return await self.writer.run_in_store(self.store.get_outcome, outcome_id, tenant)  # type: ignore[no-any-return]
+
     async def audit_log(self, limit: int, tenant: str | None = None) -> list[dict[str, Any]]:
         return list(await self.writer.run_in_store(self.store.audit_log, limit, tenant))
 

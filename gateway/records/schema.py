@@ -115,6 +115,23 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE memory_v2 RENAME TO memory",
         ],
     ),
+    (
+        3,
+        "outcomes of what the gateway did outside a call's stream (outbound calls), kept over a restart",
+        [
+            # One row per outbound call (gateway/outbound/): its final state and its call object as the
+            # admin API shows it (numbers masked and strings redacted by the profile's policy).
+            """CREATE TABLE outcomes (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            state TEXT NOT NULL,
+            ended_at {real},
+            doc {json} NOT NULL
+        )""",
+            "CREATE INDEX outcomes_tenant ON outcomes (tenant, kind, ended_at)",
+        ],
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

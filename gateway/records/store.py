@@ -258,6 +258,29 @@ class Store:
                 ),
             )
 
+    def _op_outcome(self, cur: Any, d: dict[str, Any]) -> None:
+        cur.execute(
+            self._sql(
+                "INSERT INTO outcomes (id, kind, tenant, state, ended_at, doc) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET state = excluded.state, ended_at = excluded.ended_at, "
+                "doc = excluded.doc"
+            ),
+            (d["id"], d["kind"], _tenant(d), d["state"], d.get("ended_at"), json.dumps(d["doc"])),
+        )
+
+    def get_outcome(self, outcome_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        """A stored outcome's document; with `tenant`, only if it is that tenant's."""
+        sql, args = "SELECT doc FROM outcomes WHERE id = ?", [outcome_id]
+        if tenant is not None:
+            sql, args = sql + " AND tenant = ?", [outcome_id, tenant]
+
+        def q(cur: Any) -> dict[str, Any] | None:
+            cur.execute(self._sql(sql), tuple(args))
+            row = cur.fetchone()
+            return json.loads(row[0]) if row else None
+
+        return self._run(q)  # type: ignore[no-any-return]
+
     def _insert_ignore(self, table: str, cols: Iterable[str], key: str) -> str:
         cols = list(cols)
         return (
