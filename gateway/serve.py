@@ -102,6 +102,8 @@ class Gateway:
         profile the call will run); None when the request names none (the Twilio ingress, an older
         worker configuration): then only the global and per-source caps apply."""
         q = request.query
+        if q.get("direction") == "outbound":  # the tenant's max_outbound slots already hold it
+            return None
         named, profile, callee = (q.get(k, "")[:128] for k in ("tenant", "profile", "callee"))
         if not (named or profile or callee):
             return None

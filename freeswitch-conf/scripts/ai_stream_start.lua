@@ -65,15 +65,32 @@ do
   end
 end
 
+local rate = getvar("ai_stream_rate") or "8k"
+-- mono: what the channel receives (the caller's voice). mixed: both directions, for a listen-only AI
+-- (the handoff note-taker, set by the gateway on a bridged call). Anything else is mono.
+local mix = getvar("ai_stream_mix")
+if mix ~= "mixed" then
+  mix = "mono"
+end
+local metadata = getvar("ai_stream_metadata") or "{}"
+
 -- The call's tenant, profile and dialled number as a URL query (see the top of this file).
 local function urlencode(text)
   return (string.gsub(text, "[^%w%-%._~]", function(c) return string.format("%%%02X", string.byte(c)) end))
 end
+-- Not for a listen-only stream (mixed: the handoff note-taker on a call already admitted); an outbound
+-- call (ai_outbound_id) says so, as the tenant's outbound cap already holds it.
 local query = {}
-for _, key in ipairs({"tenant", "profile", "callee"}) do
-  local value = getvar("ai_" .. key)
-  if value ~= nil and value ~= "" then
-    query[#query + 1] = key .. "=" .. urlencode(string.sub(value, 1, 128))
+if mix ~= "mixed" then
+  for _, key in ipairs({"tenant", "profile", "callee"}) do
+    local value = getvar("ai_" .. key)
+    if value ~= nil and value ~= "" then
+      query[#query + 1] = key .. "=" .. urlencode(string.sub(value, 1, 128))
+    end
+  end
+  local outbound = getvar("ai_outbound_id")
+  if outbound ~= nil and outbound ~= "" then
+    query[#query + 1] = "direction=outbound"
   end
 end
 local suffix = ""
@@ -106,14 +123,6 @@ split(freeswitch.getGlobalVariable("ai_gateways_ready"), candidates, seen)
 split(freeswitch.getGlobalVariable("gateway_stream_urls"), candidates, seen)
 split(freeswitch.getGlobalVariable("gateway_stream_url"), candidates, seen) -- the single-gateway name of old
 
-local rate = getvar("ai_stream_rate") or "8k"
--- mono: what the channel receives (the caller's voice). mixed: both directions, for a listen-only AI
--- (the handoff note-taker, set by the gateway on a bridged call). Anything else is mono.
-local mix = getvar("ai_stream_mix")
-if mix ~= "mixed" then
-  mix = "mono"
-end
-local metadata = getvar("ai_stream_metadata") or "{}"
 
 -- mod_audio_stream gives up on a connect after 2 s; a little more covers a busy host.
 local wait_ms = tonumber(freeswitch.getGlobalVariable("gateway_connect_timeout_ms") or "") or 3000

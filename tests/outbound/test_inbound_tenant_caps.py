@@ -76,9 +76,9 @@ async def gateway(tmp_path: Path) -> Any:
             await gw.shutdown(drain_timeout=0.5)
 
 
-async def stream(gw: Gateway, callee: str, seconds: float, *, query: bool = True) -> Any:
+async def stream(gw: Gateway, callee: str, seconds: float, *, query: bool = True, extra: str = "") -> Any:
     """One call to `callee` as a worker places it: the stream URL's query names the dialled number."""
-    q = f"?callee={quote(callee, safe='')}" if query else ""
+    q = f"?callee={quote(callee, safe='')}{extra}" if query else ""
     meta = {"caller": "+14155550111", "callee": callee, "call_id": "CA" + "4" * 32, "worker": "fs1",
             "profile": "", "rate": 8000}
     return await place_call(f"ws://{HOST}:{gw.media_port}/stream/{uuidlib.uuid4()}{q}",
@@ -117,13 +117,16 @@ async def test_a_tenant_at_its_inbound_cap_is_refused_like_the_global_cap_and_ot
     assert gw.tenant_admission.live("acme") == 0 and gw.tenant_admission.live("globex") == 0
 
 
-async def test_a_stream_that_names_no_number_is_held_only_by_the_global_caps(gateway):
-    """Twilio's ingress and an older worker configuration send no query: nothing changes for them."""
+async def test_a_stream_that_names_no_number_or_is_outbound_is_held_only_by_the_global_caps(gateway):
+    """Twilio's ingress and an older worker configuration send no query: nothing changes for them. An
+    outbound call's stream (direction=outbound) is held by the tenant's max_outbound, not max_inbound."""
     gw = gateway
     flood = [asyncio.create_task(stream(gw, ACME_NUMBER, 3.0)) for _ in range(2)]
     await live(gw, 2)
     unnamed = await stream(gw, ACME_NUMBER, 0.5, query=False)
     assert unnamed.errors == [] and unnamed.greeting_s > 0.4
+    outbound = await stream(gw, ACME_NUMBER, 0.5, extra="&tenant=acme&direction=outbound")
+    assert outbound.errors == [] and outbound.greeting_s > 0.4
     for done in await asyncio.gather(*flood):
         assert done.errors == []
 
