@@ -178,7 +178,7 @@ def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | Non
         except HTTPException:
             # An outbound call that ended before this process started: its outcome from the store.
             if records is not None and outbound is not None:
-                kept = await records.get_outcome(uuid, _principal(request).tenant)
+                kept = await records.get_outcome(uuid, _principal(request).tenant, "outbound")
                 if kept is not None:
                     return kept | {"restored": True}
             raise

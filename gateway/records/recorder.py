@@ -222,14 +222,19 @@ class Records:
             return
         redactor = Redactor(policy.redaction)
         clean = redactor.value(doc)
-        for key in ("to", "caller_id"):
+        for key in ("to", "caller_id", "callback"):
             if isinstance(doc.get(key), str):
                 clean[key] = redactor.number(doc[key])
+        for step, raw in zip(clean.get("steps") or [], doc.get("steps") or [], strict=False):
+            if isinstance(step, dict) and isinstance(raw, dict) and isinstance(raw.get("number"), str):
+                step["number"] = redactor.number(raw["number"])
         self.writer.submit("outcome", {"id": outcome_id, "kind": kind, "tenant": tenant, "state": state,
                                        "ended_at": ended_at, "doc": clean})
 
-    async def get_outcome(self, outcome_id: str, tenant: str | None = None) -> dict[str, Any] | None:
-        return await self.writer.run_in_store(self.store.get_outcome, outcome_id, tenant)  # type: ignore[no-any-return]
+    async def get_outcome(
+        self, outcome_id: str, tenant: str | None = None, kind: str | None = None
+    ) -> dict[str, Any] | None:
+        return await self.writer.run_in_store(self.store.get_outcome, outcome_id, tenant, kind)  # type: ignore[no-any-return]
 
     async def audit_log(self, limit: int, tenant: str | None = None) -> list[dict[str, Any]]:
         return list(await self.writer.run_in_store(self.store.audit_log, limit, tenant))

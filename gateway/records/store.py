@@ -268,11 +268,15 @@ class Store:
             (d["id"], d["kind"], _tenant(d), d["state"], d.get("ended_at"), json.dumps(d["doc"])),
         )
 
-    def get_outcome(self, outcome_id: str, tenant: str | None = None) -> dict[str, Any] | None:
-        """A stored outcome's document; with `tenant`, only if it is that tenant's."""
+    def get_outcome(
+        self, outcome_id: str, tenant: str | None = None, kind: str | None = None
+    ) -> dict[str, Any] | None:
+        """A stored outcome's document; with `tenant` / `kind`, only if it is that tenant's / kind."""
         sql, args = "SELECT doc FROM outcomes WHERE id = ?", [outcome_id]
-        if tenant is not None:
-            sql, args = sql + " AND tenant = ?", [outcome_id, tenant]
+        for col, value in (("tenant", tenant), ("kind", kind)):
+            if value is not None:
+                sql += f" AND {col} = ?"
+                args.append(value)
 
         def q(cur: Any) -> dict[str, Any] | None:
             cur.execute(self._sql(sql), tuple(args))
