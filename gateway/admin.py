@@ -150,9 +150,13 @@ def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | Non
         ready = is_ready()
         return PlainTextResponse("ready\n" if ready else "not ready\n", status_code=200 if ready else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    @app.get("/metrics", summary="Prometheus metrics (a tenant's token: only its tenant's series)")
+    async def metrics(request: Request) -> Response:
+        who = _principal(request)
+        if who.tenant is None:
+            return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        label = tenants.get(who.tenant).metric_label if tenants is not None else who.tenant
+        return Response(generate_latest(m.TenantView(REGISTRY, label)), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/calls", summary="live calls (a tenant token sees its tenant's only)")
     async def calls(request: Request) -> list[dict[str, Any]]:
@@ -169,7 +173,15 @@ def make_admin_app(registry: CallRegistry, control_error: Callable[[], str | Non
                 if live is not None:
                     info["live"] = live.info()
                 return info
-        return _info(_call(uuid, request))
+        try:
+            return _info(_call(uuid, request))
+        except HTTPException:
+            # An outbound call that ended before this process started: its outcome from the store.
+            if records is not None and outbound is not None:
+                kept = await records.get_outcome(uuid, _principal(request).tenant, "outbound")
+                if kept is not None:
+                    return kept | {"restored": True}
+            raise
 
     @app.post("/calls/{uuid}/hangup", summary="end the call (an outbound call also while queued or ringing)")
     async def hangup(uuid: str, request: Request) -> dict[str, Any]:

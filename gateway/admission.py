@@ -4,6 +4,9 @@
   streams and a token bucket on new streams. A token holder flooding from one address is refused
   cheaply (HTTP 429/503 before the upgrade, before any model session or greeting starts) while every
   other source keeps its share of `max_calls`.
+- `TenantAdmission`: per tenant (gateway/tenants.py) a cap on concurrent inbound streams
+  (`max_inbound`), so one tenant's flood cannot take the capacity another tenant's calls need. Refused
+  exactly like the global cap (HTTP 503 before the upgrade).
 - `HeaderDeadline`: a connection that has not delivered a complete upgrade request within
   `upgrade_header_timeout_s` is closed (half-open upgrades, slowloris), logged as one line.
 
@@ -81,6 +84,35 @@ class SourceAdmission:
                 if e.live == 0 and e.tokens + (now - e.stamp) * self.rate >= self.burst]
         for key in full:
             del self._sources[key]
+
+
+class TenantAdmission:
+    """Concurrent inbound streams per tenant, against each tenant's `max_inbound` (None: no cap of its
+    own, only the global GATEWAY_MAX_CALLS). Keyed by tenant name: a handful per install."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, int] = {}
+
+    def live(self, tenant: str) -> int:
+        return self._live.get(tenant, 0)
+
+    def full(self, tenant: str, cap: int | None) -> bool:
+        return cap is not None and self._live.get(tenant, 0) >= cap
+
+    def admit(self, tenant: str, cap: int | None, label: str) -> None:
+        """Take one slot of `tenant` or raise `Refused` (reason `tenant_cap`)."""
+        live = self._live.get(tenant, 0)
+        if cap is not None and live >= cap:
+            m.TENANT_STREAMS_REFUSED.labels(tenant=label).inc()
+            raise Refused("tenant_cap", f"tenant {tenant} already has {live} inbound streams (its limit)")
+        self._live[tenant] = live + 1
+        m.TENANT_ACTIVE_STREAMS.labels(tenant=label).set(live + 1)
+
+    def release(self, tenant: str, label: str) -> None:
+        live = self._live.get(tenant, 0)
+        if live > 0:
+            self._live[tenant] = live - 1
+            m.TENANT_ACTIVE_STREAMS.labels(tenant=label).set(live - 1)
 
 
 class HeaderDeadline:

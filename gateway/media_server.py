@@ -22,7 +22,7 @@ from gateway import metrics as m
 from gateway.call.registry import Refused
 from gateway.call.session import CallSession
 from gateway.call.transport import InEvent, MediaCodec, StreamStart
-from gateway.log import fields
+from gateway.log import fields, pii
 from gateway.proto import audio_stream as wire
 from gateway.proto import twilio_media as twilio
 from gateway.proto.audio_stream import StreamProtocolError
@@ -203,6 +203,9 @@ async def _upgrade_and_run(gateway: Gateway, ingress: Ingress, request: web.Requ
                           profiles=gateway.profiles, fallback_audio=gateway.fallback,
                           control_factory=gateway.control_for, records=gateway.records)
     await gateway.registry.run(key or str(id(session)), session)
+    if session.start_info is not None:  # a stream that never said what call it is has no tenant
+        m.TENANT_CALLS.labels(tenant=gateway.call_tenant(session).metric_label,
+                              outcome=session.outcome or "completed").inc()
     # Returning ends the handler; aiohttp then closes the transport (no keep-alive after a
     # WebSocket).
     return ws
@@ -240,12 +243,24 @@ def media_app(gateway: Gateway) -> web.Application:
                 m.STREAMS_REFUSED.labels(reason="bad_uuid").inc()
                 log.warning("stream refused: bad request", extra=fields(peer=peer, reason=exc.reason))
                 return web.Response(status=400, text="bad channel uuid\n")
+            # The call's tenant, when the worker said which number or profile the stream is for (the
+            # stream URL's query, freeswitch-conf/scripts/ai_stream_start.lua): its own inbound cap.
+            tenant = gateway.stream_tenant(request)
+            held_source = False
             try:
                 gateway.registry.admit(key)
                 gateway.admission.admit(peer or "?")  # this source's share (gateway/admission.py)
+                held_source = True
+                if tenant is not None:  # this tenant's share (tenants' max_inbound)
+                    gateway.tenant_admission.admit(tenant.name, tenant.max_inbound, tenant.metric_label)
             except Refused as exc:
+                if held_source:
+                    gateway.admission.release(peer or "?")
                 m.STREAMS_REFUSED.labels(reason=exc.reason).inc()
-                log.warning("stream refused", extra=fields(call=key, peer=peer, reason=str(exc)))
+                log.warning("stream refused", extra=fields(call=key, peer=peer, reason=str(exc),
+                                                           tenant=tenant.name if tenant else None))
+                # A tenant at its cap is refused exactly like the gateway at its global cap: 503 before
+                # the upgrade, so the worker tries the next gateway and then answers SIP 503.
                 status = {"duplicate": 409, "source_rate": 429}.get(exc.reason, 503)
                 return web.Response(status=status, text=f"{exc}\n",
                                     headers={"Retry-After": "1"} if status == 429 else None)
@@ -253,6 +268,8 @@ def media_app(gateway: Gateway) -> web.Application:
                 return await _upgrade_and_run(gateway, ingress, request, codec, key)
             finally:
                 gateway.admission.release(peer or "?")
+                if tenant is not None:
+                    gateway.tenant_admission.release(tenant.name, tenant.metric_label)
 
         return handle
 
@@ -260,6 +277,18 @@ def media_app(gateway: Gateway) -> web.Application:
     # usually listens on localhost only. Unauthenticated, and nothing beyond ready / not ready.
     async def readyz(request: web.Request) -> web.StreamResponse:
         ready = gateway.ready
+        # Asked for one call (the workers' ai_stream_start.lua adds the stream's ?tenant=&profile=&callee=):
+        # 429 when that call's tenant is at its own inbound cap. The worker then refuses the call with
+        # "503 Tenant At Capacity", which the edge does not take for a failed worker (kamailio.cfg).
+        tenant = gateway.stream_tenant(request) if ready else None
+        if tenant is not None and gateway.tenant_admission.full(tenant.name, tenant.max_inbound):
+            if "again" not in request.query:  # `again`: the worker asks why an upgrade was refused
+                m.STREAMS_REFUSED.labels(reason="tenant_cap").inc()
+                m.TENANT_STREAMS_REFUSED.labels(tenant=tenant.metric_label).inc()
+                log.warning("stream refused before the upgrade: tenant at its inbound cap",
+                            extra=fields(peer=request.remote, tenant=tenant.name, limit=tenant.max_inbound,
+                                         callee=pii(request.query.get("callee", "")) or None))
+            return web.Response(status=429, text="tenant at capacity\n")
         return web.Response(status=200 if ready else 503, text="ready\n" if ready else "not ready\n")
 
     async def healthz(request: web.Request) -> web.StreamResponse:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -76,6 +76,24 @@ class TrafficCollector(Collector):
             yield CounterMetricFamily(name, doc, value=self.value(attr))
 
 
+class TenantView:
+    """One tenant's part of a registry, for `generate_latest`: the samples whose `tenant` label is the
+    tenant's metric label, nothing else. Families without a `tenant` label add up every tenant's calls
+    (or none's), so a tenant's token gets none of them."""
+
+    def __init__(self, registry: CollectorRegistry, label: str) -> None:
+        self.registry = registry
+        self.label = label
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self.registry.collect():
+            samples = [s for s in family.samples if s.labels.get("tenant") == self.label]
+            if samples:
+                mine = Metric(family.name, family.documentation, family.type, family.unit)
+                mine.samples = samples
+                yield mine
+
+
 TRAFFIC = TrafficCollector()
 REGISTRY.register(TRAFFIC)
 
@@ -100,3 +118,14 @@ OUTBOUND_ACTIVE = Gauge("gateway_outbound_active_calls", "Outbound calls holding
                         ["tenant"], registry=REGISTRY)
 LADDER_STEPS = Counter("gateway_ladder_legs_total", "On-call ladder legs by result", ["tenant", "result"],
                        registry=REGISTRY)
+
+# Per tenant (gateway/tenants.py), labelled with the tenant's metric_label. A tenant's token on /metrics
+# gets only the series carrying its own label (gateway/admin.py, docs/outbound.md#tenants).
+TENANT_CALLS = Counter("gateway_tenant_calls_total", "Finished calls (streams) by tenant and outcome",
+                       ["tenant", "outcome"], registry=REGISTRY)
+# Inbound streams per tenant (gateway/admission.py TenantAdmission).
+TENANT_ACTIVE_STREAMS = Gauge("gateway_tenant_active_streams", "Live inbound streams by tenant", ["tenant"],
+                              registry=REGISTRY)
+TENANT_STREAMS_REFUSED = Counter("gateway_tenant_streams_refused_total",
+                                 "Inbound streams refused at the tenant's own cap (max_inbound)", ["tenant"],
+                                 registry=REGISTRY)

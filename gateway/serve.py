@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from gateway import metrics as m
 from gateway.admin import make_admin_app
-from gateway.admission import GuardedProtocol, HeaderDeadline, SourceAdmission
+from gateway.admission import GuardedProtocol, HeaderDeadline, SourceAdmission, TenantAdmission
 from gateway.auth import TokenAuthority
 from gateway.call.control import CallControl, ControlPlane
 from gateway.call.policy import PolicedControl, TransferPolicy
@@ -39,7 +39,7 @@ from gateway.proto import audio_stream as wire
 from gateway.records.recorder import Records
 from gateway.runtime import freeze_startup_heap
 from gateway.settings import Settings, load_settings
-from gateway.tenants import TenantError, TenantSet
+from gateway.tenants import Tenant, TenantError, TenantSet
 
 log = logging.getLogger("gateway.serve")
 
@@ -58,7 +58,8 @@ class Gateway:
         self.fallback = fallback or FallbackPrompts(self.profiles, settings.fallback_voice)
         self.registry = CallRegistry(settings.max_calls)
         self.calls = self.registry.calls
-        self.records = Records.from_settings(settings, self.profiles)  # None without GATEWAY_RECORDS_URL
+        # None without GATEWAY_RECORDS_URL; each record carries its call's tenant
+        self.records = Records.from_settings(settings, self.profiles, self.tenants)
         self.handoffs = install_handoffs(settings, self.profiles)  # gateway/handoff/
         self.handoffs.sessions = self.registry.get
         self.control_plane: ControlPlane | None = None
@@ -74,6 +75,7 @@ class Gateway:
         self.admission = SourceAdmission(settings.max_streams_per_source, settings.stream_rate_per_source,
                                          settings.stream_burst_per_source)
         self.header_deadline = HeaderDeadline(settings.upgrade_header_timeout_s)
+        self.tenant_admission = TenantAdmission()  # per-tenant inbound caps (tenants' max_inbound)
         # Only an explicit URL is probed: with just an API key (the SDK's default endpoint) set
         # GATEWAY_MODEL_URL=wss://api.openai.com/v1 to have readiness follow OpenAI's reachability too.
         self.model_probe = ModelProbe(settings.model_url if settings.model_backend == "realtime" else None,
@@ -90,8 +92,30 @@ class Gateway:
                 stream_url=settings.outbound_twilio_stream_url,
                 ring_timeout_s=settings.outbound_ring_timeout_s,
                 base_url=settings.twilio_api_base_url)
+        self.outbound.records = self.records  # final outcomes kept in the store (None: in memory only)
         self.ladders = Ladders(settings, self.outbound, self.profiles, self.tenants, self.registry)
         self.ladders.install()  # the `escalate` tool pages the on-call ladder after hours
+
+    def stream_tenant(self, request: web.Request) -> Tenant | None:
+        """The tenant of a stream being upgraded, from its URL's query (`tenant`, `profile`, `callee`,
+        added by the workers' ai_stream_start.lua), decided as for a live call (TenantSet.owner on the
+        profile the call will run); None when the request names none (the Twilio ingress, an older
+        worker configuration): then only the global and per-source caps apply."""
+        q = request.query
+        if q.get("direction") == "outbound":  # the tenant's max_outbound slots already hold it
+            return None
+        named, profile, callee = (q.get(k, "")[:128] for k in ("tenant", "profile", "callee"))
+        if not (named or profile or callee):
+            return None
+        chosen = self.profiles.select(profile, callee)
+        return self.tenants.owner(tenant=named or None, profile=chosen.name, number=callee or None)
+
+    def call_tenant(self, session: CallSession) -> Tenant:
+        """The tenant of a call whose stream has started (as the admin API's /calls decides)."""
+        meta = session.meta
+        return self.tenants.owner(tenant=str(meta.extra.get("tenant") or "") or None,
+                                  profile=session.profile.name if session.profile else None,
+                                  number=meta.callee)
 
     @property
     def ready(self) -> bool:

@@ -11,6 +11,9 @@ GATEWAY_OUTBOUND_*). With the file, each entry adds a tenant (YAML):
         admin_tokens: "acme-ops:control:9fk3...,acme-noc:read:Hh2..."  # name:scope:secret, see auth.py
         stream_tokens: ["acme-stream-secret-..."]  # extra media tokens accepted (GATEWAY_AUTH_TOKENS)
         max_outbound: 5                         # concurrent outbound calls (default 5)
+        max_inbound: 20                         # concurrent inbound streams (default: only the global
+                                                # GATEWAY_MAX_CALLS); beyond it a call is refused as at
+                                                # the global cap (503 at the upgrade, SIP 503 to the edge)
         queue_max_wait_s: 300                   # how long a call may wait for one of them
         webhook_url: https://acme.example/hooks/calls   # call progress events, HMAC-signed
         webhook_secret: "..."
@@ -49,6 +52,7 @@ class TenantConfig(BaseModel):
     admin_tokens: str = ""
     stream_tokens: list[SecretStr] = Field(default_factory=list)
     max_outbound: int = Field(5, ge=1, le=10000)
+    max_inbound: int | None = Field(None, ge=1, le=100000)
     queue_max_wait_s: float = Field(300.0, ge=0)
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
@@ -87,6 +91,7 @@ class Tenant:
     stream_tokens: list[str]
     max_outbound: int = 5
     queue_max_wait_s: float = 300.0
+    max_inbound: int | None = None  # concurrent inbound streams; None: no cap beyond the global one
     webhook_url: str | None = None
     webhook_secret: bytes | None = field(default=None, repr=False)
     metric_label: str = DEFAULT_TENANT
@@ -191,7 +196,7 @@ def read_tenants_file(path: Path) -> dict[str, Tenant]:
             admin_tokens=[AdminToken(t.name, t.scope, t.secret, tenant=name) for t in tokens],
             stream_tokens=[s.get_secret_value() for s in cfg.stream_tokens],
             max_outbound=cfg.max_outbound, queue_max_wait_s=cfg.queue_max_wait_s,
-            webhook_url=cfg.webhook_url,
+            max_inbound=cfg.max_inbound, webhook_url=cfg.webhook_url,
             webhook_secret=cfg.webhook_secret.get_secret_value().encode() if cfg.webhook_secret else None,
             metric_label=cfg.metric_label or name, calling_hours=cfg.calling_hours, timezone=cfg.timezone)
     return out

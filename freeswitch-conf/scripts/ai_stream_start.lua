@@ -13,6 +13,11 @@
 --   API:       lua <path>/ai_stream_start.lua <uuid>   (restart after a lost stream, ai_stream_lost.lua)
 -- Uses the channel variables ai_stream_rate (8k|16k) and ai_stream_metadata set by the dialplan, and
 -- ai_stream_mix (mono unless "mixed").
+--
+-- The stream URL carries the call's tenant, profile and dialled number (ai_tenant, ai_profile, ai_callee)
+-- as its query, percent-encoded: the gateway reads them at the WebSocket upgrade, before the metadata
+-- arrives, to hold the call against its tenant's own inbound cap and refuse it there exactly as at the
+-- global cap (gateway/admission.py TenantAdmission, docs/outbound.md#tenants).
 
 local api = freeswitch.API()
 local uuid = (session and session:get_uuid()) or (argv and argv[1])
@@ -60,23 +65,6 @@ do
   end
 end
 
--- Asked per call, right before the start: the voxcom edition answers the channel in `start` (the
--- upstream one pre-answers), so a gateway that would refuse the stream (down, draining) must be
--- skipped before, or the caller is answered and then dropped.
-local function ready(url)
-  local probe = ready_url[url]
-  if probe == nil then
-    return true
-  end
-  local reply = api:execute("curl", probe .. " json connect-timeout 1 timeout 1")
-  return string.match(reply or "", '"status_code":"(%d+)"') == "200"
-end
-
-local candidates, seen = {}, {}
-split(freeswitch.getGlobalVariable("ai_gateways_ready"), candidates, seen)
-split(freeswitch.getGlobalVariable("gateway_stream_urls"), candidates, seen)
-split(freeswitch.getGlobalVariable("gateway_stream_url"), candidates, seen) -- the single-gateway name of old
-
 local rate = getvar("ai_stream_rate") or "8k"
 -- mono: what the channel receives (the caller's voice). mixed: both directions, for a listen-only AI
 -- (the handoff note-taker, set by the gateway on a bridged call). Anything else is mono.
@@ -85,13 +73,68 @@ if mix ~= "mixed" then
   mix = "mono"
 end
 local metadata = getvar("ai_stream_metadata") or "{}"
+
+-- The call's tenant, profile and dialled number as a URL query (see the top of this file).
+local function urlencode(text)
+  return (string.gsub(text, "[^%w%-%._~]", function(c) return string.format("%%%02X", string.byte(c)) end))
+end
+-- Not for a listen-only stream (mixed: the handoff note-taker on a call already admitted); an outbound
+-- call (ai_outbound_id) says so, as the tenant's outbound cap already holds it.
+local query = {}
+if mix ~= "mixed" then
+  for _, key in ipairs({"tenant", "profile", "callee"}) do
+    local value = getvar("ai_" .. key)
+    if value ~= nil and value ~= "" then
+      query[#query + 1] = key .. "=" .. urlencode(string.sub(value, 1, 128))
+    end
+  end
+  local outbound = getvar("ai_outbound_id")
+  if outbound ~= nil and outbound ~= "" then
+    query[#query + 1] = "direction=outbound"
+  end
+end
+local suffix = ""
+if #query > 0 then
+  suffix = "?" .. table.concat(query, "&")
+end
+
+-- Asked per call, right before the start: the voxcom edition answers the channel in `start` (the
+-- upstream one pre-answers), so a gateway that would refuse the stream (down, draining) must be
+-- skipped before, or the caller is answered and then dropped. Asked with the call's query: 429 means
+-- the call's tenant is at its own inbound cap on that gateway. Returns the HTTP status ("200" = go).
+local function probe(url, again)
+  local ready = ready_url[url]
+  if ready == nil then
+    return "200"
+  end
+  local q = suffix
+  if again and q ~= "" then
+    q = q .. "&again=1" -- only asking why the upgrade was refused: the gateway counted that refusal
+  end
+  local reply = api:execute("curl", ready .. q .. " json connect-timeout 1 timeout 1")
+  return string.match(reply or "", '"status_code":"(%d+)"')
+end
+-- Set when a gateway refused because of the tenant's cap: the dialplan then refuses the call with
+-- "503 Tenant At Capacity", which the edge does not count as a failed worker.
+local tenant_capped = false
+
+local candidates, seen = {}, {}
+split(freeswitch.getGlobalVariable("ai_gateways_ready"), candidates, seen)
+split(freeswitch.getGlobalVariable("gateway_stream_urls"), candidates, seen)
+split(freeswitch.getGlobalVariable("gateway_stream_url"), candidates, seen) -- the single-gateway name of old
+
+
 -- mod_audio_stream gives up on a connect after 2 s; a little more covers a busy host.
 local wait_ms = tonumber(freeswitch.getGlobalVariable("gateway_connect_timeout_ms") or "") or 3000
 
 local why = "no gateway configured (gateway_stream_urls)"
 for _, url in ipairs(candidates) do
-  if not ready(url) then
-    why = url .. ": not ready (" .. ready_url[url] .. ")"
+  local status = probe(url)
+  if status == "429" then
+    tenant_capped = true
+  end
+  if status ~= "200" then
+    why = url .. ": not ready (" .. ready_url[url] .. " " .. (status or "no answer") .. ")"
     freeswitch.consoleLog("WARNING", "ai_stream_start.lua: " .. uuid .. " skipping gateway, " .. why .. "\n")
     goto next_gateway
   end
@@ -99,7 +142,7 @@ for _, url in ipairs(candidates) do
   events:bind("CUSTOM", "mod_audio_stream::connect")
   events:bind("CUSTOM", "mod_audio_stream::error")
   events:bind("CUSTOM", "mod_audio_stream::disconnect")
-  local started = api:execute("uuid_audio_stream", uuid .. " start " .. url .. "/" .. uuid .. " " .. mix .. " " .. rate ..
+  local started = api:execute("uuid_audio_stream", uuid .. " start " .. url .. "/" .. uuid .. suffix .. " " .. mix .. " " .. rate ..
     " " .. metadata)
   if string.sub(started or "", 1, 3) ~= "+OK" then
     why = url .. ": " .. (started or "no reply")
@@ -127,9 +170,17 @@ for _, url in ipairs(candidates) do
     why = url .. ": " .. (verdict or "no connect within " .. wait_ms .. " ms")
     -- error removes the module's bug by itself; a timeout or a refused upgrade may leave it attached
     api:execute("uuid_audio_stream", uuid .. " stop")
+    -- The error event does not say why the upgrade was refused: the tenant's cap (taken between the
+    -- probe and the upgrade) is asked again.
+    if probe(url, true) == "429" then
+      tenant_capped = true
+    end
   end
   freeswitch.consoleLog("WARNING", "ai_stream_start.lua: " .. uuid .. " gateway failed, " .. why .. "\n")
   ::next_gateway::
 end
 setvar("ai_stream_result", "-ERR " .. why)
 setvar("ai_stream_state", "none")
+if tenant_capped then
+  setvar("ai_stream_refusal", "tenant_cap")
+end

@@ -363,7 +363,8 @@ class CallSession:
                                   call_greeting(start.extra) or self.profile.greeting)
         if self._records is not None:
             self.recorder = self._records.open_call(self.uuid, start, self.profile, self._clock)
-            self._memory = await self._records.memory_for(self.recorder.caller_key, self.profile.records)
+            self._memory = await self._records.memory_for(self.recorder.caller_key, self.profile.records,
+                                                          self.recorder.tenant)
         # A listen-only session (the handoff note-taker) shares the caller's channel: it gets no call
         # control, so nothing it does (or fails at) can hang up or move the call.
         if self._control_factory is not None and not self.profile.listen_only:

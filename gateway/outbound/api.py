@@ -95,6 +95,12 @@ def outbound_router(outbound: OutboundService, ladders: Ladders | None,
         async def incident_info(incident_id: str, request: Request) -> dict[str, Any]:
             run = ladders.get(incident_id)
             if run is None or not principal(request).sees(run.tenant):
+                # One that ended before this process started: its outcome from the record store.
+                if run is None and outbound.records is not None:
+                    who = principal(request)
+                    kept = await outbound.records.get_outcome(incident_id, who.tenant, "ladder")
+                    if kept is not None:
+                        return kept | {"restored": True}  # type: ignore[no-any-return]
                 raise HTTPException(404, f"no incident {incident_id}")
             return run.info()
 

@@ -205,6 +205,13 @@ class Ladders:
         finally:
             run.ended_at = self._wall()
             self._event(run, f"ladder.{run.state}", acknowledged_by=run.acknowledged_by)
+            records = self.outbound.records
+            if records is not None:  # kept over a restart: GET /incidents/{id} reads it back
+                try:
+                    records.outcome("ladder", run.id, run.tenant, run.state, run.ended_at, run.info(),
+                                    profile=run.profile)
+                except Exception as exc:  # the store must never break the ladder's end
+                    log.warning("incident outcome not stored", extra=fields(incident=run.id, error=str(exc)))
             log.info("on-call ladder ended", extra=fields(incident=run.id, state=run.state,
                                                           acknowledged_by=run.acknowledged_by,
                                                           legs=len(run.steps)))

@@ -88,6 +88,7 @@ class OutboundService:
         self._digit_handlers: dict[str, Callable[[str], None]] = {}
         self._rr = 0
         self.twilio: TwilioOriginator | None = None  # set when Twilio REST is configured
+        self.records: Any = None  # gateway.records Records, when a store is configured: final outcomes
 
     # ------------------------------------------------------------------ public
     def get(self, key: str) -> OutboundCall | None:
@@ -407,6 +408,12 @@ class OutboundService:
         call.not_before = None
         m.OUTBOUND_CALLS.labels(tenant=tenant.metric_label, result=state).inc()
         self._emit(call, state, reason=call.reason)
+        if self.records is not None:  # kept over a restart (GET /calls/{id} reads it back)
+            try:
+                self.records.outcome("outbound", call.id, call.tenant, state, call.ended_at, call.info(),
+                                     profile=call.profile)
+            except Exception as exc:  # the store must never break the call's end
+                log.warning("outbound outcome not stored", extra=fields(call=call.id, error=str(exc)))
         log.info("outbound call ended", extra=fields(call=call.id, tenant=call.tenant, state=state,
                                                      sip_status=call.sip_status, cause=call.hangup_cause,
                                                      attempts=call.attempt, reason=call.reason))

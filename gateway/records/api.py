@@ -11,6 +11,13 @@ Everything here was redacted before it was stored; nothing is redacted again on 
 nothing in clear exists to leak. Scopes come from the admin API's authentication, which runs before
 routing and scopes by method: the GET routes need `read`, the erasure (DELETE) needs `control`; the
 erasure's audit row names the authenticated token when there is one.
+
+Tenants (gateway/tenants.py): every record carries its tenant. A tenant's token sees, reads, exports
+and erases only its tenant's records and memory: another tenant's record is a 404, exactly like a
+record that does not exist, so call ids say nothing across tenants; a `tenant=` filter naming another
+tenant matches nothing. The operator's tokens see every tenant; their `tenant=` picks one (memory is
+kept per tenant, so `GET /callers/{caller}/memory` reads the `default` tenant's unless `tenant=` names
+another, and `DELETE /callers/{caller}` erases the caller from every tenant unless `tenant=` names one).
 """
 
 from __future__ import annotations
@@ -23,9 +30,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 
-from gateway.auth import OPEN
+from gateway.auth import OPEN, Principal
 from gateway.records.recorder import Records
-from gateway.records.store import RecordFilter, StoreError
+from gateway.records.store import DEFAULT_TENANT, RecordFilter, StoreError
 
 EXPORT_COLUMNS = (
     "call_id",
@@ -72,6 +79,16 @@ def records_router(records: Records) -> APIRouter:
             offset=offset,
         )
 
+    def _who(request: Request) -> Principal:
+        return getattr(request.state, "principal", None) or OPEN
+
+    def _scoped(request: Request, tenant: str | None) -> tuple[bool, str | None]:
+        """(may match anything, the tenant to filter on) for a request's `tenant=` filter."""
+        own = _who(request).tenant
+        if own is None:
+            return True, tenant
+        return tenant in (None, own), own
+
     async def _guard(coro: Any) -> Any:
         try:
             return await coro
@@ -90,8 +107,9 @@ def records_router(records: Records) -> APIRouter:
         limit: int = Query(50, ge=1, le=MAX_PAGE),
         offset: int = Query(0, ge=0),
     ) -> dict[str, Any]:
+        ok, tenant = _scoped(request, tenant)
         f = _filter(caller, outcome, tenant, profile, since, until, limit + 1, offset)
-        rows = await _guard(records.list_records(f))
+        rows = await _guard(records.list_records(f)) if ok else []
         more = len(rows) > limit
         rows = rows[:limit]
         nxt = None
@@ -102,6 +120,7 @@ def records_router(records: Records) -> APIRouter:
 
     @r.get("/records/export", summary="export records as JSON or CSV")
     async def export(
+        request: Request,
         format: Literal["json", "csv"] = "json",  # noqa: A002 - the query parameter's public name
         caller: str | None = Query(None, max_length=128),
         outcome: str | None = Query(None, max_length=64),
@@ -111,8 +130,13 @@ def records_router(records: Records) -> APIRouter:
         until: float | None = None,
         limit: int = Query(MAX_EXPORT, ge=1, le=MAX_EXPORT),
     ) -> Response:
-        rows = await _guard(
-            records.list_records(_filter(caller, outcome, tenant, profile, since, until, limit, 0))
+        ok, tenant = _scoped(request, tenant)
+        rows = (
+            await _guard(
+                records.list_records(_filter(caller, outcome, tenant, profile, since, until, limit, 0))
+            )
+            if ok
+            else []
         )
         if format == "json":
             return Response(
@@ -139,15 +163,18 @@ def records_router(records: Records) -> APIRouter:
         )
 
     @r.get("/records/{call_id}", summary="one call record with its turns and events")
-    async def get_record(call_id: str) -> dict[str, Any]:
-        rec = await _guard(records.get_record(call_id))
+    async def get_record(call_id: str, request: Request) -> dict[str, Any]:
+        rec = await _guard(records.get_record(call_id, _who(request).tenant))
         if rec is None:
             raise HTTPException(404, f"no record of call {call_id}")
         return rec  # type: ignore[no-any-return]
 
     @r.get("/callers/{caller}/memory", summary="what is remembered about a caller")
-    async def memory(caller: str) -> dict[str, Any]:
-        mem = await _guard(records.get_memory(caller))
+    async def memory(
+        caller: str, request: Request, tenant: str | None = Query(None, max_length=128)
+    ) -> dict[str, Any]:
+        ok, tenant = _scoped(request, tenant)
+        mem = await _guard(records.get_memory(caller, tenant or DEFAULT_TENANT)) if ok else None
         if mem is None:
             raise HTTPException(404, "nothing remembered about this caller")
         mem["caller"] = caller
@@ -157,7 +184,9 @@ def records_router(records: Records) -> APIRouter:
         "/callers/{caller}",
         summary="erase a caller's records and memory (audited)",
     )
-    async def forget(caller: str, request: Request) -> dict[str, Any]:
+    async def forget(
+        caller: str, request: Request, tenant: str | None = Query(None, max_length=128)
+    ) -> dict[str, Any]:
         # The admin token's name when tokens are on; on an open loopback API (no tokens) the operator may
         # name themselves with X-Operator, else the peer address.
         principal = getattr(request.state, "principal", None)
@@ -166,12 +195,15 @@ def records_router(records: Records) -> APIRouter:
             or request.headers.get("X-Operator")
             or (request.client.host if request.client else "admin-api")
         )
-        counts = await _guard(records.forget(caller, actor=f"admin-api:{actor}"[:128]))
+        ok, tenant = _scoped(request, tenant)
+        if not ok:
+            raise HTTPException(404, "nothing remembered about this caller")
+        counts = await _guard(records.forget(caller, actor=f"admin-api:{actor}"[:128], tenant=tenant))
         return {"ok": True, "erased": counts}
 
     @r.get("/records-audit", summary="erasures and retention runs")
-    async def audit(limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
-        return list(await _guard(records.writer.run_in_store(records.store.audit_log, limit)))
+    async def audit(request: Request, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+        return list(await _guard(records.audit_log(limit, _who(request).tenant)))
 
     return r
 

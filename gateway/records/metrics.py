@@ -16,6 +16,10 @@ WRITE_ERRORS = Counter(
     "gateway_records_write_errors_total", "Failed store transactions (retried)", registry=REGISTRY
 )
 BUFFERED = Gauge("gateway_records_buffered", "Record ops waiting for the store", registry=REGISTRY)
+CALLS_RECORDED = Counter(
+    "gateway_records_calls_total", "Calls whose record was opened, by tenant (metric label)", ["tenant"],
+    registry=REGISTRY,
+)
 STORE_UP = Gauge("gateway_records_store_up", "1 while the last store write succeeded", registry=REGISTRY)
 WEBHOOK = Counter(
     "gateway_records_webhooks_total", "Post-call webhook deliveries by result", ["result"], registry=REGISTRY

@@ -19,15 +19,17 @@ from typing import TYPE_CHECKING, Any
 from gateway.log import fields
 from gateway.records.analysis import WebhookSender, analyse
 from gateway.records.memory import memory_instructions, next_memory
+from gateway.records.metrics import CALLS_RECORDED
 from gateway.records.policy import RecordsPolicy
 from gateway.records.redact import Redactor
-from gateway.records.store import RecordFilter, Store, open_store
+from gateway.records.store import DEFAULT_TENANT, RecordFilter, Store, open_store
 from gateway.records.writer import RecordWriter
 
 if TYPE_CHECKING:
     from gateway.profiles import Profile, ProfileSet
     from gateway.proto.media import StreamStart
     from gateway.settings import Settings
+    from gateway.tenants import TenantSet
 
 log = logging.getLogger("gateway.records")
 
@@ -60,8 +62,10 @@ class Records:
         profiles: ProfileSet | None = None,
         max_buffered: int = 100_000,
         clock: Callable[[], float] = time.time,
+        tenants: TenantSet | None = None,
     ) -> None:
         self.store = store
+        self.tenants = tenants  # who owns a call (gateway/tenants.py); None: everything is `default`
         self.writer = RecordWriter(store, max_buffered=max_buffered)
         self.key = key
         self.webhook = webhook
@@ -72,7 +76,9 @@ class Records:
         self._retention: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, s: Settings, profiles: ProfileSet | None = None) -> Records | None:
+    def from_settings(
+        cls, s: Settings, profiles: ProfileSet | None = None, tenants: TenantSet | None = None
+    ) -> Records | None:
         if not s.records_url:
             return None
         key = s.records_key.get_secret_value().encode() if s.records_key else b""
@@ -93,6 +99,7 @@ class Records:
             conversations=conversations,
             profiles=profiles,
             max_buffered=s.records_max_buffered,
+            tenants=tenants,
         )
 
     async def start(self, retention_every_s: float | None = RETENTION_EVERY_S) -> None:
@@ -128,17 +135,32 @@ class Records:
         return "h_" + hashlib.sha256(norm.encode()).hexdigest()[:32]
 
     # ------------------------------------------------------------------ per call
+    def tenant_of(self, start: StreamStart, profile: Profile) -> str:
+        """The tenant a call's records belong to: the one its metadata names, else the owner of its
+        profile, else of the number it reached (TenantSet.owner, as the admin API's /calls decides)."""
+        extra = start.extra if isinstance(start.extra, dict) else {}
+        named = str(extra.get("tenant") or "") or None
+        if self.tenants is None:
+            return named or DEFAULT_TENANT
+        return self.tenants.owner(tenant=named, profile=profile.name, number=start.callee).name
+
     def open_call(
         self, call_id: str, start: StreamStart, profile: Profile, call_clock: Callable[[], float]
     ) -> CallRecorder:
-        return CallRecorder(self, call_id, start, profile, call_clock)
+        tenant = self.tenant_of(start, profile)
+        recorder = CallRecorder(self, call_id, start, profile, call_clock, tenant=tenant)
+        if recorder.enabled:
+            label = self.tenants.get(tenant).metric_label if self.tenants is not None else tenant
+            CALLS_RECORDED.labels(tenant=label).inc()
+        return recorder
 
-    async def memory_for(self, caller_key: str, policy: RecordsPolicy) -> str:
+    async def memory_for(self, caller_key: str, policy: RecordsPolicy, tenant: str = DEFAULT_TENANT) -> str:
+        """The memory block for a call's instructions: only what this tenant remembers of the caller."""
         if policy.memory.mode == "off" or not caller_key:
             return ""
         try:
             mem = await asyncio.wait_for(
-                self.writer.run_in_store(self.store.get_memory, caller_key), MEMORY_READ_TIMEOUT_S
+                self.writer.run_in_store(self.store.get_memory, caller_key, tenant), MEMORY_READ_TIMEOUT_S
             )
         except Exception as exc:
             log.warning("caller memory unavailable", extra=fields(error=f"{type(exc).__name__}: {exc}"))
@@ -151,8 +173,11 @@ class Records:
         task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ erasure, retention, reads
-    async def forget(self, caller: str, actor: str) -> dict[str, int]:
-        return dict(await self.writer.run_in_store(self.store.forget, self.caller_key(caller), actor))
+    async def forget(self, caller: str, actor: str, tenant: str | None = None) -> dict[str, int]:
+        """Erase a caller; with `tenant` only that tenant's records and memory of them."""
+        return dict(
+            await self.writer.run_in_store(self.store.forget, self.caller_key(caller), actor, None, tenant)
+        )
 
     async def run_retention(self, now: float | None = None) -> dict[str, dict[str, int]]:
         now = self.clock() if now is None else now
@@ -182,11 +207,37 @@ class Records:
             f.caller = self.caller_key(f.caller)
         return list(await self.writer.run_in_store(self.store.list_records, f))
 
-    async def get_record(self, call_id: str) -> dict[str, Any] | None:
-        return await self.writer.run_in_store(self.store.get_record, call_id)  # type: ignore[no-any-return]
+    async def get_record(self, call_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        return await self.writer.run_in_store(self.store.get_record, call_id, tenant)  # type: ignore[no-any-return]
 
-    async def get_memory(self, caller: str) -> dict[str, Any] | None:
-        return await self.writer.run_in_store(self.store.get_memory, self.caller_key(caller))  # type: ignore[no-any-return]
+    async def get_memory(self, caller: str, tenant: str = DEFAULT_TENANT) -> dict[str, Any] | None:
+        return await self.writer.run_in_store(self.store.get_memory, self.caller_key(caller), tenant)  # type: ignore[no-any-return]
+
+    def outcome(self, kind: str, outcome_id: str, tenant: str, state: str, ended_at: float | None,
+                doc: dict[str, Any], profile: str = "") -> None:
+        """Keep the outcome of something done outside a call's stream (an outbound call) in the store,
+        redacted by its profile's policy first; not when that profile stores no records."""
+        policy = self.profiles.select(profile).records if self.profiles is not None else RecordsPolicy()
+        if not policy.store:
+            return
+        redactor = Redactor(policy.redaction)
+        clean = redactor.value(doc)
+        for key in ("to", "caller_id", "callback"):
+            if isinstance(doc.get(key), str):
+                clean[key] = redactor.number(doc[key])
+        for step, raw in zip(clean.get("steps") or [], doc.get("steps") or [], strict=False):
+            if isinstance(step, dict) and isinstance(raw, dict) and isinstance(raw.get("number"), str):
+                step["number"] = redactor.number(raw["number"])
+        self.writer.submit("outcome", {"id": outcome_id, "kind": kind, "tenant": tenant, "state": state,
+                                       "ended_at": ended_at, "doc": clean})
+
+    async def get_outcome(
+        self, outcome_id: str, tenant: str | None = None, kind: str | None = None
+    ) -> dict[str, Any] | None:
+        return await self.writer.run_in_store(self.store.get_outcome, outcome_id, tenant, kind)  # type: ignore[no-any-return]
+
+    async def audit_log(self, limit: int, tenant: str | None = None) -> list[dict[str, Any]]:
+        return list(await self.writer.run_in_store(self.store.audit_log, limit, tenant))
 
 
 class CallRecorder:
@@ -197,9 +248,11 @@ class CallRecorder:
         start: StreamStart,
         profile: Profile,
         call_clock: Callable[[], float],
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         self.records = records
         self.call_id = call_id
+        self.tenant = tenant
         self.profile = profile
         self.policy: RecordsPolicy = profile.records
         self.redactor = Redactor(self.policy.redaction)
@@ -227,7 +280,7 @@ class CallRecorder:
                 "started_at": records.clock(),
                 "ingress": "",
                 "profile": profile.name,
-                "tenant": str(start.extra.get("tenant", "")) if isinstance(start.extra, dict) else "",
+                "tenant": tenant,
                 "caller": self.redactor.number(start.caller),
                 "caller_key": self.caller_key,
                 "callee": self.redactor.number(start.callee),
@@ -285,7 +338,7 @@ class CallRecorder:
             "latency_ms": self._latency_by_item.get(item_id or "") if role == "agent" else None,
         }
         self.turns.append(row)
-        self._submit("turn", row)
+        self._submit("turn", row | {"tenant": self.tenant})
         if self.sync is not None:
             self.sync.post(role, clean)
         return clean
@@ -309,7 +362,7 @@ class CallRecorder:
             "data": clean,
         }
         self.events.append(doc)
-        self._submit("event", doc)
+        self._submit("event", doc | {"tenant": self.tenant})
 
     def usage_from(self, response: dict[str, Any]) -> None:
         usage = response.get("usage")
@@ -346,7 +399,8 @@ class CallRecorder:
             usage=self.usage,
             redactor=self.redactor,
         )
-        record.update({"call_id": self.call_id, "profile": self.profile.name})
+        record.update({"call_id": self.call_id, "profile": self.profile.name, "tenant": self.tenant})
+        record["usage"]["tenant"] = self.tenant  # cost attribution
         if self.model_summary:
             # The model read the words in clear: its summary goes through the policy like everything else.
             record["extractive_summary"] = record["summary"]
@@ -363,13 +417,14 @@ class CallRecorder:
     async def _remember(self, record: dict[str, Any]) -> None:
         r = self.records
         try:
-            prev = await r.writer.run_in_store(r.store.get_memory, self.caller_key)
+            prev = await r.writer.run_in_store(r.store.get_memory, self.caller_key, self.tenant)
         except Exception:
             prev = None
         mem = next_memory(prev, self.turns, record, self.policy.memory)
         r.writer.submit(
             "memory",
             {
+                "tenant": self.tenant,
                 "caller_key": self.caller_key,
                 "profile": self.profile.name,
                 "summary": mem["summary"],

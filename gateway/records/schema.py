@@ -82,6 +82,56 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         )""",
         ],
     ),
+    (
+        2,
+        "every row carries its tenant; caller memory keyed per tenant",
+        [
+            # Rows written before tenants existed belong to the install's one tenant, `default`
+            # (gateway/tenants.py). A call row's tenant was the stream metadata's `tenant`, else ''.
+            "UPDATE calls SET tenant = 'default' WHERE tenant = ''",
+            "CREATE INDEX calls_tenant ON calls (tenant, started_at)",
+            "ALTER TABLE turns ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default'",
+            "UPDATE turns SET tenant = COALESCE((SELECT c.tenant FROM calls c "
+            "WHERE c.call_id = turns.call_id), 'default')",
+            "ALTER TABLE events ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default'",
+            "UPDATE events SET tenant = COALESCE((SELECT c.tenant FROM calls c "
+            "WHERE c.call_id = events.call_id), 'default')",
+            "ALTER TABLE audit ADD COLUMN tenant TEXT NOT NULL DEFAULT ''",  # '' = an operator-wide action
+            # Memory was keyed by caller alone: the same caller calling two tenants shared one memory.
+            # SQLite cannot change a primary key in place, so the table is rebuilt (both dialects alike).
+            """CREATE TABLE memory_v2 (
+            tenant TEXT NOT NULL,
+            caller_key TEXT NOT NULL,
+            profile TEXT NOT NULL DEFAULT '',
+            summary TEXT NOT NULL DEFAULT '',
+            turns {json} NOT NULL,
+            calls INTEGER NOT NULL DEFAULT 0,
+            updated_at {real} NOT NULL,
+            PRIMARY KEY (tenant, caller_key)
+        )""",
+            "INSERT INTO memory_v2 (tenant, caller_key, profile, summary, turns, calls, updated_at) "
+            "SELECT 'default', caller_key, profile, summary, turns, calls, updated_at FROM memory",
+            "DROP TABLE memory",
+            "ALTER TABLE memory_v2 RENAME TO memory",
+        ],
+    ),
+    (
+        3,
+        "outcomes of what the gateway did outside a call's stream (outbound calls), kept over a restart",
+        [
+            # One row per outbound call (gateway/outbound/): its final state and its call object as the
+            # admin API shows it (numbers masked and strings redacted by the profile's policy).
+            """CREATE TABLE outcomes (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            tenant TEXT NOT NULL,
+            state TEXT NOT NULL,
+            ended_at {real},
+            doc {json} NOT NULL
+        )""",
+            "CREATE INDEX outcomes_tenant ON outcomes (tenant, kind, ended_at)",
+        ],
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -24,6 +24,11 @@ from typing import Any
 from gateway.records import schema
 
 Op = tuple[str, dict[str, Any]]
+DEFAULT_TENANT = "default"  # gateway/tenants.py DEFAULT_TENANT (not imported: the store stands alone)
+
+
+def _tenant(d: dict[str, Any]) -> str:
+    return str(d.get("tenant") or DEFAULT_TENANT)
 
 
 class StoreError(Exception):
@@ -175,8 +180,9 @@ class Store:
             "sip_call_id",
             "worker",
         )
+        row = d | {"tenant": _tenant(d)}
         cur.execute(
-            self._sql(self._insert_ignore("calls", cols, "call_id")), tuple(d.get(c, "") for c in cols)
+            self._sql(self._insert_ignore("calls", cols, "call_id")), tuple(row.get(c, "") for c in cols)
         )
 
     def _op_call_end(self, cur: Any, d: dict[str, Any]) -> None:
@@ -186,10 +192,11 @@ class Store:
         )
 
     def _op_turn(self, cur: Any, d: dict[str, Any]) -> None:
-        cols = ("call_id", *TURN_COLUMNS)
+        cols = ("call_id", *TURN_COLUMNS, "tenant")
+        row = d | {"tenant": _tenant(d), "barged_in": int(bool(d.get("barged_in")))}
         cur.execute(
             self._sql(f"INSERT INTO turns ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"),
-            tuple(d.get(c) if c not in ("barged_in",) else int(bool(d.get(c))) for c in cols),
+            tuple(row.get(c) for c in cols),
         )
 
     def _op_barge_in(self, cur: Any, d: dict[str, Any]) -> None:
@@ -200,8 +207,10 @@ class Store:
 
     def _op_event(self, cur: Any, d: dict[str, Any]) -> None:
         cur.execute(
-            self._sql("INSERT INTO events (call_id, seq, at_ms, kind, data) VALUES (?, ?, ?, ?, ?)"),
-            (d["call_id"], d["seq"], d["at_ms"], d["kind"], json.dumps(d.get("data", {}))),
+            self._sql(
+                "INSERT INTO events (call_id, seq, at_ms, kind, data, tenant) VALUES (?, ?, ?, ?, ?, ?)"
+            ),
+            (d["call_id"], d["seq"], d["at_ms"], d["kind"], json.dumps(d.get("data", {})), _tenant(d)),
         )
 
     def _op_analysis(self, cur: Any, d: dict[str, Any]) -> None:
@@ -211,15 +220,20 @@ class Store:
         )
 
     def _op_memory(self, cur: Any, d: dict[str, Any]) -> None:
-        cur.execute(self._sql("SELECT calls FROM memory WHERE caller_key = ?"), (d["caller_key"],))
+        tenant = _tenant(d)
+        cur.execute(
+            self._sql("SELECT calls FROM memory WHERE tenant = ? AND caller_key = ?"),
+            (tenant, d["caller_key"]),
+        )
         row = cur.fetchone()
         if row is None:
             cur.execute(
                 self._sql(
-                    "INSERT INTO memory (caller_key, profile, summary, turns, calls, updated_at) "
-                    "VALUES (?, ?, ?, ?, 1, ?)"
+                    "INSERT INTO memory (tenant, caller_key, profile, summary, turns, calls, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, 1, ?)"
                 ),
                 (
+                    tenant,
                     d["caller_key"],
                     d.get("profile", ""),
                     d["summary"],
@@ -231,7 +245,7 @@ class Store:
             cur.execute(
                 self._sql(
                     "UPDATE memory SET profile = ?, summary = ?, turns = ?, calls = ?, "
-                    "updated_at = ? WHERE caller_key = ?"
+                    "updated_at = ? WHERE tenant = ? AND caller_key = ?"
                 ),
                 (
                     d.get("profile", ""),
@@ -239,9 +253,37 @@ class Store:
                     json.dumps(d["turns"]),
                     int(row[0]) + 1,
                     d["updated_at"],
+                    tenant,
                     d["caller_key"],
                 ),
             )
+
+    def _op_outcome(self, cur: Any, d: dict[str, Any]) -> None:
+        cur.execute(
+            self._sql(
+                "INSERT INTO outcomes (id, kind, tenant, state, ended_at, doc) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET state = excluded.state, ended_at = excluded.ended_at, "
+                "doc = excluded.doc"
+            ),
+            (d["id"], d["kind"], _tenant(d), d["state"], d.get("ended_at"), json.dumps(d["doc"])),
+        )
+
+    def get_outcome(
+        self, outcome_id: str, tenant: str | None = None, kind: str | None = None
+    ) -> dict[str, Any] | None:
+        """A stored outcome's document; with `tenant` / `kind`, only if it is that tenant's / kind."""
+        sql, args = "SELECT doc FROM outcomes WHERE id = ?", [outcome_id]
+        for col, value in (("tenant", tenant), ("kind", kind)):
+            if value is not None:
+                sql += f" AND {col} = ?"
+                args.append(value)
+
+        def q(cur: Any) -> dict[str, Any] | None:
+            cur.execute(self._sql(sql), tuple(args))
+            row = cur.fetchone()
+            return json.loads(row[0]) if row else None
+
+        return self._run(q)  # type: ignore[no-any-return]
 
     def _insert_ignore(self, table: str, cols: Iterable[str], key: str) -> str:
         cols = list(cols)
@@ -280,11 +322,14 @@ class Store:
 
         return list(self._run(q))
 
-    def get_record(self, call_id: str) -> dict[str, Any] | None:
+    def get_record(self, call_id: str, tenant: str | None = None) -> dict[str, Any] | None:
+        """One call with its turns and events; with `tenant`, only if the call is that tenant's."""
+
         def q(cur: Any) -> dict[str, Any] | None:
-            cur.execute(
-                self._sql(f"SELECT {', '.join(CALL_COLUMNS)} FROM calls WHERE call_id = ?"), (call_id,)
-            )
+            sql, args = f"SELECT {', '.join(CALL_COLUMNS)} FROM calls WHERE call_id = ?", [call_id]
+            if tenant is not None:
+                sql, args = sql + " AND tenant = ?", [call_id, tenant]
+            cur.execute(self._sql(sql), tuple(args))
             row = cur.fetchone()
             if row is None:
                 return None
@@ -307,14 +352,16 @@ class Store:
 
         return self._run(q)  # type: ignore[no-any-return]
 
-    def get_memory(self, caller_key: str) -> dict[str, Any] | None:
+    def get_memory(self, caller_key: str, tenant: str = DEFAULT_TENANT) -> dict[str, Any] | None:
+        """What one tenant remembers about a caller (memory is never shared between tenants)."""
+
         def q(cur: Any) -> dict[str, Any] | None:
             cur.execute(
                 self._sql(
                     "SELECT caller_key, profile, summary, turns, calls, updated_at FROM memory "
-                    "WHERE caller_key = ?"
+                    "WHERE tenant = ? AND caller_key = ?"
                 ),
-                (caller_key,),
+                (tenant or DEFAULT_TENANT, caller_key),
             )
             r = cur.fetchone()
             if r is None:
@@ -331,16 +378,22 @@ class Store:
         return self._run(q)  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ erasure, retention, audit
-    def forget(self, caller_key: str, actor: str, now: float | None = None) -> dict[str, int]:
-        """Erase a caller: their calls, turns, events and memory. The audit row keeps counts, not content."""
+    def forget(
+        self, caller_key: str, actor: str, now: float | None = None, tenant: str | None = None
+    ) -> dict[str, int]:
+        """Erase a caller: their calls, turns, events and memory. The audit row keeps counts, not content.
+        With `tenant`, only that tenant's records and memory of the caller (a tenant's own erasure);
+        without, every tenant's (the operator's)."""
+        only = " AND tenant = ?" if tenant is not None else ""
+        args = (caller_key, tenant) if tenant is not None else (caller_key,)
 
         def tx(cur: Any) -> dict[str, int]:
-            cur.execute(self._sql("SELECT call_id FROM calls WHERE caller_key = ?"), (caller_key,))
+            cur.execute(self._sql("SELECT call_id FROM calls WHERE caller_key = ?" + only), args)
             ids = [r[0] for r in cur.fetchall()]
             counts = self._delete_calls(cur, ids)
-            cur.execute(self._sql("DELETE FROM memory WHERE caller_key = ?"), (caller_key,))
+            cur.execute(self._sql("DELETE FROM memory WHERE caller_key = ?" + only), args)
             counts["memory"] = max(cur.rowcount, 0)
-            self._audit(cur, now, actor, "erase", caller_key, counts)
+            self._audit(cur, now, actor, "erase", caller_key, counts, tenant or "")
             return counts
 
         return dict(self._run(tx))
@@ -377,21 +430,37 @@ class Store:
         return counts
 
     def _audit(
-        self, cur: Any, now: float | None, actor: str, action: str, subject: str, detail: dict[str, Any]
+        self,
+        cur: Any,
+        now: float | None,
+        actor: str,
+        action: str,
+        subject: str,
+        detail: dict[str, Any],
+        tenant: str = "",
     ) -> None:
         cur.execute(
-            self._sql("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)"),
-            (now if now is not None else time.time(), actor, action, subject, json.dumps(detail)),
+            self._sql(
+                "INSERT INTO audit (at, actor, action, subject, detail, tenant) VALUES (?, ?, ?, ?, ?, ?)"
+            ),
+            (now if now is not None else time.time(), actor, action, subject, json.dumps(detail), tenant),
         )
 
-    def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
+    def audit_log(self, limit: int = 100, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Newest first; with `tenant`, only that tenant's own erasures."""
+        where, args = ("WHERE tenant = ? ", (tenant, limit)) if tenant is not None else ("", (limit,))
+
         def q(cur: Any) -> list[dict[str, Any]]:
             cur.execute(
-                self._sql("SELECT at, actor, action, subject, detail FROM audit ORDER BY id DESC LIMIT ?"),
-                (limit,),
+                self._sql(
+                    "SELECT at, actor, action, subject, detail, tenant FROM audit "
+                    f"{where}ORDER BY id DESC LIMIT ?"
+                ),
+                args,
             )
             return [
-                {"at": r[0], "actor": r[1], "action": r[2], "subject": r[3], "detail": json.loads(r[4])}
+                {"at": r[0], "actor": r[1], "action": r[2], "subject": r[3], "detail": json.loads(r[4]),
+                 "tenant": r[5] or None}
                 for r in cur.fetchall()
             ]
 

@@ -188,7 +188,8 @@ def test_dialplan_starts_the_stream_with_contract_metadata(document: ET.Element)
     assert ("lua", "$${conf_dir}/scripts/ai_stream_start.lua") in [
         (app, d.replace(str(CONF), "$${conf_dir}")) for app, d in actions]
     script = (CONF / "scripts" / "ai_stream_start.lua").read_text()
-    assert '" start " .. url .. "/" .. uuid .. " " .. mix .. " " .. rate' in script
+    # the query (?tenant=&profile=&callee=) lets the gateway hold the call against its tenant's inbound cap
+    assert '" start " .. url .. "/" .. uuid .. suffix .. " " .. mix .. " " .. rate' in script
     # mono (the caller's voice) unless the gateway asks for "mixed" (the handoff note-taker)
     assert 'if mix ~= "mixed" then\n  mix = "mono"' in script
     assert values["gateway_stream_urls"].startswith("ws://")
