@@ -217,6 +217,12 @@ def _twilio_client(host: str, port: int, calls: int, warmup: float, seconds: flo
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.transport = transport  # type: ignore[assignment]
 
+        def start_message(self) -> dict:
+            return {"event": "start", "sequenceNumber": "1", "streamSid": self.stream, "start": {
+                "streamSid": self.stream, "accountSid": account, "callSid": self.sid, "tracks": ["inbound"],
+                "customParameters": {"caller": "+15550111", "called": "+15550100"},
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}
+
         def connection_lost(self, exc: Exception | None) -> None:
             stats["closed"] += 1
             if not self.upgraded.done():
@@ -231,6 +237,9 @@ def _twilio_client(host: str, port: int, calls: int, warmup: float, seconds: flo
                 ok = self.buf.startswith(b"HTTP/1.1 101")
                 del self.buf[: end + 4]
                 self.upgraded.set_result(ok)
+                if ok and self.transport is not None:  # as Twilio: `connected` and `start` right away
+                    self.transport.write(text({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+                    self.transport.write(text(self.start_message()))
             b, pos = self.buf, 0
             while len(b) - pos >= 2:
                 n, hdr = b[pos + 1] & 0x7F, 2
@@ -294,12 +303,6 @@ def _twilio_client(host: str, port: int, calls: int, warmup: float, seconds: flo
         results = await asyncio.gather(*(c.upgraded for c in conns))
         if not all(results):
             return {"error": f"{results.count(False)} upgrades refused"}
-        for c in conns:
-            c.transport.write(text({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-            c.transport.write(text({"event": "start", "sequenceNumber": "1", "streamSid": c.stream, "start": {
-                "streamSid": c.stream, "accountSid": account, "callSid": c.sid, "tracks": ["inbound"],
-                "customParameters": {"caller": "+15550111", "called": "+15550100"},
-                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}))
         print("CONNECTED", flush=True)
         slots = [conns[i::20] for i in range(20)]
         t0 = loop.time() + hold
@@ -380,14 +383,16 @@ def append_latency(append_ms: int, seconds: float = 4.0) -> dict:
 
 # --------------------------------------------------------------------------------------------- memory
 def _traced_gateway(trace_dir: str) -> int:
-    """`gateway serve` with tracemalloc on from the first import (25 frames). A thread answers snapshot
-    requests the harness drops into `trace_dir` (`LABEL.req`): after a full collection it writes the
-    tracemalloc snapshot (`LABEL.snap`) and the live objects counted by type (`LABEL.types.json`), then
-    `LABEL.done`. Opt-in, from the benchmark only: nothing in the gateway changes."""
+    """`gateway serve` with a thread answering requests the harness drops into `trace_dir` (`LABEL.req`):
+    `start` starts tracemalloc (25 frames) once the gateway is up (traced from the first import, start-up
+    takes minutes on this machine; what is allocated before and still alive is not counted, and that is
+    the point: the difference at N calls is the calls' memory); any other label writes, after a full
+    collection, the tracemalloc snapshot (`LABEL.snap`) and the live objects counted by type
+    (`LABEL.types.json`); then `LABEL.done`. Opt-in, from the benchmark only: nothing in the gateway
+    changes."""
     import gc
     import tracemalloc
 
-    tracemalloc.start(25)
     folder = Path(trace_dir)
 
     def answer() -> None:
@@ -395,6 +400,10 @@ def _traced_gateway(trace_dir: str) -> int:
             for req in sorted(folder.glob("*.req")):
                 label = req.stem
                 req.unlink()
+                if label == "start":
+                    tracemalloc.start(25)
+                    (folder / "start.done").write_text("")
+                    continue
                 gc.collect()
                 tracemalloc.take_snapshot().dump(str(folder / f"{label}.snap"))
                 counts: dict[str, int] = {}
@@ -543,6 +552,7 @@ def run(bridge: str, calls: int, args: argparse.Namespace, trace_dir: Path | Non
         time.sleep(1.0)  # start-up settles (the gateway's first readiness probe)
         proc = psutil.Process(server.pid)
         if trace_dir is not None:
+            _snapshot(trace_dir, "start")
             _snapshot(trace_dir, "idle")
         rss0 = proc.memory_info().rss
         cpu0 = sum(proc.cpu_times()[:2])
