@@ -176,7 +176,7 @@ REPLY_GAP_S = 1.0  # a longer silence is between two replies, not an underrun in
 
 
 def _twilio_client(host: str, port: int, calls: int, warmup: float, seconds: float, hold: float,
-                   token: str) -> dict:
+                   token: str, ramp: float = 0.0) -> dict:
     """N calls speaking Twilio Media Streams to `host:port/twilio/stream`, as Twilio does
     (https://www.twilio.com/docs/voice/media-streams/websocket-messages): the upgrade signed with
     X-Twilio-Signature, `connected`, `start` (mediaFormat audio/x-mulaw 8000 mono), then a 20 ms mu-law
@@ -184,7 +184,7 @@ def _twilio_client(host: str, port: int, calls: int, warmup: float, seconds: flo
     buffer plays it: media back to back at real time from arrival; a `mark` is echoed once the audio before
     it has played; `clear` empties the buffer. A media message that arrives after the buffer ran dry (more
     than LATE_TOLERANCE_S, less than REPLY_GAP_S: inside a reply) is an underrun, its frames late frames.
-    The same client and the same measure for every bridge."""
+    The same client and the same measure for every bridge. `ramp`: new calls per second (0: all at once)."""
     import uvloop
     from twilio.request_validator import RequestValidator
 
@@ -296,6 +296,8 @@ def _twilio_client(host: str, port: int, calls: int, warmup: float, seconds: flo
         loop = asyncio.get_running_loop()
         conns: list[Call] = []
         for _ in range(calls):
+            if ramp > 0:
+                await asyncio.sleep(1 / ramp)
             req, _ = upgrade_request(host, port, path, {"X-Twilio-Signature": signature})
             _, proto = await loop.create_connection(Call, host, port)
             proto.transport.write(req)
@@ -382,11 +384,12 @@ def append_latency(append_ms: int, seconds: float = 4.0) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- memory
-def _traced_gateway(trace_dir: str) -> int:
+def _traced_gateway(trace_dir: str, frames: int) -> int:
     """`gateway serve` with a thread answering requests the harness drops into `trace_dir` (`LABEL.req`):
-    `start` starts tracemalloc (25 frames) once the gateway is up (traced from the first import, start-up
-    takes minutes on this machine; what is allocated before and still alive is not counted, and that is
-    the point: the difference at N calls is the calls' memory); any other label writes, after a full
+    `start` starts tracemalloc (`--trace-frames` deep) once the gateway is up (traced from the first
+    import, start-up takes minutes on this machine; what is allocated before and still alive is not
+    counted, and that is the point: the difference at N calls is the calls' memory); any other label
+    writes, after a full
     collection, the tracemalloc snapshot (`LABEL.snap`) and the live objects counted by type
     (`LABEL.types.json`); then `LABEL.done`. Opt-in, from the benchmark only: nothing in the gateway
     changes."""
@@ -401,7 +404,7 @@ def _traced_gateway(trace_dir: str) -> int:
                 label = req.stem
                 req.unlink()
                 if label == "start":
-                    tracemalloc.start(25)
+                    tracemalloc.start(frames)
                     (folder / "start.done").write_text("")
                     continue
                 gc.collect()
@@ -513,7 +516,7 @@ def _start_bridge(bridge: str, calls: int, fake_port: int, args: argparse.Namesp
         server = subprocess.Popen([*mp.NICE, "taskset", "-c", "0", str(py), str(Path(__file__).parent /
                                    "pipecat_bridge.py"), host, str(port), f"ws://{host}:{fake_port}/v1/realtime",
                                    TWILIO_TOKEN], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=_log(bridge))
-        mp.wait_port(port, server)
+        _wait_or_stop(server, port)
         return server, port, None
     admin = mp.free_port()
     tree = args.gateway_tree.resolve()
@@ -529,12 +532,20 @@ def _start_bridge(bridge: str, calls: int, fake_port: int, args: argparse.Namesp
         env["PYTHONPATH"] = str(tree)
     cmd = [PY, "-m", "gateway", "serve"]
     if trace_dir is not None:  # tracemalloc from the first import; snapshots on request (see _traced_gateway)
-        cmd = [PY, __file__, "--traced-gateway", str(trace_dir)]
+        cmd = [PY, str(Path(__file__).resolve()), "--traced-gateway", str(trace_dir), str(args.trace_frames)]
     server = subprocess.Popen([*mp.NICE, "taskset", "-c", "0", *cmd], env=env, cwd=tree,
                               stdout=subprocess.DEVNULL, stderr=_log(bridge))
-    mp.wait_port(port, server)
-    mp.wait_port(admin, server)
+    _wait_or_stop(server, port, admin)
     return server, port, admin
+
+
+def _wait_or_stop(server: subprocess.Popen, *ports: int) -> None:
+    try:
+        for port in ports:
+            mp.wait_port(port, server, seconds=120)
+    except BaseException:
+        _stop(server)
+        raise
 
 
 def run(bridge: str, calls: int, args: argparse.Namespace, trace_dir: Path | None = None) -> dict:
@@ -561,7 +572,7 @@ def run(bridge: str, calls: int, args: argparse.Namespace, trace_dir: Path | Non
                     "/stream/", str(args.hold)]
         else:
             ccmd = [__file__, "--twilio-client", host, str(port), str(calls), str(args.warmup),
-                    str(args.seconds), str(args.hold), TWILIO_TOKEN]
+                    str(args.seconds), str(args.hold), TWILIO_TOKEN, str(args.ramp)]
         client = subprocess.Popen([*mp.NICE, "taskset", "-c", "1", PY, *ccmd], cwd=ROOT,
                                   stdout=subprocess.PIPE, stdin=subprocess.PIPE, stderr=_log("client"),
                                   text=True)
@@ -662,11 +673,13 @@ def main() -> int:
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--twilio-client":
         host, port, calls, warmup, seconds, hold, token = sys.argv[2:9]
-        doc = _twilio_client(host, int(port), int(calls), float(warmup), float(seconds), float(hold), token)
+        ramp = sys.argv[9] if len(sys.argv) > 9 else "0"
+        doc = _twilio_client(host, int(port), int(calls), float(warmup), float(seconds), float(hold), token,
+                             float(ramp))
         print(json.dumps(doc), flush=True)
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--traced-gateway":
-        return _traced_gateway(sys.argv[2])
+        return _traced_gateway(sys.argv[2], int(sys.argv[3]))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--calls", type=int, nargs="+", default=[100])
     p.add_argument("--bridges", nargs="+", default=["gateway", "pipecat"],
@@ -678,6 +691,9 @@ def main() -> int:
     p.add_argument("--memory-breakdown", action="store_true",
                    help="gateway only: tracemalloc snapshots at 0 calls, after set-up and at steady state "
                         "(tracing costs CPU: its CPU figures are not comparable)")
+    p.add_argument("--ramp", type=float, default=0.0,
+                   help="new calls per second from the Twilio client (0: all at once, the default)")
+    p.add_argument("--trace-frames", type=int, default=12, help="--memory-breakdown's tracemalloc depth")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--hold", type=float, default=3.0, help="seconds between set-up and the first audio")
@@ -689,6 +705,7 @@ def main() -> int:
     p.add_argument("--nice", type=int, default=0)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the `finally`s stop every process started
     mp.HOST[0] = args.host
     if args.nice:
         mp.NICE[:] = ["nice", "-n", str(args.nice)]
