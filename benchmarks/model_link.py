@@ -531,8 +531,11 @@ def _start_bridge(bridge: str, calls: int, fake_port: int, args: argparse.Namesp
     if tree != ROOT:
         env["PYTHONPATH"] = str(tree)
     cmd = [PY, "-m", "gateway", "serve"]
-    if trace_dir is not None:  # tracemalloc from the first import; snapshots on request (see _traced_gateway)
+    if trace_dir is not None:  # tracemalloc once up; snapshots on request (see _traced_gateway)
         cmd = [PY, str(Path(__file__).resolve()), "--traced-gateway", str(trace_dir), str(args.trace_frames)]
+        # Traced, the gateway runs many times slower: a call's `start` may wait longer than the 0.5 s it
+        # is given after the upgrade (GATEWAY_METADATA_TIMEOUT_S), which would refuse it.
+        env.update(GATEWAY_METADATA_TIMEOUT_S="120", GATEWAY_UPGRADE_HEADER_TIMEOUT_S="120")
     server = subprocess.Popen([*mp.NICE, "taskset", "-c", "0", *cmd], env=env, cwd=tree,
                               stdout=subprocess.DEVNULL, stderr=_log(bridge))
     _wait_or_stop(server, port, admin)
