@@ -41,7 +41,7 @@ PY = sys.executable
 
 
 # --------------------------------------------------------------------------------------------- fake model
-def _fake_model(host: str, expected: int, reply_every: float, reply_ms: int) -> None:
+def _fake_model(host: str, expected: int, reply_every: float, reply_ms: int, base: int = 0) -> None:
     import logging
 
     import uvloop
@@ -132,6 +132,8 @@ def _fake_model(host: str, expected: int, reply_every: float, reply_ms: int) -> 
                     await ws.send(ev({"type": "session.updated", "event_id": "e",
                                       "session": doc.get("session", {})}))
                     sessions[0] += 1
+                    if sessions[0] == base:
+                        print("BASE", flush=True)
                     if sessions[0] == expected:
                         print("READY", flush=True)
                     turner = asyncio.create_task(turns())
@@ -176,7 +178,7 @@ REPLY_GAP_S = 1.0  # a longer silence is between two replies, not an underrun in
 
 
 def _twilio_client(host: str, port: int, calls: int, warmup: float, seconds: float, hold: float,
-                   token: str, ramp: float = 0.0) -> dict:
+                   token: str, ramp: float = 0.0, pause_after: int = 0, pause_s: float = 0.0) -> dict:
     """N calls speaking Twilio Media Streams to `host:port/twilio/stream`, as Twilio does
     (https://www.twilio.com/docs/voice/media-streams/websocket-messages): the upgrade signed with
     X-Twilio-Signature, `connected`, `start` (mediaFormat audio/x-mulaw 8000 mono), then a 20 ms mu-law
@@ -184,7 +186,8 @@ def _twilio_client(host: str, port: int, calls: int, warmup: float, seconds: flo
     buffer plays it: media back to back at real time from arrival; a `mark` is echoed once the audio before
     it has played; `clear` empties the buffer. A media message that arrives after the buffer ran dry (more
     than LATE_TOLERANCE_S, less than REPLY_GAP_S: inside a reply) is an underrun, its frames late frames.
-    The same client and the same measure for every bridge. `ramp`: new calls per second (0: all at once)."""
+    The same client and the same measure for every bridge. `ramp`: new calls per second (0: all at once);
+    `pause_after` calls, a pause of `pause_s` (--memory-breakdown's base snapshot)."""
     import uvloop
     from twilio.request_validator import RequestValidator
 
@@ -295,9 +298,11 @@ def _twilio_client(host: str, port: int, calls: int, warmup: float, seconds: flo
     async def main() -> dict:
         loop = asyncio.get_running_loop()
         conns: list[Call] = []
-        for _ in range(calls):
+        for i in range(calls):
             if ramp > 0:
                 await asyncio.sleep(1 / ramp)
+            if i == pause_after and pause_s > 0:
+                await asyncio.sleep(pause_s)
             req, _ = upgrade_request(host, port, path, {"X-Twilio-Signature": signature})
             _, proto = await loop.create_connection(Call, host, port)
             proto.transport.write(req)
@@ -555,8 +560,12 @@ def run(bridge: str, calls: int, args: argparse.Namespace, trace_dir: Path | Non
     import psutil
 
     host = args.host
+    # --memory-breakdown: the base snapshot at `base` calls (the client pauses there), so that what the first
+    # call alone costs (modules imported on first use, pydantic models built) is not counted per call.
+    base, pause = (min(5, calls // 4), 60.0) if trace_dir is not None else (0, 0.0)
     fake = subprocess.Popen([*mp.NICE, "taskset", "-c", "1", PY, __file__, "--fake", host, str(calls),
-                             str(args.reply_every), str(args.reply_ms)], stdout=subprocess.PIPE, text=True)
+                             str(args.reply_every), str(args.reply_ms), str(base)], stdout=subprocess.PIPE,
+                            text=True)
     server = client = None
     result: dict = {"bridge": bridge, "calls": calls}
     try:
@@ -567,7 +576,6 @@ def run(bridge: str, calls: int, args: argparse.Namespace, trace_dir: Path | Non
         proc = psutil.Process(server.pid)
         if trace_dir is not None:
             _snapshot(trace_dir, "start")
-            _snapshot(trace_dir, "idle")
         rss0 = proc.memory_info().rss
         cpu0 = sum(proc.cpu_times()[:2])
         if bridge == "gateway-fs":  # the mod_audio_stream ingress (benchmarks/media_plane.py's client)
@@ -575,18 +583,31 @@ def run(bridge: str, calls: int, args: argparse.Namespace, trace_dir: Path | Non
                     "/stream/", str(args.hold)]
         else:
             ccmd = [__file__, "--twilio-client", host, str(port), str(calls), str(args.warmup),
-                    str(args.seconds), str(args.hold), TWILIO_TOKEN, str(args.ramp)]
+                    str(args.seconds), str(args.hold), TWILIO_TOKEN, str(args.ramp), str(base), str(pause)]
         client = subprocess.Popen([*mp.NICE, "taskset", "-c", "1", PY, *ccmd], cwd=ROOT,
                                   stdout=subprocess.PIPE, stdin=subprocess.PIPE, stderr=_log("client"),
                                   text=True)
         assert client.stdout is not None and client.stdin is not None
         t_setup = time.perf_counter()
         ready = queue.Queue()  # type: queue.Queue[str]
-        threading.Thread(target=lambda: ready.put(fake.stdout.readline().strip()), daemon=True).start()
-        try:  # READY: every call's session.update answered
-            line2 = ready.get(timeout=args.setup_timeout)
-        except queue.Empty:
-            line2 = "timeout"
+        def fake_lines() -> None:
+            while (line := fake.stdout.readline().strip()) not in ("READY", ""):
+                ready.put(line)
+            ready.put(line)
+
+        threading.Thread(target=fake_lines, daemon=True).start()
+        line2 = ""
+        while line2 != "READY":  # READY: every call's session.update answered
+            try:
+                line2 = ready.get(timeout=max(0.1, args.setup_timeout - (time.perf_counter() - t_setup)))
+            except queue.Empty:
+                line2 = "timeout"
+                break
+            if line2 == "BASE" and trace_dir is not None:
+                time.sleep(2.0)  # the base calls' set-up settles while the client pauses
+                _snapshot(trace_dir, "idle")
+            elif line2 != "BASE":
+                break
         setup_wall = time.perf_counter() - t_setup
         cpu1 = sum(proc.cpu_times()[:2])
         rss1 = proc.memory_info().rss
@@ -672,13 +693,14 @@ def main() -> int:
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--fake":
         host, expected, every, reply_ms = sys.argv[2:6]
-        _fake_model(host, int(expected), float(every), int(reply_ms))
+        base = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+        _fake_model(host, int(expected), float(every), int(reply_ms), base)
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--twilio-client":
         host, port, calls, warmup, seconds, hold, token = sys.argv[2:9]
-        ramp = sys.argv[9] if len(sys.argv) > 9 else "0"
+        ramp, pause_after, pause_s = (sys.argv[9:12] + ["0", "0", "0"])[:3]
         doc = _twilio_client(host, int(port), int(calls), float(warmup), float(seconds), float(hold), token,
-                             float(ramp))
+                             float(ramp), int(pause_after), float(pause_s))
         print(json.dumps(doc), flush=True)
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--traced-gateway":
@@ -723,7 +745,10 @@ def main() -> int:
                 bridge = next((b for b in args.bridges if b != "pipecat"), "gateway")
                 r = run(bridge, calls, args, trace_dir=Path(tmp))
                 if "error" not in r:
-                    r["memory"] = [memory_breakdown(Path(tmp), calls, label) for label in ("setup", "steady")]
+                    base = min(5, calls // 4)
+                    r["memory"] = [memory_breakdown(Path(tmp), calls - base, label)
+                                   for label in ("setup", "steady")]
+                    r["memory_base_calls"] = base
                 results["runs"].append(r)
                 print(json.dumps(r), flush=True)
     else:
