@@ -1,21 +1,29 @@
-"""Calls per core with the model link counted (issue 17): `gateway serve` with a Realtime WebSocket per call
-to a local fake Realtime server, under N concurrent 8 kHz calls.
+"""Calls per core with the model link counted (issue 17): a bridge with a Realtime WebSocket per call to a
+local fake Realtime server, under N concurrent 8 kHz calls; `gateway serve` and Pipecat side by side.
 
-    .venv/bin/python benchmarks/model_link.py --calls 100 200 --host 127.0.3.1
-    .venv/bin/python benchmarks/model_link.py --calls 100 --gateway-tree /tmp/old   # another checkout
+    make bench-deps   # once: Pipecat in .venv-bench (benchmarks/requirements-pipecat.txt)
+    .venv/bin/python benchmarks/model_link.py --calls 20 50 100 --rounds 2 --ramp 25 --host 127.0.9.1
+    .venv/bin/python benchmarks/model_link.py --bridges gateway --calls 100 --gateway-tree /tmp/old
+    .venv/bin/python benchmarks/model_link.py --memory-breakdown --calls 30 --ramp 3 --setup-timeout 400
     .venv/bin/python benchmarks/model_link.py --append-latency 20 40 60 100   # what batching adds
 
-Gateway pinned to core 0; the load client (benchmarks/media_plane.py's mod_audio_stream-like client) and
-the fake model share core 1. The fake speaks the Realtime protocol's GA event names as the gateway uses them:
-`session.update` -> `session.updated`; appends are counted, not parsed; every `--reply-every` seconds per
-call a turn: `input_audio_buffer.speech_started` (a barge-in when a reply is playing), `speech_stopped`,
-then a reply of `--reply-ms` of mu-law in 100 ms `response.output_audio.delta`s at twice real time, and
-`response.done`; `response.cancel` ends the reply with a cancelled `response.done`, a truncate is answered.
+Bridges (`--bridges`, interleaved per load and round): `gateway` (its Twilio Media Streams ingress),
+`pipecat` (benchmarks/pipecat_bridge.py, Pipecat 1.14 from .venv-bench), `gateway-fs` (the
+mod_audio_stream ingress with benchmarks/media_plane.py's client: not like for like with pipecat). The
+bridge is pinned to core 0; the load client and the fake model share core 1. The Twilio client
+(`--twilio-client`) speaks Twilio Media Streams to both and plays what comes back as Twilio's buffer would.
+The fake speaks the Realtime protocol's GA event names: `session.created` on connect, `session.update` ->
+`session.updated` (audio in the output format asked for: mu-law or 24 kHz PCM); appends are counted, not
+parsed; every `--reply-every` seconds per call a turn: `input_audio_buffer.speech_started` (a barge-in
+when a reply is playing), `speech_stopped`, then a reply of `--reply-ms` in 100 ms
+`response.output_audio.delta`s at twice real time, and `response.done`; `response.cancel` ends the reply
+with a cancelled `response.done`, a truncate is answered.
 
-Reported per load: call set-up CPU per call (gateway CPU from the first connection until every call's model
-session is up, before any caller audio), RSS per call after set-up, steady-state CPU % of a core and CPU
-per call, agent frames sent, underruns (the playout clock: a reply's audio reached the caller late) and
-the share of late frames.
+Reported per load: call set-up CPU per call (bridge CPU from the first connection until every call's model
+session is up, before any caller audio), RSS per call after set-up and at peak, steady-state CPU % of a
+core and CPU per call, and on the caller side agent frames heard, underruns and late frames (plus the
+gateway's own counters); then the Pipecat / gateway ratios of the invocation. `--memory-breakdown`: where
+the gateway's memory per call goes (tracemalloc, see `_traced_gateway`).
 """
 
 from __future__ import annotations
