@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-chroot deps apt venv lock lint clean
+.PHONY: demo test test-chroot deps apt venv lock lint clean bench-deps
 
 demo: deps
 	$(PY) -m gateway.demo
@@ -41,8 +41,14 @@ lock:
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip freeze --exclude-editable | grep -v '^-e ' > requirements/lock.txt
 
+# Benchmark-only: Pipecat in its own .venv-bench for `benchmarks/model_link.py` (gateway vs Pipecat side by
+# side, docs/benchmarks.md). Never part of `make test`; the gateway's .venv does not get Pipecat.
+bench-deps: deps
+	@test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q -r benchmarks/requirements-pipecat.txt
+
 lint: deps
 	$(VENV)/bin/ruff check gateway dispatcher loadtest tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-bench .pytest_cache
