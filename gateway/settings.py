@@ -55,7 +55,11 @@ class Settings(BaseSettings):
     # Audio.
     playout_lead_ms: int = Field(60, ge=20, le=1000)  # audio kept in flight towards FreeSWITCH
     default_rate: int = 8000  # when a stream sends no metadata
-    metadata_timeout_s: float = Field(0.5, gt=0)  # how long to wait for the metadata frame
+    # How long an authenticated stream has to send its metadata (mod_audio_stream's first text frame,
+    # Twilio's `start`) before it is refused (Twilio) or started with defaults (FreeSWITCH). 2 s, not
+    # 0.5 s: behind a burst of other calls' set-up a `start` sent right after the 101 waited longer than
+    # 0.5 s and Twilio callers were refused (docs/benchmarks.md); the peer is already authenticated.
+    metadata_timeout_s: float = Field(2.0, gt=0)
     max_pending_input_ms: int = Field(2000, ge=0)  # caller audio kept while the model connects
     # Caller audio per input_audio_buffer.append towards the model: 20 = one per frame; more saves CPU
     # per call (fewer JSON messages and WebSocket frames) and delays the model's input by up to that
