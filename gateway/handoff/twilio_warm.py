@@ -24,8 +24,14 @@ when the human accepts. Same `escalate` tool, admin verb and `handoff:` profile 
        (https://www.twilio.com/docs/voice/api/sip-twiml), and the webhook answers <Connect><Stream> with
        the handoff id as a <Parameter>: an AI session on that stream speaks the briefing
        (gateway/handoff/briefing.py) and takes the human's spoken yes/no (accept_handoff/decline_handoff).
-    5. accept: the caller leaves hold (Hold=false), the human's EndConferenceOnExit becomes true; the
-       coach stays as a whisper coach when the profile says `coach: true`, else its leg is ended.
+    5. accept: the caller leaves hold (Hold=false), the human's EndConferenceOnExit becomes true, and
+       the coach stops coaching (Participant update Coaching=false: everyone hears it) to say the short
+       introduction the SIP path's caller AI says ("I have a colleague from ... on the line for you now.
+       Connecting you."); once that has played (the stream's marks), the coach goes back to whispering
+       (Coaching=true, CallSidToCoach=<the human's CallSid>) when the profile says `coach: true`, else
+       its leg is ended. Update Participant takes Coaching and CallSidToCoach (CallSidToCoach required
+       when Coaching is true; https://www.twilio.com/docs/voice/api/conference-participant-resource
+       #update-a-participant-resource).
        decline / no decision in accept_timeout_s / the human hangs up: the human's and the coach's calls
        are ended (Call update Status=completed) and the next target is tried.
     6. no one: the caller is taken back to the AI (Call update with <Connect><Stream> to this gateway,
@@ -53,7 +59,7 @@ from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 from gateway.call.control import CallControlError
 from gateway.handoff.record import Handoff
 from gateway.handoff.routing import HandoffPolicy, Target
-from gateway.handoff.warm import NO_ONE
+from gateway.handoff.warm import INTRODUCE, NO_ONE
 from gateway.log import fields, pii
 
 log = logging.getLogger("gateway.handoff")
@@ -222,7 +228,7 @@ class TwilioWarmTransfer:
                      extra=fields(call=self.caller_sid, handoff=self.handoff.id, target=target.target,
                                   result=result, detail=detail))
             if result == "accepted" and human is not None:
-                await self._bridge(human)
+                await self._bridge(human, target)
                 return "accepted"
             if result == "caller_gone":
                 return result
@@ -322,12 +328,27 @@ class TwilioWarmTransfer:
             return "caller_gone", "the caller hung up", None
         return "declined", f"hung up ({e.get('CallStatus')})", None
 
-    async def _bridge(self, human: str) -> None:
+    async def _bridge(self, human: str, target: Target) -> None:
+        """The caller joins the human; the coach, heard by both for once, introduces them."""
         self.handoff.state = "accepted"
         await self._participant(self.caller_sid, "unhold", hold=False)
         await self._participant(human, "end_on_exit", end_conference_on_exit=True)
-        if not self.policy.coach and self.coach_participant:
-            await self._hangup(self.coach_participant)
+        coach = self.coach_participant
+        if coach is None:
+            return
+        session = self.service.sessions(self.coach_sid) if self.coach_sid else None
+        if session is not None and await self._participant(coach, "coach_off", coaching=False):
+            name = target.target.replace("_", " ").replace("-", " ")
+            await session.say_and_wait(INTRODUCE.format(name=f"a colleague from {name}"))
+        else:
+            log.warning("twilio warm transfer: no introduction (the coach's stream is gone or Twilio "
+                        "refused the change)", extra=fields(handoff=self.handoff.id))
+        if not self.policy.coach:
+            await self._hangup(coach)
+            self.coach_participant = None
+        elif not await self._participant(coach, "coach_on", coaching=True, call_sid_to_coach=human):
+            await self._hangup(coach)  # a coach everyone hears is no coach: it leaves
+            self.coach_participant = None
 
     async def _back_to_ai(self) -> None:
         """Nobody took the call: the caller comes back to an AI session (or hears goodbye)."""
@@ -350,13 +371,17 @@ class TwilioWarmTransfer:
                                        "back_to_ai")
 
     # ------------------------------------------------------------------ REST helpers
-    async def _participant(self, call_sid: str, verb: str, **changes: Any) -> None:
+    async def _participant(self, call_sid: str, verb: str, **changes: Any) -> bool:
+        """Update Participant; False when Twilio refused (logged by TwilioControl)."""
         rest = self.control.rest
         changes = {k: v for k, v in changes.items() if v is not None}
-        with contextlib.suppress(CallControlError):
+        try:
             await self.control.request(
                 lambda: rest.conferences(self.conference_sid).participants(call_sid).update_async(**changes),
                 verb)
+        except CallControlError:
+            return False
+        return True
 
     async def _hangup(self, call_sid: str) -> None:
         rest = self.control.rest
