@@ -73,8 +73,50 @@ RESULT_OF_STATUS = {"busy": "busy", "no-answer": "no_answer", "failed": "failed"
                     "completed": "declined"}
 JOIN_TIMEOUT_S = 20.0  # the caller's redirect into the conference
 
+# Twilio connects the redirected call's <Connect><Stream> within seconds; a caller who hangs up before
+# that never comes back, and what was kept for them goes after this long.
+RETURNING_TTL_S = 120.0
+
+
+class ReturningGreetings:
+    """Handoff id -> (the caller's CallSid, the first words of the AI they come back to), each kept at
+    most `ttl_s` on `clock`: taken once by the caller's new stream, or dropped unused."""
+
+    def __init__(self, ttl_s: float = RETURNING_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s, self._clock = ttl_s, clock
+        self._kept: dict[str, tuple[float, str, str]] = {}  # handoff id -> (expires, call sid, words)
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._kept)
+
+    def put(self, handoff_id: str, call_sid: str, words: str) -> None:
+        self._expire()
+        self._kept.pop(handoff_id, None)  # re-inserted last: the dict stays in expiry order
+        self._kept[handoff_id] = (self._clock() + self.ttl_s, call_sid, words)
+
+    def take(self, handoff_id: str, call_sid: str) -> str | None:
+        """The words for this handoff's caller (once); None for another call, or after the TTL."""
+        self._expire()
+        kept = self._kept.get(handoff_id)
+        if kept is None or kept[1] != call_sid:
+            return None
+        del self._kept[handoff_id]
+        return kept[2]
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._kept:
+            first = next(iter(self._kept))
+            if self._kept[first][0] > now:
+                break
+            del self._kept[first]
+            log.info("twilio warm transfer: the caller never came back to the AI; greeting dropped",
+                     extra=fields(handoff=first))
+
+
 _ACTIVE: dict[str, TwilioWarmTransfer] = {}  # handoff id -> its transfer (callbacks and the coach leg)
-_RETURNING: dict[str, str] = {}  # handoff id -> the first words of the AI the caller comes back to
+_RETURNING = ReturningGreetings()
 
 
 def active(handoff_id: str) -> TwilioWarmTransfer | None:
@@ -83,12 +125,8 @@ def active(handoff_id: str) -> TwilioWarmTransfer | None:
 
 def returning_greeting(handoff_id: str, call_id: str) -> str | None:
     """The caller is back from a warm transfer nobody took: what their new AI session says first (once,
-    and only on the call the handoff was made for)."""
-    t = _RETURNING.get(handoff_id)
-    if t is None or not t.startswith(call_id + "\n"):
-        return None
-    _RETURNING.pop(handoff_id, None)
-    return t.split("\n", 1)[1]
+    only on the call the handoff was made for, and only within RETURNING_TTL_S)."""
+    return _RETURNING.take(handoff_id, call_id)
 
 
 def conference_twiml(name: str, events_url: str, hold_url: str | None) -> str:
@@ -361,7 +399,7 @@ class TwilioWarmTransfer:
             twiml = str(response)
         else:
             meta = self.call.meta
-            _RETURNING[self.handoff.id] = f"{self.caller_sid}\n{NO_ONE[what]}"
+            _RETURNING.put(self.handoff.id, self.caller_sid, NO_ONE[what])
             twiml = stream_twiml(self.stream_url, {
                 "profile": self.call.profile.name if self.call.profile else "", "caller": meta.caller,
                 "called": meta.callee, "callSid": self.caller_sid, "hops": str(self.handoff.hops),
