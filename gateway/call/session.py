@@ -149,6 +149,10 @@ class CallSession:
         self._speech_ended_at: float | None = None
         self._leaving = False  # an action that ends or moves the call is under way
         self._screen: AmdScreen | None = None  # outbound answering-machine detection, until its verdict
+        # A warm transfer's hold audio is playing to the caller (gateway/handoff/warm.py): the model hears
+        # silence instead of the caller and nothing it says reaches the call, until the AI takes them back.
+        self.on_hold = False
+        self._hold_silence = b""
         self.amd_verdict: dict[str, Any] | None = None
         self._responses_done = 0
         self._closed = False  # close() ran: the receive loop stops
@@ -275,6 +279,23 @@ class CallSession:
         self._leaving = False
         if self.playback is not None:
             self.playback.accepting = True
+
+    def hold(self, on: bool) -> None:
+        """Put the caller on hold from the AI (a warm transfer's hold audio plays over the call) or take
+        them back. On hold the model gets silence in place of the caller's audio, so nothing the caller
+        says there gets an answer over the hold audio (a turn they started is closed by that silence and
+        its reply dropped), their DTMF is not passed on, and any agent audio is dropped; the model keeps
+        its session and conversation, so after the hold it goes on where it was."""
+        if on == self.on_hold:
+            return
+        self.on_hold = on
+        log.info("caller on hold from the ai" if on else "caller back from hold",
+                 extra=fields(call=self.uuid))
+        if on and self._response_active and self._model is not None and self.state == "active":
+            self._model.send(rt.response_cancel())  # a reply under way would play over the hold audio
+            if self._response_id:
+                self._dropped_responses.add(self._response_id)
+            self._response_active = False
 
     async def act_when_quiet(self, act: Callable[[], Any], outcome: str | None) -> None:
         """Public form of `_quiet_then` for verbs built outside the call (gateway/handoff/)."""
@@ -446,10 +467,17 @@ class CallSession:
             return
         if self._screen is not None and not self._screen.feed(audio, self):
             return  # being screened for an answering machine: the model hears nothing yet
+        if self.on_hold:  # the model hears silence of the same length: its clock and VAD go on
+            if len(self._hold_silence) != len(audio):
+                self._hold_silence = bytes([fmt.silence_byte]) * len(audio)
+            audio = self._hold_silence
         self._input.add(len(audio) / fmt.bytes_per_ms, self._clock())
         self._model.append_audio(fmt.to_model(audio))
 
     def on_dtmf(self, digit: str) -> None:
+        if self.on_hold:
+            log.info("dtmf on hold: not passed to the model", extra=fields(call=self.uuid, digit=pii(digit)))
+            return
         if self._model is not None and self.state == "active":
             log.info("dtmf", extra=fields(call=self.uuid, digit=pii(digit)))
             self._model.send(rt.user_text_item(f"[The caller pressed DTMF key {digit}]"))
@@ -541,6 +569,8 @@ class CallSession:
             return  # a note-taker: nothing it generates reaches the call
         if response_id in self._dropped_responses or item_id in self._dropped_items:
             return  # audio of a reply the caller interrupted, still in flight from the model
+        if self.on_hold:
+            return  # the caller hears the hold audio, not the agent
         if item_id is not None:
             generated = self._generated_ms.get(item_id, 0.0) + self.audio.model_ms(len(payload))
             self._generated_ms[item_id] = generated

@@ -24,8 +24,14 @@ when the human accepts. Same `escalate` tool, admin verb and `handoff:` profile 
        (https://www.twilio.com/docs/voice/api/sip-twiml), and the webhook answers <Connect><Stream> with
        the handoff id as a <Parameter>: an AI session on that stream speaks the briefing
        (gateway/handoff/briefing.py) and takes the human's spoken yes/no (accept_handoff/decline_handoff).
-    5. accept: the caller leaves hold (Hold=false), the human's EndConferenceOnExit becomes true; the
-       coach stays as a whisper coach when the profile says `coach: true`, else its leg is ended.
+    5. accept: the caller leaves hold (Hold=false), the human's EndConferenceOnExit becomes true, and
+       the coach stops coaching (Participant update Coaching=false: everyone hears it) to say the short
+       introduction the SIP path's caller AI says ("I have a colleague from ... on the line for you now.
+       Connecting you."); once that has played (the stream's marks), the coach goes back to whispering
+       (Coaching=true, CallSidToCoach=<the human's CallSid>) when the profile says `coach: true`, else
+       its leg is ended. Update Participant takes Coaching and CallSidToCoach (CallSidToCoach required
+       when Coaching is true; https://www.twilio.com/docs/voice/api/conference-participant-resource
+       #update-a-participant-resource).
        decline / no decision in accept_timeout_s / the human hangs up: the human's and the coach's calls
        are ended (Call update Status=completed) and the next target is tried.
     6. no one: the caller is taken back to the AI (Call update with <Connect><Stream> to this gateway,
@@ -53,7 +59,7 @@ from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 from gateway.call.control import CallControlError
 from gateway.handoff.record import Handoff
 from gateway.handoff.routing import HandoffPolicy, Target
-from gateway.handoff.warm import NO_ONE
+from gateway.handoff.warm import INTRODUCE, NO_ONE
 from gateway.log import fields, pii
 
 log = logging.getLogger("gateway.handoff")
@@ -67,8 +73,50 @@ RESULT_OF_STATUS = {"busy": "busy", "no-answer": "no_answer", "failed": "failed"
                     "completed": "declined"}
 JOIN_TIMEOUT_S = 20.0  # the caller's redirect into the conference
 
+# Twilio connects the redirected call's <Connect><Stream> within seconds; a caller who hangs up before
+# that never comes back, and what was kept for them goes after this long.
+RETURNING_TTL_S = 120.0
+
+
+class ReturningGreetings:
+    """Handoff id -> (the caller's CallSid, the first words of the AI they come back to), each kept at
+    most `ttl_s` on `clock`: taken once by the caller's new stream, or dropped unused."""
+
+    def __init__(self, ttl_s: float = RETURNING_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s, self._clock = ttl_s, clock
+        self._kept: dict[str, tuple[float, str, str]] = {}  # handoff id -> (expires, call sid, words)
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._kept)
+
+    def put(self, handoff_id: str, call_sid: str, words: str) -> None:
+        self._expire()
+        self._kept.pop(handoff_id, None)  # re-inserted last: the dict stays in expiry order
+        self._kept[handoff_id] = (self._clock() + self.ttl_s, call_sid, words)
+
+    def take(self, handoff_id: str, call_sid: str) -> str | None:
+        """The words for this handoff's caller (once); None for another call, or after the TTL."""
+        self._expire()
+        kept = self._kept.get(handoff_id)
+        if kept is None or kept[1] != call_sid:
+            return None
+        del self._kept[handoff_id]
+        return kept[2]
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._kept:
+            first = next(iter(self._kept))
+            if self._kept[first][0] > now:
+                break
+            del self._kept[first]
+            log.info("twilio warm transfer: the caller never came back to the AI; greeting dropped",
+                     extra=fields(handoff=first))
+
+
 _ACTIVE: dict[str, TwilioWarmTransfer] = {}  # handoff id -> its transfer (callbacks and the coach leg)
-_RETURNING: dict[str, str] = {}  # handoff id -> the first words of the AI the caller comes back to
+_RETURNING = ReturningGreetings()
 
 
 def active(handoff_id: str) -> TwilioWarmTransfer | None:
@@ -77,12 +125,8 @@ def active(handoff_id: str) -> TwilioWarmTransfer | None:
 
 def returning_greeting(handoff_id: str, call_id: str) -> str | None:
     """The caller is back from a warm transfer nobody took: what their new AI session says first (once,
-    and only on the call the handoff was made for)."""
-    t = _RETURNING.get(handoff_id)
-    if t is None or not t.startswith(call_id + "\n"):
-        return None
-    _RETURNING.pop(handoff_id, None)
-    return t.split("\n", 1)[1]
+    only on the call the handoff was made for, and only within RETURNING_TTL_S)."""
+    return _RETURNING.take(handoff_id, call_id)
 
 
 def conference_twiml(name: str, events_url: str, hold_url: str | None) -> str:
@@ -222,7 +266,7 @@ class TwilioWarmTransfer:
                      extra=fields(call=self.caller_sid, handoff=self.handoff.id, target=target.target,
                                   result=result, detail=detail))
             if result == "accepted" and human is not None:
-                await self._bridge(human)
+                await self._bridge(human, target)
                 return "accepted"
             if result == "caller_gone":
                 return result
@@ -322,12 +366,27 @@ class TwilioWarmTransfer:
             return "caller_gone", "the caller hung up", None
         return "declined", f"hung up ({e.get('CallStatus')})", None
 
-    async def _bridge(self, human: str) -> None:
+    async def _bridge(self, human: str, target: Target) -> None:
+        """The caller joins the human; the coach, heard by both for once, introduces them."""
         self.handoff.state = "accepted"
         await self._participant(self.caller_sid, "unhold", hold=False)
         await self._participant(human, "end_on_exit", end_conference_on_exit=True)
-        if not self.policy.coach and self.coach_participant:
-            await self._hangup(self.coach_participant)
+        coach = self.coach_participant
+        if coach is None:
+            return
+        session = self.service.sessions(self.coach_sid) if self.coach_sid else None
+        if session is not None and await self._participant(coach, "coach_off", coaching=False):
+            name = target.target.replace("_", " ").replace("-", " ")
+            await session.say_and_wait(INTRODUCE.format(name=f"a colleague from {name}"))
+        else:
+            log.warning("twilio warm transfer: no introduction (the coach's stream is gone or Twilio "
+                        "refused the change)", extra=fields(handoff=self.handoff.id))
+        if not self.policy.coach:
+            await self._hangup(coach)
+            self.coach_participant = None
+        elif not await self._participant(coach, "coach_on", coaching=True, call_sid_to_coach=human):
+            await self._hangup(coach)  # a coach everyone hears is no coach: it leaves
+            self.coach_participant = None
 
     async def _back_to_ai(self) -> None:
         """Nobody took the call: the caller comes back to an AI session (or hears goodbye)."""
@@ -340,7 +399,7 @@ class TwilioWarmTransfer:
             twiml = str(response)
         else:
             meta = self.call.meta
-            _RETURNING[self.handoff.id] = f"{self.caller_sid}\n{NO_ONE[what]}"
+            _RETURNING.put(self.handoff.id, self.caller_sid, NO_ONE[what])
             twiml = stream_twiml(self.stream_url, {
                 "profile": self.call.profile.name if self.call.profile else "", "caller": meta.caller,
                 "called": meta.callee, "callSid": self.caller_sid, "hops": str(self.handoff.hops),
@@ -350,13 +409,17 @@ class TwilioWarmTransfer:
                                        "back_to_ai")
 
     # ------------------------------------------------------------------ REST helpers
-    async def _participant(self, call_sid: str, verb: str, **changes: Any) -> None:
+    async def _participant(self, call_sid: str, verb: str, **changes: Any) -> bool:
+        """Update Participant; False when Twilio refused (logged by TwilioControl)."""
         rest = self.control.rest
         changes = {k: v for k, v in changes.items() if v is not None}
-        with contextlib.suppress(CallControlError):
+        try:
             await self.control.request(
                 lambda: rest.conferences(self.conference_sid).participants(call_sid).update_async(**changes),
                 verb)
+        except CallControlError:
+            return False
+        return True
 
     async def _hangup(self, call_sid: str) -> None:
         rest = self.control.rest

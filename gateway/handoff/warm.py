@@ -176,7 +176,9 @@ class WarmTransfer:
     async def _hold(self, on: bool, announce: bool = True) -> None:
         """The profile's hold audio to the caller (uuid_broadcast on its parked channel) while the human
         is dialled and briefed; stopped (uuid_break all) before the AI speaks to the caller again.
-        Without hold_audio the caller stays with the AI and hears nothing else."""
+        While it plays the caller's AI is on hold too (CallSession.hold): what the caller says gets no
+        answer over the hold audio. Without hold_audio, or when it cannot be started, the caller stays
+        with the AI and talks to it as before."""
         audio = self.policy.hold_audio
         if not audio or on == self._holding:
             return
@@ -186,7 +188,10 @@ class WarmTransfer:
                 if announce:
                     await self.call.say_and_wait(HOLD)
                 await self.client.api(commands.uuid_broadcast(c, audio, "aleg"))
+                self.call.hold(True)
             else:
+                self._holding = False
+                self.call.hold(False)  # the AI speaks next, whatever uuid_break answers
                 await self.client.api(commands.uuid_break(c, True))
             self._holding = on
         except (EslError, ValueError) as exc:  # no hold audio is no reason to drop the transfer

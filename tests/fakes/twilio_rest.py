@@ -15,6 +15,7 @@ A test plays Twilio's side of the callbacks with `signed_post`, signed as Twilio
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ class Request:
     path: str
     form: dict[str, str]
     pairs: list[tuple[str, str]] = field(default_factory=list)  # the form as sent (repeated keys kept)
+    at: float = field(default_factory=time.monotonic)  # when it arrived (tests order it against media)
 
 
 @dataclass
@@ -195,7 +197,7 @@ class FakeTwilioRest:
         return web.json_response(self._participant_json(request.match_info["conf"], sid, p), status=201)
 
     async def _update_participant(self, request: web.Request) -> web.Response:
-        """Update Participant (Hold, HoldUrl, Muted, EndConferenceOnExit, ...)."""
+        """Update Participant (Hold, HoldUrl, Muted, EndConferenceOnExit, Coaching, CallSidToCoach, ...)."""
         posted = await request.post()
         form = {k: str(v) for k, v in posted.items()}
         self.requests.append(Request("POST", request.path, form, [(k, str(v)) for k, v in posted.items()]))
@@ -203,10 +205,18 @@ class FakeTwilioRest:
             return self._error(401, 20003, "Authenticate")
         sid = request.match_info["sid"]
         p = self.participants.setdefault(sid, {"status": "connected"})
+        # Coaching=true needs CallSidToCoach, naming a participant of the conference (Twilio: 16028,
+        # https://www.twilio.com/docs/api/errors/16028); Coaching=false alone makes everyone hear it.
+        if form.get("Coaching") == "true" and not form.get("CallSidToCoach"):
+            return self._error(400, 21210, "CallSidToCoach is required when Coaching is true")
+        if form.get("CallSidToCoach") and form["CallSidToCoach"] not in self.participants:
+            return self._error(400, 16028, "Participant to be whispered is not present in the conference")
         for key, name in (("Hold", "hold"), ("Muted", "muted"), ("Coaching", "coaching"),
                           ("EndConferenceOnExit", "end_conference_on_exit")):
             if key in form:
                 p[name] = form[key] == "true"
+        if "Coaching" in form:
+            p["call_sid_to_coach"] = form.get("CallSidToCoach") if p["coaching"] else None
         return web.json_response(self._participant_json(request.match_info["conf"], sid, p))
 
     def participant_requests(self) -> list[Request]:

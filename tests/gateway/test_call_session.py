@@ -8,10 +8,11 @@ import base64
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 
 from gateway.call.session import CallSession
-from gateway.call.transport import CallerAudio, InEvent, StreamStart
+from gateway.call.transport import CallerAudio, Dtmf, InEvent, StreamStart
 from gateway.profiles import load_profiles
 from gateway.settings import DEFAULT_PROFILES_DIR, Settings
 
@@ -53,9 +54,11 @@ class RecordingLink:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.audio_bytes = 0
+        self.appended: list[bytes] = []
 
     def append_audio(self, payload: bytes) -> None:
         self.audio_bytes += len(payload)
+        self.appended.append(payload)
 
     def send(self, event: dict[str, Any]) -> None:
         self.events.append(event)
@@ -160,3 +163,40 @@ async def test_benign_cancel_error_is_not_a_model_error(call):
     session.dispatch({"type": "error", "error": {"type": "invalid_request_error",
                                                  "code": "response_cancel_not_active", "message": "none"}})
     assert session.stats.model_errors == 0 and session.state == "active"
+
+
+async def test_on_hold_the_model_hears_silence_and_nothing_it_says_reaches_the_caller(call):
+    """A warm transfer's hold (gateway/handoff/warm.py): the caller's words, keys and any agent audio stop
+    at the session; its model session goes on, and everything flows again once the caller is back."""
+    session, transport, link, control = call
+    loud = (np.sin(np.arange(160) * 0.3) * 8000).astype("<i2").tobytes()  # 20 ms of a loud tone
+    session.dispatch({"type": "response.created", "response": {"id": "r1"}})
+    session.hold(True)  # a reply under way when the hold starts is cancelled
+    assert link.events[-1] == {"type": "response.cancel"}
+    before = len(link.appended)
+    for _ in range(10):
+        await transport.inbound.put(CallerAudio(loud))
+    await transport.inbound.put(Dtmf("5"))
+    await asyncio.sleep(0.2)
+    held = link.appended[before:]
+    assert len(held) == 10 and all(p == b"\xff" * 160 for p in held)  # mu-law silence, same length
+    assert not [e for e in link.events if "DTMF" in str(e)]
+    session.dispatch({"type": "response.created", "response": {"id": "r2"}})
+    session.dispatch(delta("i2", 200))
+    await asyncio.sleep(0.3)
+    assert transport.sent == []  # the caller hears the hold audio, not the agent
+
+    session.hold(False)
+    for _ in range(3):
+        await transport.inbound.put(CallerAudio(loud))
+    await transport.inbound.put(Dtmf("5"))
+    await asyncio.sleep(0.2)
+    assert all(p != b"\xff" * 160 for p in link.appended[before + 10:])
+    assert len(link.appended) == before + 13
+    assert [e for e in link.events if "DTMF key 5" in str(e)]
+    session.dispatch(delta("i3", 200))
+    for _ in range(100):
+        if transport.sent:
+            break
+        await asyncio.sleep(0.01)
+    assert transport.audio_sent_ms() > 0

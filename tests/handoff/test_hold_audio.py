@@ -1,7 +1,9 @@
 """Hold audio on a SIP warm transfer, on the real FreeSWITCH: the profile's `handoff.hold_audio` (here a
 steady 1400 Hz tone_stream) is what the caller hears while the human is dialled and briefed: the tone
 is in the caller's RTP, the briefing is not, and the tone stops once the caller is introduced and
-bridged. Runs on this area's own addresses (127.0.7.21-39), beside the other handoff tests."""
+bridged. While on hold the caller's AI is on hold too: a question asked then gets no answer over the
+hold audio, and the AI answers again once it has taken the caller back. Runs on this area's own
+addresses (127.0.7.21-39), beside the other handoff tests."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from harness.rtp import ulaw_decode  # noqa: E402
-from speech import HUMAN, YES, phrase  # noqa: E402
+from speech import HUMAN, OPENING_HOURS, YES, phrase  # noqa: E402
 
 pytestmark = [pytest.mark.freeswitch, pytest.mark.slow]
 
@@ -72,25 +74,36 @@ def hold_path(tmp_path: Path, freeswitch_factory, request: pytest.FixtureRequest
         p.stop()
 
 
+def _kind(payload: bytes, hz: float) -> str | None:
+    """'tone' when nearly all of a 20 ms mu-law frame's energy is within 60 Hz of `hz`, 'other' for any
+    other audible sound, None for silence."""
+    pcm = ulaw_decode(payload).astype(np.float64)
+    if len(pcm) < 160:
+        return None
+    power = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm)))) ** 2
+    freqs = np.fft.rfftfreq(len(pcm), 1 / 8000)
+    total = float(power.sum())
+    if total < 1e5 * len(pcm):  # about -45 dBFS: silence
+        return None
+    near = float(power[np.abs(freqs - hz) <= 60].sum())
+    return "tone" if near / total > 0.8 else "other"
+
+
 def tone_frames(packets: list[Any], hz: float = TONE_HZ) -> tuple[int, int, int]:
-    """(frames, frames that are the tone, frames with other sound) of 20 ms mu-law packets: a frame is
-    the tone when nearly all its energy is within 60 Hz of `hz`; other sound is anything audible else."""
-    tone = other = 0
-    for p in packets:
-        pcm = ulaw_decode(p.payload).astype(np.float64)
-        if len(pcm) < 160:
-            continue
-        power = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm)))) ** 2
-        freqs = np.fft.rfftfreq(len(pcm), 1 / 8000)
-        total = float(power.sum())
-        if total < 1e5 * len(pcm):  # about -45 dBFS: silence
-            continue
-        near = float(power[np.abs(freqs - hz) <= 60].sum())
-        if near / total > 0.8:
-            tone += 1
-        else:
-            other += 1
-    return len(packets), tone, other
+    """(frames, frames that are the tone, frames with other sound) of 20 ms mu-law packets."""
+    kinds = [_kind(p.payload, hz) for p in packets]
+    return len(packets), kinds.count("tone"), kinds.count("other")
+
+
+def first_other_sound(call: Any, since: float, timeout: float) -> float | None:
+    """When the caller first heard something other than the hold tone after `since` (e.g. the AI)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in call.rtp.audio_packets(since=since):
+            if _kind(p.payload, TONE_HZ) == "other":
+                return float(p.t)
+        time.sleep(0.1)
+    return None
 
 
 def test_caller_hears_the_hold_audio_not_the_briefing_until_bridged(hold_path):
@@ -149,9 +162,9 @@ def test_caller_hears_the_hold_audio_not_the_briefing_until_bridged(hold_path):
         "the caller does not hear the human after the warm transfer"
 
 
-def test_hold_audio_stops_when_nobody_answers_and_the_ai_takes_the_caller_back(hold_path):
+def test_on_hold_the_ai_does_not_answer_then_takes_the_caller_back_when_nobody_answers(hold_path):
     handoff = {"mode": "warm", "max_hops": 2, "hold_audio": HOLD, "on_no_answer": "carry_on",
-               "targets": [{"target": "billing", "timeout_s": 5}]}
+               "targets": [{"target": "billing", "timeout_s": 9}]}
     path = hold_path(handoff, human={"noanswer": ("2001",)})
     call = path.call(wait_bye_s=120)
     assert call.wait_answered(15)
@@ -163,14 +176,24 @@ def test_hold_audio_stops_when_nobody_answers_and_the_ai_takes_the_caller_back(h
         time.sleep(0.05)
     assert path.human.received("INVITE"), "the human was never dialled"
     dialled_at = time.monotonic()
-    time.sleep(3.5)  # ringing, inside the target's 5 s
+    # The caller asks a question the AI answers at any other time, while the human rings (9 s).
+    time.sleep(0.5)
+    asked = call.say(phrase(OPENING_HOURS))
+    time.sleep(max(0.0, dialled_at + 7.5 - time.monotonic()))
     n, tone, other = tone_frames(call.rtp.audio_packets(since=dialled_at + 0.5, until=time.monotonic()))
-    assert n > 100 and tone > 0.9 * n and other < 0.03 * n, (n, tone, other)
-    # No answer in 5 s: the hold audio stops and the AI tells the caller it carries on itself.
-    time.sleep(4.0)
-    back = time.monotonic()
-    said = call.wait_speech(since=back - 2.0, min_s=1.5, timeout=20, quiet_s=0.8)
+    print(f"\ncaller on hold, asked at +{asked - dialled_at:.1f} s: {n} frames, {tone} tone, {other} other")
+    assert n > 250 and tone > 0.9 * n, "the caller did not hear the hold audio while the human rang"
+    assert other < 0.03 * n, "the caller heard something besides the hold audio (the AI answering?)"
+    # No answer in 9 s: the hold audio stops and the AI tells the caller it carries on itself.
+    back = first_other_sound(call, dialled_at + 7.5, timeout=25)
+    assert back is not None, "the AI did not take the caller back"
+    said = call.wait_speech(since=back, min_s=1.5, timeout=20, quiet_s=0.8)
     assert said is not None, "the AI did not take the caller back"
-    time.sleep(1.0)
-    n, tone, other = tone_frames(call.rtp.audio_packets(since=back, until=time.monotonic()))
+    n, tone, other = tone_frames(call.rtp.audio_packets(since=said[0], until=said[1]))
     assert tone < 10 and other > 40, f"after no answer: {tone} tone and {other} other of {n} frames"
+    # Back with the AI: the same question gets an answer again.
+    asked = call.say(phrase(OPENING_HOURS))
+    answer = call.wait_speech(since=asked, min_s=1.0, timeout=20, quiet_s=0.8)
+    assert answer is not None, "the AI did not answer the caller after taking them back"
+    n, tone, other = tone_frames(call.rtp.audio_packets(since=answer[0], until=answer[1]))
+    assert tone < 10 and other > 40, f"the answer: {tone} tone and {other} other of {n} frames"

@@ -245,7 +245,7 @@ async def test_caller_held_busy_then_human_briefed_by_coach_and_accepts(twilio_g
     briefing = [s for s in _said(model) if "Incoming call from Ann Lee." in s]
     assert briefing and "Say yes to take the call, or no to decline." in briefing[0], _said(model)
     assert heard.heard_s > 0.2 and not heard.errors, heard
-    # Accepted aloud: the caller leaves hold, the human now ends the conference on leaving, the coach stays.
+    # Accepted aloud: the caller leaves hold, the human now ends the conference on leaving.
     unhold = await _until(lambda: _updates(rest, tw.caller_sid)[1:2])
     assert unhold == [{"Hold": "false"}]
     assert await _until(lambda: _updates(rest, human_sid)) == [{"EndConferenceOnExit": "true"}]
@@ -253,8 +253,48 @@ async def test_caller_held_busy_then_human_briefed_by_coach_and_accepts(twilio_g
     assert h is not None
     await _until(lambda: h.state == "accepted")
     assert [(a.target, a.result) for a in h.attempts] == [("billing", "busy"), ("human", "accepted")]
-    coach_sid = rest.added[2]
-    assert _call_updates(rest, coach_sid) == []  # coach: true keeps the whisper coach on
+    # The coach stops coaching so both hear the short introduction, then whispers to the human again
+    # (coach: true keeps it on: its call is not ended).
+    coach_part = rest.added[2]
+    await _until(lambda: _updates(rest, coach_part)[1:2])
+    assert _updates(rest, coach_part) == [{"Coaching": "false"},
+                                          {"Coaching": "true", "CallSidToCoach": human_sid}]
+    _introduced_while_not_coaching(rest, model, heard, coach_part, tw.caller_sid, "human")
+    assert _call_updates(rest, coach_part) == []
+
+
+def _introduced_while_not_coaching(rest: FakeTwilioRest, model: Any, heard: Any, coach_part: str,
+                                   caller_sid: str, target: str) -> None:
+    """The coach said the introduction, and its audio went out on the coach's stream after the caller
+    left hold and the coach stopped coaching, and before it whispered again or left."""
+    intro = f'Say exactly: "I have a colleague from {target} on the line for you now. Connecting you."'
+    assert intro in _said(model), _said(model)
+    reqs = [r for r in rest.requests if r.path.endswith((f"/{coach_part}.json", f"/{caller_sid}.json"))]
+    unhold = next(r for r in reqs if r.form == {"Hold": "false"})
+    off = next(r for r in reqs if r.form == {"Coaching": "false"})
+    after = next(r for r in reqs if r.at > off.at and r.form != {"Coaching": "false"})
+    assert unhold.at < off.at
+    sent = sum(n for t, n in heard.reply_arrivals if off.at < t < after.at)
+    assert sent >= 0.25 * 8000, f"{sent} bytes of introduction on the coach's stream while not coaching"
+    assert not [t for t, _ in heard.reply_arrivals if t > after.at], "the coach spoke after the introduction"
+
+
+async def test_accepted_without_coach_the_coach_introduces_then_leaves(twilio_gateway, fake_model, rest,
+                                                                       manager_wav):
+    model = await fake_model(greeting_ms=300, reply_ms=300, caller_transcript=SAID, tool=ESCALATE)
+    gw = await twilio_gateway(model.url, coach=False)
+    tw = Twilio(gw, rest, manager_wav)
+    conf = await tw.escalating_caller()
+    await tw.caller_joins((conf.text or "").strip())
+    _, human_sid = await tw.human(0, "ringing", "in-progress")
+    coach = (await _until(lambda: _creates(rest)[1:2]))[0]
+    coach_part = rest.added[1]
+    heard = await _coach_leg(tw, coach, model, manager_wav, "accept_handoff")
+    # The coach stops coaching, introduces the colleague to both, then its call is ended.
+    assert await _until(lambda: _call_updates(rest, coach_part)) == [{"Status": "completed"}]
+    assert _updates(rest, coach_part) == [{"Coaching": "false"}]
+    assert _updates(rest, tw.caller_sid) == [{"Hold": "true", "HoldUrl": HOLD}, {"Hold": "false"}]
+    _introduced_while_not_coaching(rest, model, heard, coach_part, tw.caller_sid, "billing")
 
 
 async def test_spoken_decline_then_no_one_takes_the_caller_back_to_the_ai(twilio_gateway, fake_model, rest,
