@@ -18,6 +18,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from gateway import metrics as m
+from gateway import twilio_rest
 from gateway.admin import make_admin_app
 from gateway.admission import GuardedProtocol, HeaderDeadline, SourceAdmission, TenantAdmission
 from gateway.auth import TokenAuthority
@@ -218,6 +219,7 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await self.control_plane.close()
         await self.handoffs.close()
+        await twilio_rest.close_shared()  # the calls' Twilio REST clients (gateway/twilio_rest.py)
         if self.records is not None:
             await self.records.close()  # after the calls: their last records are written first
         log.info("stopped")

@@ -20,12 +20,12 @@ import re
 from urllib.parse import quote
 
 from twilio.base.exceptions import TwilioException, TwilioRestException
-from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 from twilio.twiml.voice_response import Dial, VoiceResponse
 
 from gateway.call.control import CallControlError, ErrorKind, header_text
 from gateway.log import fields, pii
+from gateway.twilio_rest import shared_client
 
 log = logging.getLogger("gateway.twilio")
 
@@ -37,9 +37,8 @@ class TwilioControl:
                  caller_id: str = "") -> None:
         self.uuid = call_sid
         self.caller_id = caller_id
-        self._client = Client(account_sid, auth_token, http_client=AsyncTwilioHttpClient())
-        if base_url:
-            self._client.api.base_url = base_url.rstrip("/")
+        # The process's client for this account (gateway/twilio_rest.py): pooled, every request bounded.
+        self._client = shared_client(account_sid, auth_token, base_url)
         self.conference: str | None = None
         self.released = False
 

@@ -20,12 +20,12 @@ from collections.abc import Callable
 
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
-from twilio.rest import Client
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from gateway.log import fields, pii
 from gateway.outbound.originate import encode_vars
 from gateway.outbound.progress import OutboundCall
+from gateway.twilio_rest import new_client
 
 log = logging.getLogger("gateway.outbound.twilio")
 
@@ -51,9 +51,8 @@ class TwilioOriginator:
     def __init__(self, *, account_sid: str, auth_token: str, stream_url: str, ring_timeout_s: int,
                  base_url: str | None = None, poll_s: float = 1.0,
                  on_progress: Callable[[OutboundCall, str], None] | None = None) -> None:
-        self._client = Client(account_sid, auth_token, http_client=AsyncTwilioHttpClient())
-        if base_url:
-            self._client.api.base_url = base_url.rstrip("/")
+        # Requests bounded in time (gateway/twilio_rest.py).
+        self._client = new_client(account_sid, auth_token, base_url)
         self.stream_url = stream_url
         self.ring_timeout_s = ring_timeout_s
         self.poll_s = poll_s

@@ -15,11 +15,11 @@ import asyncio
 import logging
 from collections import deque
 
-from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from gateway.log import fields
 from gateway.records import metrics as rm
+from gateway.twilio_rest import new_client
 
 log = logging.getLogger("gateway.records")
 CLOSE_WAIT_S = 10.0
@@ -28,8 +28,8 @@ MAX_PENDING = 200  # turns waiting to be posted for one call; beyond that the ol
 
 class ConversationSync:
     def __init__(self, account_sid: str, auth_token: str, base_url: str | None = None) -> None:
-        self._http = AsyncTwilioHttpClient()
-        self._client = Client(account_sid, auth_token, http_client=self._http)
+        self._client = new_client(account_sid, auth_token)  # requests bounded in time (twilio_rest.py)
+        self._http = self._client.http_client
         if base_url:
             self._client.conversations.base_url = base_url.rstrip("/")
 
