@@ -53,7 +53,12 @@ class Clock:
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> Any:
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path, clock: Clock) -> Any:
     async with fake_servers() as models:
         model = await models(greeting_ms=600, reply_ms=300, speed=6.0)
         (tmp_path / "tenants.yaml").write_text(TENANTS)
@@ -64,8 +69,7 @@ async def gateway(tmp_path: Path) -> Any:
                               twilio_auth_token=TWILIO_TOKEN, twilio_account_sid=ACCOUNT,
                               shutdown_timeout_s=2.0, model_connect_timeout_s=2.0),
                      fallback=FallbackPrompts(load_profiles(profiles, "front-desk")))
-        gw.clock = Clock()  # reservations expire on this clock only
-        gw.tenant_admission = TenantAdmission(clock=gw.clock)
+        gw.tenant_admission = TenantAdmission(clock=clock)  # reservations expire on this clock only
         await gw.start()
         try:
             yield gw
@@ -144,12 +148,12 @@ async def test_a_full_tenants_next_twilio_call_is_rejected_busy_and_other_tenant
     assert gw.tenant_admission.taken("acme") == 0 and gw.tenant_admission.taken("globex") == 0
 
 
-async def test_a_reservation_whose_stream_never_comes_expires_and_a_late_stream_is_refused(gateway):
+async def test_a_reservation_whose_stream_never_comes_expires_and_a_late_stream_is_refused(gateway, clock):
     gw = gateway
     before = refused("acme_corp")
     _, lost = await webhook(gw, ACME_NUMBER, new_sid("CA"))  # Twilio never opens this one's stream
     assert (await webhook(gw, ACME_NUMBER, new_sid("CA")))[0].endswith(BUSY)  # the reservation holds
-    gw.clock.now += RESERVATION_S + 1
+    clock.now += RESERVATION_S + 1
     assert gw.tenant_admission.reserved("acme") == 0
     third, params = await webhook(gw, ACME_NUMBER, new_sid("CA"))
     assert "<Connect><Stream" in third
