@@ -6,7 +6,8 @@
   other source keeps its share of `max_calls`.
 - `TenantAdmission`: per tenant (gateway/tenants.py) a cap on concurrent inbound streams
   (`max_inbound`), so one tenant's flood cannot take the capacity another tenant's calls need. Refused
-  exactly like the global cap (HTTP 503 before the upgrade).
+  exactly like the global cap (HTTP 503 before the upgrade); a Twilio call already at its voice webhook
+  (`<Reject reason="busy"/>`, gateway/twilio_webhook.py), which reserves the slot its stream then takes.
 - `HeaderDeadline`: a connection that has not delivered a complete upgrade request within
   `upgrade_header_timeout_s` is closed (half-open upgrades, slowloris), logged as one line.
 
@@ -86,33 +87,87 @@ class SourceAdmission:
             del self._sources[key]
 
 
+RESERVATION_S = 30.0  # a Twilio call admitted at its webhook holds a slot this long for its stream
+
+
 class TenantAdmission:
     """Concurrent inbound streams per tenant, against each tenant's `max_inbound` (None: no cap of its
-    own, only the global GATEWAY_MAX_CALLS). Keyed by tenant name: a handful per install."""
+    own, only the global GATEWAY_MAX_CALLS). Keyed by tenant name: a handful per install.
 
-    def __init__(self) -> None:
+    A Twilio call is admitted at its voice webhook, before its stream exists: `reserve` holds a slot for
+    its CallSid (counted like a live stream) until the stream's `start` turns it into a live one
+    (`claim`), or until `reservation_s` pass without a stream (then the slot is free again)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 reservation_s: float = RESERVATION_S) -> None:
         self._live: dict[str, int] = {}
+        self._held: dict[str, tuple[str, float]] = {}  # CallSid -> (tenant, expiry on `clock`)
+        self._clock = clock
+        self.reservation_s = reservation_s
 
     def live(self, tenant: str) -> int:
         return self._live.get(tenant, 0)
 
+    def reserved(self, tenant: str) -> int:
+        """Slots held for calls admitted at the Twilio webhook whose stream has not started yet."""
+        self._expire()
+        return sum(1 for name, _ in self._held.values() if name == tenant)
+
+    def taken(self, tenant: str) -> int:
+        return self.live(tenant) + self.reserved(tenant)
+
     def full(self, tenant: str, cap: int | None) -> bool:
-        return cap is not None and self._live.get(tenant, 0) >= cap
+        return cap is not None and self.taken(tenant) >= cap
 
     def admit(self, tenant: str, cap: int | None, label: str) -> None:
         """Take one slot of `tenant` or raise `Refused` (reason `tenant_cap`)."""
-        live = self._live.get(tenant, 0)
-        if cap is not None and live >= cap:
-            m.TENANT_STREAMS_REFUSED.labels(tenant=label).inc()
-            raise Refused("tenant_cap", f"tenant {tenant} already has {live} inbound streams (its limit)")
-        self._live[tenant] = live + 1
-        m.TENANT_ACTIVE_STREAMS.labels(tenant=label).set(live + 1)
+        self._refuse_if_full(tenant, cap, label)
+        self._take(tenant, label)
+
+    def reserve(self, key: str, tenant: str, cap: int | None, label: str) -> None:
+        """Hold one slot of `tenant` for the call `key` (a Twilio CallSid) or raise `Refused`. A tenant
+        without a cap needs no reservation; the same key again (a retried webhook) renews its hold."""
+        if cap is None:
+            return
+        self._expire()
+        if self._held.get(key, ("",))[0] != tenant:
+            self._held.pop(key, None)
+            self._refuse_if_full(tenant, cap, label)
+        self._held[key] = (tenant, self._clock() + self.reservation_s)
+
+    def claim(self, key: str, tenant: str, cap: int | None, label: str, *, force: bool = False) -> None:
+        """The stream of call `key` started: its reservation becomes a live slot; without one (it
+        expired, or the webhook was not this gateway's) a slot is taken as `admit` would, or `Refused`.
+        `force`: taken even past the cap (a call already admitted once, coming back to the agent)."""
+        self._expire()
+        held = self._held.pop(key, None)
+        if held is None or held[0] != tenant:
+            if not force:
+                self._refuse_if_full(tenant, cap, label)
+        self._take(tenant, label)
 
     def release(self, tenant: str, label: str) -> None:
         live = self._live.get(tenant, 0)
         if live > 0:
             self._live[tenant] = live - 1
             m.TENANT_ACTIVE_STREAMS.labels(tenant=label).set(live - 1)
+
+    def _take(self, tenant: str, label: str) -> None:
+        live = self._live.get(tenant, 0) + 1
+        self._live[tenant] = live
+        m.TENANT_ACTIVE_STREAMS.labels(tenant=label).set(live)
+
+    def _refuse_if_full(self, tenant: str, cap: int | None, label: str) -> None:
+        if self.full(tenant, cap):
+            m.TENANT_STREAMS_REFUSED.labels(tenant=label).inc()
+            raise Refused("tenant_cap", f"tenant {tenant} already has {self.live(tenant)} inbound streams "
+                                        f"and {self.reserved(tenant)} Twilio calls starting (its limit)")
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for key in [k for k, (_, expiry) in self._held.items() if expiry <= now]:
+            tenant, _ = self._held.pop(key)
+            log.info("twilio reservation expired: no stream came", extra=fields(call=key, tenant=tenant))
 
 
 class HeaderDeadline:

@@ -30,6 +30,7 @@ from gateway.proto.twilio_media import TwilioMediaCodec
 
 if TYPE_CHECKING:
     from gateway.serve import Gateway
+    from gateway.tenants import Tenant
 
 log = logging.getLogger("gateway.media")
 
@@ -50,6 +51,8 @@ class WsTransport:
         self.frame_ms = codec.frame_ms
         self.echoes_marks = codec.echoes_marks
         self._pending: list[InEvent] = []
+        # Called with the call's StreamStart before the call runs; may refuse it (StreamProtocolError).
+        self.on_start: Callable[[StreamStart], None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -88,6 +91,8 @@ class WsTransport:
         self._pending = events[i + 1:]
         start = events[i]
         assert isinstance(start, StreamStart)
+        if self.on_start is not None:
+            self.on_start(start)
         return start
 
     async def events(self) -> AsyncIterator[InEvent]:
@@ -166,6 +171,41 @@ INGRESSES: list[Ingress] = [
 ]
 
 
+class TwilioSlot:
+    """A Twilio stream's place in its tenant's inbound cap. Its URL names nothing (Twilio's <Stream url>
+    takes no query), so the tenant is known at `start` (the webhook's `tenant` <Parameter>): the slot the
+    webhook reserved for the CallSid becomes live, or one is taken now; a full tenant's stream is closed
+    (1013) before any model session starts. Outbound calls (their tenant's max_outbound holds them) and a
+    warm transfer's coach leg are not inbound calls: not counted."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.tenant: Tenant | None = None
+
+    def start(self, start: StreamStart) -> None:
+        extra = start.extra
+        if extra.get("direction") == "outbound" or extra.get("handoff_id"):
+            return
+        gw = self.gateway
+        chosen = gw.profiles.select(start.profile, start.callee)
+        tenant = gw.tenants.owner(tenant=str(extra.get("tenant") or "") or None, profile=chosen.name,
+                                  number=start.callee or None)
+        try:
+            # A caller coming back from a failed warm transfer was admitted already: never refused.
+            gw.tenant_admission.claim(start.call_id, tenant.name, tenant.max_inbound, tenant.metric_label,
+                                      force=bool(extra.get("handoff_return")))
+        except Refused as exc:
+            log.warning("twilio stream refused: tenant at its inbound cap",
+                        extra=fields(call=start.call_id, tenant=tenant.name, limit=tenant.max_inbound))
+            raise StreamProtocolError(wire.CLOSE_TRY_AGAIN_LATER, str(exc)) from None
+        self.tenant = tenant
+
+    def release(self) -> None:
+        if self.tenant is not None:
+            self.gateway.tenant_admission.release(self.tenant.name, self.tenant.metric_label)
+            self.tenant = None
+
+
 def _authorized(tokens: list[bytes], request: web.Request) -> bool:
     if not tokens:
         return True
@@ -180,7 +220,8 @@ def _authorized(tokens: list[bytes], request: web.Request) -> bool:
 
 
 async def _upgrade_and_run(gateway: Gateway, ingress: Ingress, request: web.Request, codec: MediaCodec,
-                           key: str | None) -> web.StreamResponse:
+                           key: str | None, on_start: Callable[[StreamStart], None] | None = None
+                           ) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         compress=False,  # libwsc's permessage-deflate handling is unreliable: never negotiate it
         max_msg_size=ingress.max_msg_size, timeout=CLOSE_HANDSHAKE_TIMEOUT_S, autoping=True)
@@ -199,7 +240,9 @@ async def _upgrade_and_run(gateway: Gateway, ingress: Ingress, request: web.Requ
         # Not `ws`: aiohttp would close an unprepared WebSocket and log a traceback. Writing this
         # response to the aborted transport fails with a ConnectionError, which aiohttp ignores.
         return web.Response(status=400)
-    session = CallSession(WsTransport(ws, codec), settings=gateway.settings,
+    transport = WsTransport(ws, codec)
+    transport.on_start = on_start
+    session = CallSession(transport, settings=gateway.settings,
                           profiles=gateway.profiles, fallback_audio=gateway.fallback,
                           control_factory=gateway.control_for, records=gateway.records)
     await gateway.registry.run(key or str(id(session)), session)
@@ -245,7 +288,9 @@ def media_app(gateway: Gateway) -> web.Application:
                 return web.Response(status=400, text="bad channel uuid\n")
             # The call's tenant, when the worker said which number or profile the stream is for (the
             # stream URL's query, freeswitch-conf/scripts/ai_stream_start.lua): its own inbound cap.
-            tenant = gateway.stream_tenant(request)
+            # A Twilio stream's URL names nothing: its tenant is taken at `start` (TwilioSlot).
+            twilio_stream = isinstance(codec, TwilioMediaCodec)
+            tenant = None if twilio_stream else gateway.stream_tenant(request)
             held_source = False
             try:
                 gateway.registry.admit(key)
@@ -264,9 +309,13 @@ def media_app(gateway: Gateway) -> web.Application:
                 status = {"duplicate": 409, "source_rate": 429}.get(exc.reason, 503)
                 return web.Response(status=status, text=f"{exc}\n",
                                     headers={"Retry-After": "1"} if status == 429 else None)
+            slot = TwilioSlot(gateway) if twilio_stream else None
             try:
-                return await _upgrade_and_run(gateway, ingress, request, codec, key)
+                return await _upgrade_and_run(gateway, ingress, request, codec, key,
+                                              slot.start if slot is not None else None)
             finally:
+                if slot is not None:
+                    slot.release()
                 gateway.admission.release(peer or "?")
                 if tenant is not None:
                     gateway.tenant_admission.release(tenant.name, tenant.metric_label)

@@ -4,7 +4,8 @@ Twilio signs every request (the voice webhook's form POST and the stream's WebSo
 HMAC-SHA1 over the full URL and sorted POST parameters, keyed with the account's auth token
 (https://www.twilio.com/docs/usage/webhooks/webhooks-security); the official `twilio` package's
 RequestValidator checks it. The webhook answers `<Connect><Stream>` (bidirectional,
-https://www.twilio.com/docs/voice/twiml/stream) with the call's details as `<Parameter>`s.
+https://www.twilio.com/docs/voice/twiml/stream) with the call's details as `<Parameter>`s, its tenant
+among them, or `<Reject reason="busy"/>` when that tenant is at its inbound cap (`max_inbound`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from gateway import metrics as m
+from gateway.call.registry import Refused
 from gateway.log import fields, pii
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from gateway.serve import Gateway
+    from gateway.tenants import Tenant
 
 log = logging.getLogger("gateway.twilio")
 
@@ -62,11 +65,16 @@ async def voice_webhook(gateway: Gateway, request: web.Request) -> web.StreamRes
     coach = coach_twiml(params, stream_url)  # a warm transfer's AI coach leg (gateway/handoff/twilio_warm.py)
     if coach is not None:
         return web.Response(text=coach, content_type="application/xml")
+    tenant = gateway.tenants.owner(profile=profile.name, number=called or None)
+    if not admitted(gateway, tenant, call_sid, called):
+        busy = VoiceResponse()
+        busy.reject(reason="busy")
+        return web.Response(text=str(busy), content_type="application/xml")
     response = VoiceResponse()
     connect = Connect()
     stream = connect.stream(url=stream_url)
     for name, value in (("profile", profile.name), ("caller", caller), ("called", called),
-                        ("callSid", call_sid)):
+                        ("callSid", call_sid), ("tenant", tenant.name)):
         stream.parameter(name=name, value=value)
     hops = params.get("SipHeader_X-AI-Hops", "")  # handed on before (a SIP domain call, X- headers)
     if hops.isdigit() and len(hops) <= 2:
@@ -75,6 +83,21 @@ async def voice_webhook(gateway: Gateway, request: web.Request) -> web.StreamRes
     log.info("twilio call", extra=fields(call=call_sid, profile=profile.name, caller=pii(caller),
                                          callee=pii(called)))
     return web.Response(text=str(response), content_type="application/xml")
+
+
+def admitted(gateway: Gateway, tenant: Tenant, call_sid: str, called: str) -> bool:
+    """The tenant's inbound cap (`max_inbound`) at the webhook: a slot reserved for this CallSid until
+    its stream starts (gateway/admission.py), or False when the tenant is full. The caller then hears
+    busy and the call is not billed (<Reject reason="busy"/>, https://www.twilio.com/docs/voice/twiml/reject)."""
+    try:
+        gateway.tenant_admission.reserve(call_sid, tenant.name, tenant.max_inbound, tenant.metric_label)
+    except Refused as exc:
+        m.STREAMS_REFUSED.labels(reason=exc.reason).inc()
+        log.warning("twilio call rejected busy: tenant at its inbound cap",
+                    extra=fields(call=call_sid, tenant=tenant.name, limit=tenant.max_inbound,
+                                 callee=pii(called) or None, reason=str(exc)))
+        return False
+    return True
 
 
 async def handoff_events(gateway: Gateway, request: web.Request) -> web.StreamResponse:

@@ -914,6 +914,7 @@ def _reason_label(code: int) -> str:
         wire.CLOSE_UNSUPPORTED_DATA: "unsupported_data",
         wire.CLOSE_PROTOCOL_ERROR: "protocol_error",
         wire.CLOSE_POLICY_VIOLATION: "policy",
+        wire.CLOSE_TRY_AGAIN_LATER: "tenant_cap",  # a Twilio stream of a full tenant (media_server.py)
     }.get(code, "other")
 
 

@@ -1,10 +1,11 @@
-"""Per-source admission (gateway/admission.py) on an injected clock, and the admin token syntax."""
+"""Per-source and per-tenant admission (gateway/admission.py) on an injected clock, and the admin token
+syntax."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.admission import PRUNE_AT, SourceAdmission
+from gateway.admission import PRUNE_AT, SourceAdmission, TenantAdmission
 from gateway.auth import Scope, TokenAuthority, is_loopback, parse_admin_tokens, required_scope
 from gateway.call.registry import Refused
 
@@ -45,6 +46,34 @@ def test_the_source_table_stays_bounded_under_address_spraying():
         adm.release(f"s{i}")
         clock.t += 0.02  # each source's bucket refills before the sweep
     assert adm.tracked <= PRUNE_AT + 1
+
+
+def test_twilio_reservations_count_against_the_tenant_cap_until_claimed_or_expired():
+    clock = Clock()
+    adm = TenantAdmission(clock=clock, reservation_s=30.0)
+    adm.reserve("CA1", "acme", 2, "acme")
+    adm.reserve("CA1", "acme", 2, "acme")  # a retried webhook renews, takes no second slot
+    adm.admit("acme", 2, "acme")  # a FreeSWITCH stream
+    assert adm.taken("acme") == 2 and adm.full("acme", 2)
+    with pytest.raises(Refused) as err:
+        adm.reserve("CA2", "acme", 2, "acme")
+    assert err.value.reason == "tenant_cap"
+    with pytest.raises(Refused):
+        adm.claim("CA3", "acme", 2, "acme")  # a stream without a reservation, tenant full
+    adm.claim("CA3", "acme", 2, "acme", force=True)  # a caller back from a transfer: admitted already
+    adm.release("acme", "acme")
+    adm.claim("CA1", "acme", 2, "acme")  # its reservation turns live: no cap check needed
+    assert (adm.live("acme"), adm.reserved("acme")) == (2, 0)
+    adm.release("acme", "acme")
+    adm.release("acme", "acme")
+    adm.reserve("CA4", "acme", 1, "acme")
+    adm.reserve("CA5", "globex", None, "globex")  # no cap: nothing to hold
+    assert adm.reserved("globex") == 0
+    clock.t += 29.9
+    assert adm.full("acme", 1)
+    clock.t += 0.2  # its stream never came
+    assert adm.taken("acme") == 0 and not adm.full("acme", 1)
+    adm.reserve("CA6", "acme", 1, "acme")
 
 
 def test_admin_token_syntax_scopes_and_constant_time_lookup():

@@ -106,8 +106,8 @@ WAIT_BYE = """<recv request="BYE" timeout="{wait_ms}"/>
   </send>"""
 
 # A refusal (e.g. 503 from the edge when no worker can take the call): ACKed hop by hop.
-ANSWER_FAIL = """<recv response="{code}" rtd="true"/>
-  <send>
+ANSWER_FAIL = """<recv response="{code}" rtd="true" response_txn="invite"/>
+  <send ack_txn="invite">
     <![CDATA[
       ACK sip:{number}@[remote_ip]:[remote_port] SIP/2.0
       [last_Via:]

@@ -118,8 +118,9 @@ async def test_a_tenant_at_its_inbound_cap_is_refused_like_the_global_cap_and_ot
 
 
 async def test_a_stream_that_names_no_number_or_is_outbound_is_held_only_by_the_global_caps(gateway):
-    """Twilio's ingress and an older worker configuration send no query: nothing changes for them. An
-    outbound call's stream (direction=outbound) is held by the tenant's max_outbound, not max_inbound."""
+    """An older worker configuration sends no query: nothing changes for it (the Twilio ingress names its
+    tenant at the webhook: test_inbound_tenant_caps_twilio.py). An outbound call's stream
+    (direction=outbound) is held by the tenant's max_outbound, not max_inbound."""
     gw = gateway
     flood = [asyncio.create_task(stream(gw, ACME_NUMBER, 3.0)) for _ in range(2)]
     await live(gw, 2)
