@@ -49,13 +49,21 @@ def valid_signature(settings: Settings, request: web.Request, params: dict[str, 
     return bool(validator.validate(url, params, signature))
 
 
-async def voice_webhook(gateway: Gateway, request: web.Request) -> web.StreamResponse:
+async def signed_form(gateway: Gateway, request: web.Request, what: str) -> dict[str, str] | web.Response:
+    """The request's form when Twilio signed it, else the 403 to answer (logged and counted)."""
     form = await request.post()
     params = {k: str(v) for k, v in form.items()}
     if not valid_signature(gateway.settings, request, params):
         m.AUTH_FAILURES.inc()
-        log.warning("twilio webhook refused: bad signature", extra=fields(peer=request.remote))
+        log.warning(f"twilio {what} refused: bad signature", extra=fields(peer=request.remote))
         return web.Response(status=403, text="bad signature\n")
+    return params
+
+
+async def voice_webhook(gateway: Gateway, request: web.Request) -> web.StreamResponse:
+    params = await signed_form(gateway, request, "webhook")
+    if isinstance(params, web.Response):
+        return params
     call_sid, caller, called = params.get("CallSid", ""), params.get("From", ""), params.get("To", "")
     profile = gateway.profiles.select("", called)
     base = public_url(gateway.settings, request, scheme=None).removesuffix(request.rel_url.path_qs)
@@ -105,12 +113,9 @@ async def handoff_events(gateway: Gateway, request: web.Request) -> web.StreamRe
     (gateway/handoff/twilio_warm.py), signed like every Twilio request."""
     from gateway.handoff.twilio_warm import active
 
-    form = await request.post()
-    params = {k: str(v) for k, v in form.items()}
-    if not valid_signature(gateway.settings, request, params):
-        m.AUTH_FAILURES.inc()
-        log.warning("twilio handoff callback refused: bad signature", extra=fields(peer=request.remote))
-        return web.Response(status=403, text="bad signature\n")
+    params = await signed_form(gateway, request, "handoff callback")
+    if isinstance(params, web.Response):
+        return params
     transfer = active(request.match_info["handoff_id"])
     if transfer is None:
         return web.Response(status=404, text="no such transfer\n")
