@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
 from fsmod_support import StreamSession, stream_audio_message, tone
@@ -85,7 +86,9 @@ async def _call_with_flood(rig: Rig, name: str) -> tuple[Sipp, StreamSession, st
     rig.behave(flood)
     sipp = rig.call(name, wait_bye_s=30, timeout_s=40)
     session = await asyncio.wait_for(rig.server.sessions.get(), 15)
-    uuid = session.path.rsplit("/", 1)[-1]
+    # The stream URL is <gateway>/<uuid>?tenant=&profile=&callee= (ai_stream_start.lua names the call's
+    # tenant for the gateway's per-tenant admission): the channel uuid is the last path segment.
+    uuid = urlsplit(session.path).path.rsplit("/", 1)[-1]
     await asyncio.sleep(1.0)
     return sipp, session, uuid
 
