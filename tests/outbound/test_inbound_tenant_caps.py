@@ -14,11 +14,11 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))  # realtime_fake, gw_helpers
 from gw_helpers import tone  # noqa: E402
+from harness.profiles import desk_profiles  # noqa: E402
 from realtime_fake import fake_servers  # noqa: E402
 
 from gateway import metrics as m  # noqa: E402
@@ -26,7 +26,7 @@ from gateway.client.call import place_call  # noqa: E402
 from gateway.fallback import FallbackPrompts  # noqa: E402
 from gateway.profiles import load_profiles  # noqa: E402
 from gateway.serve import Gateway  # noqa: E402
-from gateway.settings import DEFAULT_PROFILES_DIR, Settings  # noqa: E402
+from gateway.settings import Settings  # noqa: E402
 
 HOST = "127.0.8.21"  # this helper's loopback range; ephemeral ports
 TOKEN = "tenant-caps-token"
@@ -48,14 +48,7 @@ OPS = "ops:control:operator-secret-000001"
 
 
 def tenant_profiles(tmp: Path) -> Path:
-    out = tmp / "profiles"
-    out.mkdir()
-    for src in DEFAULT_PROFILES_DIR.glob("*.yaml"):
-        (out / src.name).write_text(src.read_text())
-    base = yaml.safe_load((DEFAULT_PROFILES_DIR / "front-desk.yaml").read_text())
-    for name, number in (("acme-desk", ACME_NUMBER), ("globex-desk", GLOBEX_NUMBER)):
-        (out / f"{name}.yaml").write_text(yaml.safe_dump(base | {"name": name, "numbers": [number]}))
-    return out
+    return desk_profiles(tmp, {"acme-desk": ACME_NUMBER, "globex-desk": GLOBEX_NUMBER})
 
 
 @pytest.fixture

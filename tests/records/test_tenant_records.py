@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 from gw_helpers import tone
+from harness.profiles import desk_profiles
 from rec_helpers import TOKEN
 
 from gateway.client.call import place_call
-from gateway.settings import DEFAULT_PROFILES_DIR
 
 HOST = "127.0.8.11"  # this helper's loopback range (media + admin, ephemeral ports)
 CALLER = "+14155550111"
@@ -40,15 +39,8 @@ tenants:
 def tenant_profiles(tmp: Path) -> Path:
     """The shipped profiles plus two copies of front-desk, one per tenant, each with caller memory on and
     its own dialled number."""
-    out = tmp / "profiles"
-    out.mkdir()
-    for src in DEFAULT_PROFILES_DIR.glob("*.yaml"):
-        (out / src.name).write_text(src.read_text())
-    base = yaml.safe_load((DEFAULT_PROFILES_DIR / "front-desk.yaml").read_text())
-    for name, number in (("acme-desk", ACME_NUMBER), ("globex-desk", GLOBEX_NUMBER)):
-        doc = base | {"name": name, "numbers": [number], "records": {"memory": {"mode": "on", "turns": 4}}}
-        (out / f"{name}.yaml").write_text(yaml.safe_dump(doc))
-    return out
+    return desk_profiles(tmp, {"acme-desk": ACME_NUMBER, "globex-desk": GLOBEX_NUMBER},
+                         records={"memory": {"mode": "on", "turns": 4}})
 
 
 async def call(gw: Any, callee: str, call_uuid: str) -> Any:
