@@ -200,7 +200,7 @@ def _twilio_client(host: str, port: int, calls: int, warmup: float, seconds: flo
     from twilio.request_validator import RequestValidator
 
     from gateway.client.twilio_call import new_sid
-    from gateway.client.wsframe import OP_TEXT, encode_frame, upgrade_request
+    from gateway.client.wsframe import OP_PING, OP_PONG, OP_TEXT, FrameParser, encode_frame, upgrade_request
 
     path = "/twilio/stream"
     signature = RequestValidator(token).compute_signature(f"ws://{host}:{port}{path}", {})
@@ -219,7 +219,8 @@ def _twilio_client(host: str, port: int, calls: int, warmup: float, seconds: flo
             self.media = text({"event": "media", "sequenceNumber": "3", "streamSid": self.stream,
                                "media": {"track": "inbound", "chunk": "1", "timestamp": "20",
                                          "payload": base64.b64encode(bytes([0xFF]) * 160).decode()}})
-            self.buf = bytearray()
+            self.buf = bytearray()  # the upgrade's response head
+            self.frames = FrameParser()  # then the server's frames
             self.upgraded = asyncio.get_running_loop().create_future()
             self.transport: asyncio.Transport | None = None
             self.play_end = 0.0
@@ -240,37 +241,23 @@ def _twilio_client(host: str, port: int, calls: int, warmup: float, seconds: flo
                 self.upgraded.set_result(False)
 
         def data_received(self, data: bytes) -> None:
-            self.buf += data
             if not self.upgraded.done():
+                self.buf += data
                 end = self.buf.find(b"\r\n\r\n")
                 if end < 0:
                     return
                 ok = self.buf.startswith(b"HTTP/1.1 101")
-                del self.buf[: end + 4]
+                data = bytes(self.buf[end + 4 :])  # what came after the head: frames
+                self.buf.clear()
                 self.upgraded.set_result(ok)
                 if ok and self.transport is not None:  # as Twilio: `connected` and `start` right away
                     self.transport.write(text({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
                     self.transport.write(text(self.start_message()))
-            b, pos = self.buf, 0
-            while len(b) - pos >= 2:
-                n, hdr = b[pos + 1] & 0x7F, 2
-                if n == 126:
-                    if len(b) - pos < 4:
-                        break
-                    n, hdr = int.from_bytes(b[pos + 2 : pos + 4], "big"), 4
-                elif n == 127:
-                    if len(b) - pos < 10:
-                        break
-                    n, hdr = int.from_bytes(b[pos + 2 : pos + 10], "big"), 10
-                if len(b) - pos < hdr + n:
-                    break
-                op, payload = b[pos] & 0x0F, bytes(b[pos + hdr : pos + hdr + n])
-                pos += hdr + n
-                if op == 1:
-                    self.message(json.loads(payload))
-                elif op == 9 and self.transport is not None:  # uvicorn pings every 20 s: pong
-                    self.transport.write(encode_frame(0xA, payload, mask_key=mask))
-            del b[:pos]
+            for frame in self.frames.feed(data):
+                if frame.opcode == OP_TEXT:
+                    self.message(json.loads(frame.payload))
+                elif frame.opcode == OP_PING and self.transport is not None:  # uvicorn pings every 20 s
+                    self.transport.write(encode_frame(OP_PONG, frame.payload, mask_key=mask))
 
         def message(self, doc: dict) -> None:
             now = time.perf_counter()
