@@ -23,25 +23,13 @@ from speech import HUMAN, OPENING_HOURS, YES, phrase  # noqa: E402
 pytestmark = [pytest.mark.freeswitch, pytest.mark.slow]
 
 IPS = [f"127.0.7.{i}" for i in range(21, 39)]
-MODEL_IP = "127.0.7.39"
 TONE_HZ = 1400.0
 HOLD = f"tone_stream://%(1000,0,{TONE_HZ:g});loops=-1"
 
 
-@pytest.fixture(scope="module")
-def hold_model(tmp_path_factory: pytest.TempPathFactory):
-    from harness.procs import GatewayModel
-
-    model = GatewayModel(tmp_path_factory.mktemp("hold-model"), MODEL_IP)
-    model.start()
-    try:
-        yield model
-    finally:
-        model.stop(timeout=5)
-
-
 @pytest.fixture
-def hold_path(tmp_path: Path, freeswitch_factory, request: pytest.FixtureRequest, hold_model, handoff_module):
+def hold_path(tmp_path: Path, freeswitch_factory, request: pytest.FixtureRequest, handoff_model,
+              handoff_module):
     from handoff_sipp import human_factory
     from harness.callpath import Addresses, CallPath
 
@@ -61,7 +49,7 @@ def hold_path(tmp_path: Path, freeswitch_factory, request: pytest.FixtureRequest
         if handoff_module is not None:
             kwargs["audio_stream_so"] = handoff_module
         path = CallPath(tmp_path / "path", Addresses.block(IPS), freeswitch_factory, edition="voxcom",
-                        model=hold_model, gateway_env={"GATEWAY_PROFILES_DIR": str(profiles)},
+                        model=handoff_model, gateway_env={"GATEWAY_PROFILES_DIR": str(profiles)},
                         human_factory=human_factory(**human), **kwargs)
         made.append(path)
         return path.start()
