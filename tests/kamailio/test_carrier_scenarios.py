@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import re
 import socket
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 from kamailio_harness import sipp_uac
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "security"))
+from sip_tools import all_headers, header  # noqa: E402
+
 FAR_END = "127.0.0.240"  # this file's own addresses: the far end and the carrier
 CARRIER = "127.0.0.241"
-
-
-def _header(msg: str, name: str) -> str:
-    match = re.search(rf"^{name}:[^\r\n]*", msg, re.M | re.I)
-    assert match, (name, msg)
-    return match.group(0)
 
 
 class FarEnd(threading.Thread):
@@ -41,28 +39,29 @@ class FarEnd(threading.Thread):
         self.sock.bind((FAR_END, 0))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
-        self.invites: dict[str, str] = {}
+        self.invites: dict[str, bytes] = {}
         self.late_183s = 0
         self._done = threading.Event()
 
-    def _reply(self, msg: str, status: str, addr: tuple[str, int], *, sdp: bool = False) -> None:
-        to = _header(msg, "To")
+    def _reply(self, msg: bytes, status: str, addr: tuple[str, int], *, sdp: bool = False) -> None:
+        to = header(msg, "To")
         if ";tag=" not in to:
             to += ";tag=far1"
         body = (f"v=0\r\no=- 1 1 IN IP4 {FAR_END}\r\ns=-\r\nc=IN IP4 {FAR_END}\r\nt=0 0\r\n"
                 "m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n") if sdp else ""
-        lines = [f"SIP/2.0 {status}", _header(msg, "Via"), _header(msg, "From"), to, _header(msg, "Call-ID"),
-                 _header(msg, "CSeq"), f"Contact: <sip:far@{FAR_END}:{self.port}>"]
+        lines = [f"SIP/2.0 {status}", *(f"Via: {v}" for v in all_headers(msg, "Via")),
+                 f"From: {header(msg, 'From')}", f"To: {to}", f"Call-ID: {header(msg, 'Call-ID')}",
+                 f"CSeq: {header(msg, 'CSeq')}", f"Contact: <sip:far@{FAR_END}:{self.port}>"]
         lines += ["Content-Type: application/sdp"] if sdp else []
         lines += [f"Content-Length: {len(body)}", "", body]
         self.sock.sendto("\r\n".join(lines).encode(), addr)
 
-    def _bye(self, invite: str, addr: tuple[str, int]) -> None:
-        caller = re.search(r"<([^>]+)>", _header(invite, "Contact")).group(1)  # type: ignore[union-attr]
+    def _bye(self, invite: bytes, addr: tuple[str, int]) -> None:
+        caller = re.search(r"<([^>]+)>", header(invite, "Contact")).group(1)  # type: ignore[union-attr]
         lines = [f"BYE {caller} SIP/2.0", f"Via: SIP/2.0/UDP {FAR_END}:{self.port};branch=z9hG4bK-far-bye",
-                 _header(invite, "To").replace("To:", "From:", 1) + ";tag=far1",
-                 _header(invite, "From").replace("From:", "To:", 1), _header(invite, "Call-ID"),
-                 "CSeq: 1 BYE", "Max-Forwards: 70", "Content-Length: 0", "", ""]
+                 f"From: {header(invite, 'To')};tag=far1", f"To: {header(invite, 'From')}",
+                 f"Call-ID: {header(invite, 'Call-ID')}", "CSeq: 1 BYE", "Max-Forwards: 70",
+                 "Content-Length: 0", "", ""]
         self.sock.sendto("\r\n".join(lines).encode(), addr)
 
     def run(self) -> None:
@@ -71,19 +70,18 @@ class FarEnd(threading.Thread):
                 data, addr = self.sock.recvfrom(65535)
             except TimeoutError:
                 continue
-            msg = data.decode(errors="replace")
-            call_id = _header(msg, "Call-ID")
-            if msg.startswith("INVITE"):
-                self.invites[call_id] = msg
-                self._reply(msg, "200 OK", addr, sdp=True)
-            elif msg.startswith("ACK") and call_id in self.invites:
+            call_id = header(data, "Call-ID")
+            if data.startswith(b"INVITE"):
+                self.invites[call_id] = data
+                self._reply(data, "200 OK", addr, sdp=True)
+            elif data.startswith(b"ACK") and call_id in self.invites:
                 if self.mode == "late-183":
                     self._reply(self.invites[call_id], "183 Session Progress", addr)
                     self.late_183s += 1
                 else:
                     self._bye(self.invites[call_id], addr)
-            elif msg.startswith("BYE"):
-                self._reply(msg, "200 OK", addr)
+            elif data.startswith(b"BYE"):
+                self._reply(data, "200 OK", addr)
 
     def stop(self) -> None:
         self._done.set()
