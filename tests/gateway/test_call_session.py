@@ -200,3 +200,31 @@ async def test_on_hold_the_model_hears_silence_and_nothing_it_says_reaches_the_c
             break
         await asyncio.sleep(0.01)
     assert transport.audio_sent_ms() > 0
+
+
+def test_input_timeline_finds_the_speech_end_after_the_ring_wrapped():
+    """The end of the caller's speech (`audio_end_ms`) turns into the clock time that audio arrived, also
+    once more than the kept 5 s have flowed (the ring wrapped) and with frames arriving unevenly: the
+    reply latency the operator reads starts there."""
+    import random
+
+    from gateway.call.session import _InputTimeline
+
+    rng = random.Random(7)
+    timeline, kept = _InputTimeline(keep=250), []
+    now, ms = 100.0, 0.0
+    # ~20 s of 20 ms frames (the ring wraps, not back at its start), jittered, a 10 ms frame now and then
+    for _ in range(1_037):
+        frame = 10.0 if rng.random() < 0.05 else 20.0
+        now += frame / 1000 + rng.uniform(-0.008, 0.015)
+        ms += frame
+        timeline.add(frame, now)
+        kept = [*kept, (ms, now)][-250:]
+    assert timeline.ms == ms
+    for audio_ms in (kept[0][0] + 3, kept[120][0] - 7.5, kept[-1][0], kept[-1][0] - 0.5, kept[200][0]):
+        end, at = next(p for p in kept if p[0] >= audio_ms)
+        assert timeline.time_of(audio_ms) == pytest.approx(at - (end - audio_ms) / 1000)
+    # Before the oldest kept frame: the oldest one's estimate; beyond what arrived: unknown.
+    assert timeline.time_of(10.0) == pytest.approx(kept[0][1] - (kept[0][0] - 10.0) / 1000)
+    assert timeline.time_of(ms + 1) is None
+    assert _InputTimeline().time_of(0.0) is None
