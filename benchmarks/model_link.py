@@ -654,7 +654,7 @@ def run(bridge: str, calls: int, args: argparse.Namespace, trace_dir: Path | Non
                 "frames_in": delta("gateway_frames_in_total"), "agent_frames_out": frames_out,
                 "playout_underruns": underruns,
                 "late_frames_pct": round(underruns / frames_out * 100, 2) if frames_out else None,
-                "barge_ins": delta("gateway_barge_ins_total")}
+                "barge_ins": delta("gateway_barge_ins_total"), "gc": _gc_pauses(m0, m1)}
     finally:
         _stop(client, server, fake)
         if fake.stdout is not None:  # the fake's own lag: late replies are not the bridge's
@@ -662,6 +662,22 @@ def run(bridge: str, calls: int, args: argparse.Namespace, trace_dir: Path | Non
                 if line.startswith("{"):
                     result.update(json.loads(line))
     return result
+
+
+def _gc_pauses(m0: dict[str, float], m1: dict[str, float]) -> dict[str, dict]:
+    """The gateway's garbage-collector runs in the window, per generation (gateway_gc_pause_seconds):
+    how many, their total, and how many stopped the loop longer than 5 ms (a quarter of a frame)."""
+    out = {}
+    for gen in "012":
+        def d(suffix: str, le: str | None = None, gen: str = gen) -> float:
+            key = (f'gateway_gc_pause_seconds_{suffix}{{generation="{gen}"}}' if le is None else
+                   f'gateway_gc_pause_seconds_bucket{{generation="{gen}",le="{le}"}}')
+            return m1.get(key, 0.0) - m0.get(key, 0.0)
+
+        runs = d("count")
+        out[gen] = {"runs": int(runs), "total_ms": round(d("sum") * 1000, 1),
+                    "over_5ms": int(runs - d("bucket", "0.005"))}
+    return out
 
 
 def _ratios(runs: list[dict]) -> list[dict]:

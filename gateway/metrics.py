@@ -43,6 +43,13 @@ FRAME_WORK = Histogram(
     buckets=(5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2),
     registry=REGISTRY,
 )
+GC_PAUSE = Histogram(
+    "gateway_gc_pause_seconds",
+    "Garbage-collector runs by generation: each one stops the event loop, and every call's audio with it",
+    ["generation"],
+    buckets=(1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.25),
+    registry=REGISTRY,
+)
 READY = Gauge("gateway_ready", "1 while the gateway accepts new streams",
     registry=REGISTRY)
 

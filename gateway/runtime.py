@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import time
+from typing import Any
 
 
 def freeze_startup_heap() -> None:
@@ -16,3 +18,25 @@ def freeze_startup_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+_counted: set[int] = set()  # histograms already fed (run_server may run more than once in one process)
+
+
+def count_gc_pauses(histogram: Any) -> None:
+    """Time every collection into `histogram` (labelled by generation): a collection stops the event
+    loop, so its length is a gap in every live call's audio. ~1 us per collection (docs/benchmarks.md)."""
+    if id(histogram) in _counted:
+        return
+    _counted.add(id(histogram))
+    started = [0.0]
+    by_generation = [histogram.labels(generation=str(g)) for g in range(3)]
+    clock = time.perf_counter
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = clock()
+        else:
+            by_generation[info["generation"]].observe(clock() - started[0])
+
+    gc.callbacks.append(on_gc)

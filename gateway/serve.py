@@ -22,6 +22,7 @@ from gateway import twilio_rest
 from gateway.admin import make_admin_app
 from gateway.admission import GuardedProtocol, HeaderDeadline, SourceAdmission, TenantAdmission
 from gateway.auth import TokenAuthority
+from gateway.call import model_link
 from gateway.call.control import CallControl, ControlPlane
 from gateway.call.policy import PolicedControl, TransferPolicy
 from gateway.call.registry import CallRegistry
@@ -38,7 +39,7 @@ from gateway.outbound.service import OutboundService
 from gateway.profiles import ProfileError, ProfileSet, load_profiles
 from gateway.proto import audio_stream as wire
 from gateway.records.recorder import Records
-from gateway.runtime import freeze_startup_heap
+from gateway.runtime import count_gc_pauses, freeze_startup_heap
 from gateway.settings import Settings, load_settings
 from gateway.tenants import Tenant, TenantError, TenantSet
 
@@ -150,6 +151,12 @@ class Gateway:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         s = self.settings
+        # What the first call would load (SDK modules, clients), loaded now: before freeze_startup_heap,
+        # and not on a caller's time.
+        if s.model_backend == "realtime":
+            model_link.preload(s.api_key(), s.model_url)
+        if s.twilio_auth_token is not None:
+            twilio_rest.preload()
         if not s.auth_tokens:
             log.warning("no GATEWAY_AUTH_TOKENS set: media streams are NOT authenticated")
         if self.records is not None:
@@ -301,6 +308,7 @@ async def run_server(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     await gateway.start()
     freeze_startup_heap()
+    count_gc_pauses(m.GC_PAUSE)
     await stop.wait()
     await gateway.shutdown()
     return 0

@@ -60,6 +60,15 @@ def shared_client(account_sid: str, auth_token: str, base_url: str | None = None
     return client
 
 
+def preload() -> None:
+    """Import at start-up the REST resources a Twilio call's control reaches on first use (the SDK loads
+    its domains lazily: ~90 modules, ~80 ms of CPU and ~7 MB the first call would otherwise pay, outside
+    `freeze_startup_heap`'s reach). A throwaway client: no request is made."""
+    client = Client("AC" + "0" * 32, "preload")  # the SDK's sync HTTP client: no aiohttp session to close
+    client.calls  # noqa: B018 - the attribute access loads the Api v2010 domain and its call resources
+    client.conferences  # noqa: B018
+
+
 async def close_shared() -> None:
     """Close the running loop's shared clients (at the gateway's shutdown)."""
     for client in _SHARED.pop(asyncio.get_running_loop(), {}).values():

@@ -49,6 +49,38 @@ def shared_client(api_key: str, base_url: str | None) -> Any:
     return client
 
 
+def preload(api_key: str, base_url: str | None) -> None:
+    """Do at start-up what the first call would: the SDK imported (~800 modules), the shared client built,
+    its Realtime resource loaded, and the SDK's request transform run once on each kind of event the
+    gateway sends (it builds its type caches on first use). Measured, the first call paid ~0.9 s of CPU
+    and ~19 MB for it, behind which other calls' set-up and audio waited; and what is loaded after
+    `freeze_startup_heap` stays in every full collection's walk (docs/benchmarks.md)."""
+    client = shared_client(api_key, base_url)
+    client.realtime.connect  # noqa: B018 - loads the Realtime resource and its connection module
+    if _uses_tls(base_url):
+        shared_tls_context()
+    try:  # the SDK's private transform: only a warm-up, never a reason not to start
+        from openai._utils import maybe_transform
+        from openai.types.realtime import RealtimeClientEventParam
+        from openai.types.realtime.response_create_event_with_references_param import (
+            ResponseCreateEventWithReferencesParam,
+        )
+
+        td = {"threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500,
+              "interrupt_response": True}
+        tools = [{"type": "function", "name": "end_call", "description": "x",
+                  "parameters": {"type": "object", "properties": {}}}]
+        for event in (rt.session_update(audio_format=rt.FORMAT_PCMU, instructions="x", voice="alloy",
+                                        turn_detection=td, tools=tools, input_transcription="whisper-1"),
+                      rt.greeting_response("x"), rt.response_create(), rt.response_cancel(),
+                      rt.item_truncate("item", 1), rt.function_call_output("call", {}),
+                      rt.user_text_item("x")):
+            # The type exactly as the SDK's AsyncRealtimeConnection.send passes it: its caches key on it.
+            maybe_transform(event, RealtimeClientEventParam | ResponseCreateEventWithReferencesParam)
+    except Exception as exc:
+        log.info("model SDK warm-up skipped", extra=fields(error=f"{type(exc).__name__}: {exc}"))
+
+
 _TLS: list[Any] = []
 
 

@@ -45,6 +45,8 @@ async def test_sigterm_drains_then_ends_live_calls_and_exits_cleanly():
                 metadata={"rate": 8000}, wait_for_greeting=False, reply_timeout=20, quiet_s=10,
                 max_duration=20))
             await asyncio.sleep(0.5)
+            async with http.get(f"http://127.0.0.1:{admin}/metrics") as r:  # collections timed from the start
+                assert 'gateway_gc_pause_seconds_count{generation="2"}' in await r.text()
             proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)
             async with http.get(f"http://127.0.0.1:{admin}/readyz") as r:
@@ -62,3 +64,31 @@ async def test_sigterm_drains_then_ends_live_calls_and_exits_cleanly():
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_every_garbage_collection_is_timed_by_generation():
+    """A collection stops the event loop and every call's audio with it: `gateway serve` times each one
+    into gateway_gc_pause_seconds{generation} (runs, total, how many over 5 ms), so an operator sees the
+    pauses behind late frames."""
+    import gc
+
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from gateway.runtime import count_gc_pauses
+
+    registry = CollectorRegistry()
+    pauses = Histogram("gc_pause_seconds", "test", ["generation"], buckets=(1e-3, 1.0), registry=registry)
+    count_gc_pauses(pauses)
+    count_gc_pauses(pauses)  # twice (run_server again in one process): still one observation per run
+    garbage = [[i] for i in range(50_000)]  # enough for the full collection to take measurable time
+    gc.collect(0)
+    gc.collect(2)
+    gc.collect(2)
+    del garbage
+
+    def count(gen: str) -> float:
+        return registry.get_sample_value("gc_pause_seconds_count", {"generation": gen}) or 0.0
+
+    assert count("2") >= 2 and count("0") >= 1  # other collections may run meanwhile: never fewer
+    assert registry.get_sample_value("gc_pause_seconds_sum", {"generation": "2"}) > 0
+    assert b'gc_pause_seconds_count{generation="1"}' in generate_latest(registry)  # exposed, also at zero
