@@ -738,6 +738,9 @@ def main() -> int:
     p.add_argument("--reply-ms", type=int, default=2000)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--gateway-tree", type=Path, default=ROOT)
+    p.add_argument("--gateway-trees", type=Path, nargs="+",
+                   help="several source trees (git worktrees) of the gateway, interleaved in every round: "
+                        "before/after comparisons in one run")
     p.add_argument("--nice", type=int, default=0)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
@@ -766,9 +769,15 @@ def main() -> int:
         for calls in args.calls:
             for _ in range(args.rounds):
                 for bridge in args.bridges:
-                    r = run(bridge, calls, args)
-                    results["runs"].append(r)
-                    print(json.dumps(r), flush=True)
+                    trees = args.gateway_trees if args.gateway_trees and bridge != "pipecat" else [None]
+                    for tree in trees:
+                        if tree is not None:
+                            args.gateway_tree = tree
+                        r = run(bridge, calls, args)
+                        if tree is not None:
+                            r["tree"] = str(tree)
+                        results["runs"].append(r)
+                        print(json.dumps(r), flush=True)
         results["ratios"] = _ratios(results["runs"])
         print(json.dumps({"ratios": results["ratios"]}), flush=True)
     if args.json:
