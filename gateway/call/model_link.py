@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from websockets.protocol import OPEN as _OPEN
+
 from gateway.log import fields
 from gateway.proto import realtime as rt
 
@@ -130,6 +132,7 @@ class RealtimeLink:
         self._control: deque[dict[str, Any]] = deque()
         self._wakeup = asyncio.Event()
         self._conn: Any = None
+        self._ws: Any = None  # the SDK connection's websockets connection, for appends written at once
         self._closing = False
         self.audio_dropped = 0
 
@@ -142,10 +145,27 @@ class RealtimeLink:
             batch += payload
             payload = bytes(batch)
             batch.clear()
+        text = rt.input_audio_append(payload)
+        if not self._audio and not self._control and self._write_now(text):
+            return
         if len(self._audio) == self._audio.maxlen:
             self.audio_dropped += 1
-        self._audio.append(rt.input_audio_append(payload))
+        self._audio.append(text)
         self._wakeup.set()
+
+    def _write_now(self, text: str) -> bool:
+        """The append written from the caller's own frame, when nothing waits before it and the socket
+        takes it: no sender wake-up, no coroutine per append. Otherwise (backed-up socket, closing,
+        a queue) it goes through the sender task as before."""
+        ws = self._ws
+        if ws is None or ws.paused or ws.fragmented_send_waiter is not None or ws.protocol.state is not _OPEN:
+            return False
+        try:
+            ws.protocol.send_text(text.encode())
+            ws.send_data()
+        except Exception:  # the socket failed: the receiver sees it and ends the link
+            return True
+        return True
 
     @property
     def connected(self) -> bool:
@@ -172,6 +192,9 @@ class RealtimeLink:
         try:
             for event in setup:  # session.update and the greeting precede any caller audio
                 await self._conn.send(event)
+            ws = getattr(self._conn, "_connection", None)  # appends may now be written at once
+            self._ws = ws if all(hasattr(ws, a) for a in ("paused", "fragmented_send_waiter", "protocol",
+                                                         "send_data")) else None
             sender = asyncio.create_task(self._send_loop(), name=f"model-send-{self.call_uuid}")
             receiver = asyncio.create_task(self._recv_loop(), name=f"model-recv-{self.call_uuid}")
             done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
@@ -224,6 +247,7 @@ class RealtimeLink:
 
     async def close(self) -> None:
         self._closing = True
+        self._ws = None
         conn, self._conn = self._conn, None
         if conn is not None:
             try:

@@ -65,3 +65,56 @@ def test_setting_bounds() -> None:
         Settings(model_append_ms=10)
     with pytest.raises(ValidationError):
         Settings(model_append_ms=200)
+
+
+@pytest.mark.parametrize("early_audio", [5, 0])
+async def test_on_a_real_socket_appends_and_control_events_keep_their_order(early_audio: int) -> None:
+    """Appends are written from the caller's frame at once when nothing waits before them, else queued
+    behind the sender: either way the model receives the session set-up first (audio that came during
+    the connect waits for it), then every append in order, a control event exactly where it was sent."""
+    from websockets.asyncio.server import serve
+
+    got: list[dict] = []
+    done = asyncio.Event()
+
+    async def record(ws) -> None:  # type: ignore[no-untyped-def]
+        async for message in ws:
+            got.append(json.loads(message))
+            if len(got) == 2 + 40 + 2:
+                done.set()
+
+    async with serve(record, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        link = RealtimeLink(call_uuid="c", base_url=f"ws://127.0.0.1:{port}/v1", api_key="x", model="m",
+                            profile="p", dispatch=lambda e: None, on_failure=lambda k, d: None,
+                            connect_timeout=5.0, max_pending_audio=100)
+        setup = [{"type": "session.update", "session": {"type": "realtime", "instructions": "x"}},
+                 {"type": "response.create"}]
+        runner = asyncio.create_task(link.run(setup))
+        for k in range(early_audio):  # caller audio while the socket connects: waits for the set-up
+            link.append_audio(bytes([k]) * 160)
+        deadline = asyncio.get_running_loop().time() + 5
+        while asyncio.get_running_loop().time() < deadline:  # polled each loop turn: appends start as
+            if link.connected:  # soon as the socket is up
+                break
+            await asyncio.sleep(0)
+        assert link.connected
+        for k in range(early_audio, 40):
+            link.append_audio(bytes([k]) * 160)
+            if k == 13:  # not right before the sender runs: the next appends must wait behind it
+                link.send({"type": "response.cancel"})
+            if k == 31:
+                link.send({"type": "conversation.item.truncate", "item_id": "i1", "content_index": 0,
+                           "audio_end_ms": 100})
+            if k % 3 == 0:
+                await asyncio.sleep(0)  # the sender runs now and then, as between real frames
+        await asyncio.wait_for(done.wait(), 10)
+        await link.close()
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    kinds = [e["type"] for e in got]
+    assert kinds[:2] == ["session.update", "response.create"]
+    sequence = [base64.b64decode(e["audio"])[0] if e["type"] == "input_audio_buffer.append" else e["type"]
+                for e in got[2:]]
+    assert sequence == [*range(14), "response.cancel", *range(14, 32), "conversation.item.truncate",
+                        *range(32, 40)]
