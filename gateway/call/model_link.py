@@ -130,9 +130,10 @@ class RealtimeLink:
         self._append_bytes = append_bytes
         self._batch = bytearray()
         self._control: deque[dict[str, Any]] = deque()
-        self._wakeup = asyncio.Event()
         self._conn: Any = None
+        self._ready = False  # the set-up events are out: appends and control events may follow
         self._ws: Any = None  # the SDK connection's websockets connection, for appends written at once
+        self._sender: asyncio.Task[None] | None = None  # only while something is queued
         self._closing = False
         self.audio_dropped = 0
 
@@ -151,19 +152,19 @@ class RealtimeLink:
         if len(self._audio) == self._audio.maxlen:
             self.audio_dropped += 1
         self._audio.append(text)
-        self._wakeup.set()
+        self._kick()
 
     def _write_now(self, text: str) -> bool:
         """The append written from the caller's own frame, when nothing waits before it and the socket
-        takes it: no sender wake-up, no coroutine per append. Otherwise (backed-up socket, closing,
-        a queue) it goes through the sender task as before."""
+        takes it: no task, no coroutine per append. Otherwise (backed-up socket, closing, a queue) it
+        waits for the sender."""
         ws = self._ws
         if ws is None or ws.paused or ws.fragmented_send_waiter is not None or ws.protocol.state is not _OPEN:
             return False
         try:
             ws.protocol.send_text(text.encode())
             ws.send_data()
-        except Exception:  # the socket failed: the receiver sees it and ends the link
+        except Exception:  # the socket failed: the receive loop sees it and ends the link
             return True
         return True
 
@@ -173,9 +174,17 @@ class RealtimeLink:
 
     def send(self, event: dict[str, Any]) -> None:
         self._control.append(event)
-        self._wakeup.set()
+        self._kick()
+
+    def _kick(self) -> None:
+        """A sender task for what is queued, started on demand and gone once the queues are empty: a
+        call holds no sender task while its appends are written at once (a task and its coroutine,
+        context and futures are ~25 of the ~300 objects per call each full collection walks)."""
+        if self._ready and (self._sender is None or self._sender.done()) and not self._closing:
+            self._sender = asyncio.create_task(self._send_loop(), name=f"model-send-{self.call_uuid}")
 
     async def run(self, setup: list[dict[str, Any]]) -> None:
+        """Connect, send the set-up, then receive on this task until the call ends or the model goes."""
         client = shared_client(self._api_key, self._base_url)
         try:
             options = {"ssl": shared_tls_context()} if _uses_tls(self._base_url) else {}
@@ -188,30 +197,28 @@ class RealtimeLink:
             self._on_failure("connect", f"{type(exc).__name__}: {exc}")
             return
         log.info("model connected", extra=fields(call=self.call_uuid, model=self._model))
-        sender = receiver = None
         try:
             for event in setup:  # session.update and the greeting precede any caller audio
                 await self._conn.send(event)
             ws = getattr(self._conn, "_connection", None)  # appends may now be written at once
             self._ws = ws if all(hasattr(ws, a) for a in ("paused", "fragmented_send_waiter", "protocol",
                                                          "send_data")) else None
-            sender = asyncio.create_task(self._send_loop(), name=f"model-send-{self.call_uuid}")
-            receiver = asyncio.create_task(self._recv_loop(), name=f"model-recv-{self.call_uuid}")
-            done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            self._ready = True
+            if self._control or self._audio:  # what came during the set-up
+                self._kick()
+            await self._recv_loop()
             if not self._closing:
-                exc = next((t.exception() for t in done if not t.cancelled() and t.exception()), None)
-                detail = f"{type(exc).__name__}: {exc}" if exc else "socket closed by model"
-                self._on_failure("dropped", detail)
+                self._on_failure("dropped", "socket closed by model")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if not self._closing:
                 self._on_failure("dropped", f"{type(exc).__name__}: {exc}")
         finally:
-            for task in (sender, receiver):
-                if task is not None:
-                    task.cancel()
-            await asyncio.gather(*(t for t in (sender, receiver) if t is not None), return_exceptions=True)
+            sender, self._sender = self._sender, None
+            if sender is not None:
+                sender.cancel()
+                await asyncio.gather(sender, return_exceptions=True)
             await self.close()
 
     async def _send_loop(self) -> None:
@@ -221,15 +228,25 @@ class RealtimeLink:
         # under cProfile at 100 calls, docs/benchmarks.md), for reconnects this link never asks for
         # (the call falls back instead). Control events keep the SDK's typed path.
         send_raw = getattr(getattr(conn, "_connection", None), "send", None) or conn.send_raw
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
+        try:
             while self._control or self._audio:
                 if self._control:
                     await conn.send(self._control.popleft())
                 else:
                     # Pre-serialised append: the SDK's typed path costs more than the audio work itself.
                     await send_raw(self._audio.popleft())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the socket failed under a send: the call falls back; the receive
+            # loop ends with the connection (closed here, in case the failure left it open)
+            if not self._closing:
+                self._on_failure("dropped", f"{type(exc).__name__}: {exc}")
+                self._closing = True
+                if self._ws is not None:
+                    self._ws.transport.abort()
+        finally:
+            if self._sender is asyncio.current_task():
+                self._sender = None
 
     async def _recv_loop(self) -> None:
         conn = self._conn

@@ -30,13 +30,11 @@ async def _appends(append_ms: int, frames: list[bytes]) -> list[bytes]:
                         dispatch=lambda e: None, on_failure=lambda k, d: None, connect_timeout=1.0,
                         max_pending_audio=100, append_bytes=fmt.model_bytes(append_ms))
     conn = RecordingConn()
-    link._conn = conn  # noqa: SLF001 - the send loop alone
-    sender = asyncio.create_task(link._send_loop())  # noqa: SLF001
+    link._conn, link._ready = conn, True  # noqa: SLF001 - the send path alone, set up, no socket
     for frame in frames:
         link.append_audio(fmt.to_model(frame))
         await asyncio.sleep(0)
     await asyncio.sleep(0.01)
-    sender.cancel()
     out = []
     for raw in conn.raw:
         event = json.loads(raw)
