@@ -20,10 +20,11 @@ aiohttp internals this relies on, each pinned by tests/gateway/test_media_raw.py
 - `WebSocketResponse.prepare()` writes the 101 head at once (StreamResponse sends headers immediately)
   and only reads through `RequestHandler.set_parser`, which gets nothing once the transport's protocol
   is swapped (`transport.set_protocol`, public asyncio API).
-- `RequestHandler.connection_lost(None)` detaches aiohttp from the socket: transport dropped, connection
-  removed from the server's list, the handler task left running (`handler_cancellation` False, aiohttp's
-  default); the response the handler returns then fails to write with a ConnectionError, which
-  `finish_response` swallows, so aiohttp never writes to or closes the socket again.
+- `RequestHandler.connection_lost(None)`, called with its `transport` attribute already None, detaches
+  aiohttp from the socket without closing it (`force_close` closes only a transport it still holds):
+  the connection leaves the server's list and its keep-alive timer ends. The response the handler then
+  returns fails to write (no transport) with a ConnectionError, which `finish_response` swallows, so
+  aiohttp never writes to or closes the socket again. The call runs in its own task.
 """
 
 from __future__ import annotations
