@@ -14,7 +14,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import WSMsgType, web
 
@@ -282,9 +282,8 @@ async def _upgrade_raw(gateway: Gateway, ingress: Ingress, request: web.Request,
         m.STREAMS_REFUSED.labels(reason="not_websocket").inc()
         release()
         return web.Response(status=400, text="expected a WebSocket upgrade\n")
-    sock = request.transport
+    sock = cast(asyncio.Transport, request.transport)  # uvloop's is no asyncio.Transport subclass
     handler = request.protocol
-    assert isinstance(sock, asyncio.Transport)
     aiohttp_side = sock.get_protocol()  # GuardedProtocol in front of aiohttp's RequestHandler
     raw = RawWsTransport(sock, codec, ingress.max_msg_size, CLOSE_HANDSHAKE_TIMEOUT_S, call=key)
     raw.on_start = on_start
