@@ -190,7 +190,7 @@ class RawWsTransport(asyncio.Protocol):
         self._open = False  # bytes before the 101 went out are kept until `open`
         self._early = bytearray()
         self._input_done = False  # nothing more will be read: close frame, EOF, reset or an error
-        self._broken = False  # input stopped on a protocol error: no close reply is awaited
+        self._broken = False  # the framing broke: input is dropped, the close reply cannot be read
         self._close_sent = False
         self._peer_closed = False
         self._lost = False
@@ -212,6 +212,11 @@ class RawWsTransport(asyncio.Protocol):
             self._early += data
             return
         if self._input_done:
+            if not (self._broken or self._peer_closed):  # a refused stream: only its close reply matters
+                for op, payload in self._parser.feed(data):
+                    if op == OP_CLOSE:
+                        self._on_close_frame(payload)
+                        break
             return
         parser = self._parser
         frames = parser.feed(data)
@@ -233,10 +238,10 @@ class RawWsTransport(asyncio.Protocol):
                 elif op == OP_CLOSE:
                     self._on_close_frame(payload)
                     break
-        except StreamProtocolError as exc:
+        except StreamProtocolError as exc:  # the codec refused the stream: the call closes it
             queue.append(exc)
-            self._input_done = self._broken = True
-        if parser.error is not None and not self._input_done:
+            self._input_done = True
+        if parser.error is not None and not self._input_done:  # the framing broke: nothing more is read
             err = parser.error
             queue.append(StreamProtocolError(err.code, f"bad frame: {err.reason}"))
             self._input_done = self._broken = True
@@ -260,6 +265,8 @@ class RawWsTransport(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self._end_input()
+        if self._close_reply is not None and not self._close_reply.done():
+            self._close_reply.set_result(None)
         return None  # the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -386,13 +393,13 @@ class RawWsTransport(asyncio.Protocol):
             return
         self._close_sent = True
         self._transport.write(close_frame(code, reason))
-        if self._broken or self._peer_closed:
-            self._transport.close()
-            return
+        # Then the reply is awaited, also after a protocol error (`_broken`: input is read and dropped
+        # and only the far end's EOF ends the wait): closing a socket with unread input resets it, and
+        # a reset can take our close frame, and its code, with it.
         self._close_reply = self._loop.create_future()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._close_reply), self.close_timeout)
-        if self._peer_closed:
+        if self._close_reply.done():
             self._transport.close()
         else:
             self._transport.abort()  # no reply in time: drop TCP without waiting on a full buffer
