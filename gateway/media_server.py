@@ -3,7 +3,8 @@ aiohttp WebSocket and a pure `MediaCodec`.
 
 Why aiohttp for media: measured at 500 echo streams it used 40-51 % of a core where FastAPI/uvicorn
 saturated one (docs/benchmarks.md). A new ingress is a codec in `gateway/proto/` plus an entry in
-`INGRESSES` below.
+`INGRESSES` below. With GATEWAY_MEDIA_STACK=raw everything up to the 101 is still aiohttp's; the socket
+is then carried by `gateway/media_raw.py` instead of aiohttp's WebSocketResponse.
 """
 
 from __future__ import annotations
