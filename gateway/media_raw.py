@@ -193,6 +193,7 @@ class RawWsTransport(asyncio.Protocol):
         self._broken = False  # the framing broke: input is dropped, the close reply cannot be read
         self._close_sent = False
         self._peer_closed = False
+        self._peer_code = wire.CLOSE_NORMAL
         self._lost = False
         self._read_paused = False
         self._write_paused = False
@@ -255,13 +256,14 @@ class RawWsTransport(asyncio.Protocol):
     def _on_close_frame(self, payload: bytes) -> None:
         self._input_done = self._peer_closed = True
         if self._close_reply is not None and not self._close_reply.done():
-            self._close_reply.set_result(None)  # the reply to our close: close() drops TCP
+            self._close_reply.set_result(None)  # the reply to our close: finish() drops TCP
             return
-        if not self._close_sent:  # the far end closes first: echo its code, then drop TCP at once
-            self._close_sent = True
-            code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else wire.CLOSE_NORMAL
-            self._transport.write(close_frame(code))
-        self._transport.close()
+        if not self._close_sent:
+            # The far end closes first: the echo of its code and the end of TCP come from `finish()`,
+            # once the call has ended and its slots are free (as with aiohttp, whose reply comes from
+            # the ending call), and in any case `close_timeout` from now (FreeSWITCH waits for them).
+            self._peer_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else wire.CLOSE_NORMAL
+            self._loop.call_later(self.close_timeout, self.finish)
 
     def eof_received(self) -> bool | None:
         self._end_input()
@@ -354,7 +356,7 @@ class RawWsTransport(asyncio.Protocol):
                 yield event
 
     def _write(self, text: str | None) -> bool:
-        if text is None or self._close_sent or self._lost:
+        if text is None or self._close_sent or self._peer_closed or self._lost:
             return False
         self._transport.write(server_frame(OP_TEXT, text.encode()))
         return True
@@ -384,22 +386,33 @@ class RawWsTransport(asyncio.Protocol):
         self._write(self.codec.side_text(doc))
 
     async def close(self, code: int, reason: str) -> None:
-        """Close frame, then the far end's reply (bounded by `close_timeout`), then TCP is dropped: a close
-        frame with TCP left open blocks FreeSWITCH's channel teardown (libwsc never closes TCP itself)."""
+        """Close frame, then the far end's reply (bounded by `close_timeout`). TCP is dropped by `finish()`,
+        which the call's owner calls once the call's slots are free (as aiohttp drops it when its handler
+        returns), and in any case `close_timeout` later: a close frame with TCP left open blocks
+        FreeSWITCH's channel teardown (libwsc never closes TCP itself)."""
+        if self._lost or self._peer_closed:  # the far end closed first: `finish()` answers it
+            return
+        if not self._close_sent:
+            self._close_sent = True
+            self._transport.write(close_frame(code, reason))
+            # Then the reply is awaited, also after a protocol error (`_broken`: input is read and
+            # dropped and only the far end's EOF ends the wait): closing a socket with unread input
+            # resets it, and a reset can take our close frame, and its code, with it.
+            self._close_reply = self._loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._close_reply), self.close_timeout)
+            self._loop.call_later(self.close_timeout, self.finish)
+
+    def finish(self) -> None:
+        """Drop TCP now: gracefully after a completed close handshake, else reset (no waiting on a full
+        buffer of a far end that reads nothing)."""
         if self._lost:
             return
-        if self._close_sent:  # the far end closed first: answered and dropped in data_received
-            self._transport.close()
-            return
-        self._close_sent = True
-        self._transport.write(close_frame(code, reason))
-        # Then the reply is awaited, also after a protocol error (`_broken`: input is read and dropped
-        # and only the far end's EOF ends the wait): closing a socket with unread input resets it, and
-        # a reset can take our close frame, and its code, with it.
-        self._close_reply = self._loop.create_future()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._close_reply), self.close_timeout)
-        if self._close_reply.done():
+        if self._peer_closed and not self._close_sent:
+            self._close_sent = True
+            self._transport.write(close_frame(self._peer_code))
+        reply = self._close_reply
+        if self._peer_closed or (reply is not None and reply.done()):
             self._transport.close()
         else:
-            self._transport.abort()  # no reply in time: drop TCP without waiting on a full buffer
+            self._transport.abort()

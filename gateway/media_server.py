@@ -317,8 +317,9 @@ async def _upgrade_raw(gateway: Gateway, ingress: Ingress, request: web.Request,
             log.exception("call ended by an unexpected error", extra=fields(call=key))
         finally:
             release()
-            if not raw.closed:
+            if not raw.closed:  # the call ended without closing the stream (an unexpected error)
                 await raw.close(wire.CLOSE_INTERNAL_ERROR, "internal error")
+            raw.finish()  # TCP is dropped after the call's slots are free
 
     task = asyncio.create_task(call(), name=f"call-{key}")
     _RAW_CALLS.add(task)
