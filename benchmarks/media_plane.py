@@ -501,6 +501,10 @@ def main() -> int:
                    help="run `gateway serve` from this source tree (an older commit checked out elsewhere), "
                         "with the same client and measurements")
     p.add_argument("--skip-kernels", action="store_true")
+    p.add_argument("--media-stacks", nargs="+", choices=["aiohttp", "raw"], default=[],
+                   help="run `gateway serve` once per GATEWAY_MEDIA_STACK at each load, interleaved "
+                        "(default: the gateway's own default only)")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds of every load and stack")
     args = p.parse_args()
     HOST[0] = args.host
     if args.nice:
@@ -516,7 +520,8 @@ def main() -> int:
         for k, v in results["kernels_us"].items():
             print(f"  {k:<60} {v:>7.2f}")
     results["gateway"] = []
-    for calls in args.calls:
+    for calls, stack in [(c, st) for _ in range(args.rounds) for c in args.calls
+                         for st in (args.media_stacks or [None])]:
         port, admin = free_port(), free_port()
         env = {**os.environ, "GATEWAY_MODEL_BACKEND": "null-echo", "GATEWAY_MEDIA_HOST": args.host,
                "GATEWAY_MEDIA_PORT": str(port), "GATEWAY_ADMIN_PORT": str(admin),
@@ -527,13 +532,18 @@ def main() -> int:
                # share (gateway/admission.py), which exists to stop exactly that from a stranger.
                "GATEWAY_MAX_STREAMS_PER_SOURCE": str(calls + 10), "GATEWAY_STREAM_RATE_PER_SOURCE": "100000",
                "GATEWAY_STREAM_BURST_PER_SOURCE": str(calls + 10)}
+        if stack is not None:
+            env["GATEWAY_MEDIA_STACK"] = stack
         tree = args.gateway_tree.resolve()
         if tree != ROOT:
             env["PYTHONPATH"] = str(tree)  # ahead of the editable install of this tree
         r = run_load([PY, "-m", "gateway", "serve"], env, port, calls, args.warmup, args.seconds, "/stream/",
                      admin_port=admin, cwd=tree)
+        if stack is not None:
+            r["media_stack"] = stack
         results["gateway"].append(r)
-        print(f"gateway serve, null-echo, {calls} calls: {json.dumps(r)}")
+        label = f", {stack} stack" if stack else ""
+        print(f"gateway serve, null-echo, {calls} calls{label}: {json.dumps(r)}")
     if not args.skip_stacks:
         results["stacks"] = {}
         for stack in args.stacks:

@@ -526,6 +526,8 @@ def _start_bridge(bridge: str, calls: int, fake_port: int, args: argparse.Namesp
            "GATEWAY_INPUT_TRANSCRIPTION_MODEL": ""}
     if bridge == "gateway":  # the Twilio Media Streams ingress; its REST control pointed at nothing
         env.update(GATEWAY_TWILIO_AUTH_TOKEN=TWILIO_TOKEN, GATEWAY_TWILIO_API_BASE_URL=f"http://{host}:9")
+    if getattr(args, "media_stack", None):  # --media-stacks: what carries the media WebSocket after its 101
+        env["GATEWAY_MEDIA_STACK"] = args.media_stack
     if tree != ROOT:
         env["PYTHONPATH"] = str(tree)
     cmd = [PY, "-m", "gateway", "serve"]
@@ -561,6 +563,8 @@ def run(bridge: str, calls: int, args: argparse.Namespace, trace_dir: Path | Non
                             text=True)
     server = client = None
     result: dict = {"bridge": bridge, "calls": calls}
+    if bridge != "pipecat" and getattr(args, "media_stack", None):
+        result["media_stack"] = args.media_stack
     try:
         assert fake.stdout is not None
         fake_port = int(fake.stdout.readline().split()[1])
@@ -691,6 +695,15 @@ def _ratios(runs: list[dict]) -> list[dict]:
             g, pc = mean("gateway", key), mean("pipecat", key)
             if g and pc:
                 row[f"pipecat_over_gateway_{key}"] = round(pc / g, 2)
+        for bridge in ("gateway", "gateway-fs"):  # --media-stacks: raw against aiohttp, same bridge and load
+            for key in ("server_cpu_pct", "setup_cpu_ms_per_call", "rss_per_call_kb_peak"):
+                vals = {stack: [r[key] for r in runs if r["calls"] == calls and r["bridge"] == bridge
+                                and r.get("media_stack") == stack and key in r]
+                        for stack in ("aiohttp", "raw")}
+                if vals["aiohttp"] and vals["raw"]:
+                    a, b = (sum(v) / len(v) for v in (vals["aiohttp"], vals["raw"]))
+                    if a:
+                        row[f"{bridge}_raw_over_aiohttp_{key}"] = round(b / a, 2)
         out.append(row)
     return out
 
@@ -725,6 +738,9 @@ def main() -> int:
                    help="skip Pipecat above this many calls (it has lost real time well below: its set-up "
                         "alone takes ~50-80 ms of CPU and ~15 MB per call)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds per load: gateway, pipecat, ...")
+    p.add_argument("--media-stacks", nargs="+", choices=["aiohttp", "raw"], default=[],
+                   help="run each gateway bridge once per GATEWAY_MEDIA_STACK, interleaved (default: the "
+                        "gateway's own default only)")
     p.add_argument("--memory-breakdown", action="store_true",
                    help="gateway only: tracemalloc snapshots at 0 calls, after set-up and at steady state "
                         "(tracing costs CPU: its CPU figures are not comparable)")
@@ -772,10 +788,13 @@ def main() -> int:
                 for bridge in args.bridges:
                     if bridge == "pipecat" and calls > (args.pipecat_max_calls or calls):
                         continue
-                    trees = args.gateway_trees if args.gateway_trees and bridge != "pipecat" else [None]
-                    for tree in trees:
+                    gateway = bridge != "pipecat"
+                    trees = args.gateway_trees if args.gateway_trees and gateway else [None]
+                    stacks = args.media_stacks if args.media_stacks and gateway else [None]
+                    for tree, stack in [(t, st) for t in trees for st in stacks]:
                         if tree is not None:
                             args.gateway_tree = tree
+                        args.media_stack = stack
                         r = run(bridge, calls, args)
                         if tree is not None:
                             r["tree"] = str(tree)

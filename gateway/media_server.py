@@ -3,7 +3,8 @@ aiohttp WebSocket and a pure `MediaCodec`.
 
 Why aiohttp for media: measured at 500 echo streams it used 40-51 % of a core where FastAPI/uvicorn
 saturated one (docs/benchmarks.md). A new ingress is a codec in `gateway/proto/` plus an entry in
-`INGRESSES` below.
+`INGRESSES` below. With GATEWAY_MEDIA_STACK=raw everything up to the 101 is still aiohttp's; the socket
+is then carried by `gateway/media_raw.py` instead of aiohttp's WebSocketResponse.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import WSMsgType, web
 
@@ -23,6 +24,7 @@ from gateway.call.registry import Refused
 from gateway.call.session import CallSession
 from gateway.call.transport import InEvent, MediaCodec, StreamStart
 from gateway.log import fields, pii
+from gateway.media_raw import RawWsTransport
 from gateway.proto import audio_stream as wire
 from gateway.proto import twilio_media as twilio
 from gateway.proto.audio_stream import StreamProtocolError
@@ -219,29 +221,25 @@ def _authorized(tokens: list[bytes], request: web.Request) -> bool:
     return ok and bool(presented)
 
 
-async def _upgrade_and_run(gateway: Gateway, ingress: Ingress, request: web.Request, codec: MediaCodec,
-                           key: str | None, on_start: Callable[[StreamStart], None] | None = None
-                           ) -> web.StreamResponse:
-    ws = web.WebSocketResponse(
+def _websocket(ingress: Ingress) -> web.WebSocketResponse:
+    return web.WebSocketResponse(
         compress=False,  # libwsc's permessage-deflate handling is unreliable: never negotiate it
         max_msg_size=ingress.max_msg_size, timeout=CLOSE_HANDSHAKE_TIMEOUT_S, autoping=True)
-    if not ws.can_prepare(request).ok:
-        m.STREAMS_REFUSED.labels(reason="not_websocket").inc()
-        return web.Response(status=400, text="expected a WebSocket upgrade\n")
-    try:
-        await ws.prepare(request)
-    except (ConnectionError, OSError, RuntimeError) as exc:
-        # The peer went away mid-upgrade: one line, not aiohttp's traceback.
-        m.UPGRADES_ABORTED.labels(reason="peer_reset").inc()
-        log.warning("upgrade aborted by the peer",
-                    extra=fields(call=key, peer=request.remote, error=type(exc).__name__))
-        if request.transport is not None:
-            request.transport.abort()
-        # Not `ws`: aiohttp would close an unprepared WebSocket and log a traceback. Writing this
-        # response to the aborted transport fails with a ConnectionError, which aiohttp ignores.
-        return web.Response(status=400)
-    transport = WsTransport(ws, codec)
-    transport.on_start = on_start
+
+
+def _upgrade_aborted(request: web.Request, key: str | None, exc: BaseException) -> web.Response:
+    # The peer went away mid-upgrade: one line, not aiohttp's traceback.
+    m.UPGRADES_ABORTED.labels(reason="peer_reset").inc()
+    log.warning("upgrade aborted by the peer",
+                extra=fields(call=key, peer=request.remote, error=type(exc).__name__))
+    if request.transport is not None:
+        request.transport.abort()
+    # Not `ws`: aiohttp would close an unprepared WebSocket and log a traceback. Writing this
+    # response to the aborted transport fails with a ConnectionError, which aiohttp ignores.
+    return web.Response(status=400)
+
+
+async def _run_session(gateway: Gateway, transport: WsTransport | RawWsTransport, key: str | None) -> None:
     session = CallSession(transport, settings=gateway.settings,
                           profiles=gateway.profiles, fallback_audio=gateway.fallback,
                           control_factory=gateway.control_for, records=gateway.records)
@@ -249,9 +247,85 @@ async def _upgrade_and_run(gateway: Gateway, ingress: Ingress, request: web.Requ
     if session.start_info is not None:  # a stream that never said what call it is has no tenant
         m.TENANT_CALLS.labels(tenant=gateway.call_tenant(session).metric_label,
                               outcome=session.outcome or "completed").inc()
+
+
+async def _upgrade_and_run(gateway: Gateway, ingress: Ingress, request: web.Request, codec: MediaCodec,
+                           key: str | None, on_start: Callable[[StreamStart], None] | None = None
+                           ) -> web.StreamResponse:
+    ws = _websocket(ingress)
+    if not ws.can_prepare(request).ok:
+        m.STREAMS_REFUSED.labels(reason="not_websocket").inc()
+        return web.Response(status=400, text="expected a WebSocket upgrade\n")
+    try:
+        await ws.prepare(request)
+    except (ConnectionError, OSError, RuntimeError) as exc:
+        return _upgrade_aborted(request, key, exc)
+    transport = WsTransport(ws, codec)
+    transport.on_start = on_start
+    await _run_session(gateway, transport, key)
     # Returning ends the handler; aiohttp then closes the transport (no keep-alive after a
     # WebSocket).
     return ws
+
+
+_RAW_CALLS: set[asyncio.Task[None]] = set()  # calls on the raw stack, running past their aiohttp handler
+
+
+async def _upgrade_raw(gateway: Gateway, ingress: Ingress, request: web.Request, codec: MediaCodec,
+                       key: str | None, on_start: Callable[[StreamStart], None] | None,
+                       release: Callable[[], None]) -> web.StreamResponse:
+    """GATEWAY_MEDIA_STACK=raw: aiohttp answers the upgrade (its checks, its 101), then the socket is
+    handed to `RawWsTransport` (gateway/media_raw.py names the aiohttp internals this relies on) and
+    the call runs in its own task; aiohttp's handler returns at once and never touches the socket
+    again. `release` frees the call's admission when the call ends (or now, if it never runs)."""
+    ws = _websocket(ingress)
+    if not ws.can_prepare(request).ok:
+        m.STREAMS_REFUSED.labels(reason="not_websocket").inc()
+        release()
+        return web.Response(status=400, text="expected a WebSocket upgrade\n")
+    sock = cast(asyncio.Transport, request.transport)  # uvloop's is no asyncio.Transport subclass
+    handler = request.protocol
+    aiohttp_side = sock.get_protocol()  # GuardedProtocol in front of aiohttp's RequestHandler
+    raw = RawWsTransport(sock, codec, ingress.max_msg_size, CLOSE_HANDSHAKE_TIMEOUT_S, call=key)
+    raw.on_start = on_start
+    # Bytes that came with the request head (a first frame sent without waiting for the 101) are in
+    # aiohttp's tail; from now on everything arrives at `raw`, which holds it until the 101 is out.
+    tail, handler._message_tail = handler._message_tail, b""
+    sock.set_protocol(raw)
+
+    def detach() -> None:
+        # aiohttp lets go of the socket: with its `transport` gone first, its connection_lost (which
+        # unlists the connection and ends its keep-alive timer) closes nothing, and nothing it does
+        # later can read, write or close the socket.
+        handler.transport = None
+        aiohttp_side.connection_lost(None)
+
+    try:
+        await ws.prepare(request)
+    except (ConnectionError, OSError, RuntimeError) as exc:
+        response = _upgrade_aborted(request, key, exc)
+        detach()
+        release()
+        return response
+    detach()
+    raw.open(tail)
+
+    async def call() -> None:
+        try:
+            await _run_session(gateway, raw, key)
+        except Exception:
+            log.exception("call ended by an unexpected error", extra=fields(call=key))
+        finally:
+            release()
+            if not raw.closed:  # the call ended without closing the stream (an unexpected error)
+                await raw.close(wire.CLOSE_INTERNAL_ERROR, "internal error")
+            raw.finish()  # TCP is dropped after the call's slots are free
+
+    task = asyncio.create_task(call(), name=f"call-{key}")
+    _RAW_CALLS.add(task)
+    task.add_done_callback(_RAW_CALLS.discard)
+    # aiohttp writes this to a transport it no longer has: a ConnectionError that it ignores.
+    return web.Response(status=101)
 
 
 def media_app(gateway: Gateway) -> web.Application:
@@ -310,15 +384,33 @@ def media_app(gateway: Gateway) -> web.Application:
                 return web.Response(status=status, text=f"{exc}\n",
                                     headers={"Retry-After": "1"} if status == 429 else None)
             slot = TwilioSlot(gateway) if twilio_stream else None
-            try:
-                return await _upgrade_and_run(gateway, ingress, request, codec, key,
-                                              slot.start if slot is not None else None)
-            finally:
+
+            def release() -> None:
                 if slot is not None:
                     slot.release()
                 gateway.admission.release(peer or "?")
                 if tenant is not None:
                     gateway.tenant_admission.release(tenant.name, tenant.metric_label)
+
+            on_start = slot.start if slot is not None else None
+            if gateway.settings.media_stack == "raw":
+                released = False
+
+                def release_once() -> None:
+                    nonlocal released
+                    if not released:
+                        released = True
+                        release()
+
+                try:
+                    return await _upgrade_raw(gateway, ingress, request, codec, key, on_start, release_once)
+                except BaseException:
+                    release_once()
+                    raise
+            try:
+                return await _upgrade_and_run(gateway, ingress, request, codec, key, on_start)
+            finally:
+                release()
 
         return handle
 

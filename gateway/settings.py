@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     stream_rate_per_source: float = Field(50.0, gt=0)  # new streams per second from one address...
     stream_burst_per_source: int = Field(100, ge=1)  # ...after a burst of this many
     upgrade_header_timeout_s: float = Field(5.0, gt=0)  # a connection must finish its upgrade request
+    # What carries a media WebSocket after its 101 (gateway/media_raw.py): `aiohttp` (its WebSocketResponse)
+    # or `raw` (RFC 6455 framing on the connection's asyncio.Protocol; docs/benchmarks.md, issue 17).
+    # The HTTP side (routes, auth, admission, the 101) is aiohttp's either way.
+    media_stack: Literal["aiohttp", "raw"] = "aiohttp"
 
     # Model: the embedded engine unless an OpenAI key is set. `model_url` is the SDK's websocket_base_url.
     model_backend: Literal["realtime", "null-echo", "null-silence"] = "realtime"

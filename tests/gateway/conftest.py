@@ -42,13 +42,23 @@ GatewayFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def make_gateway(fallback_prompts: FallbackPrompts) -> AsyncIterator[GatewayFactory]:
+def media_stack() -> str | None:
+    """GATEWAY_MEDIA_STACK of the gateways `make_gateway` starts: None = the environment's or the default.
+    Tests that must hold on both stacks parametrize it (`@pytest.mark.parametrize("media_stack", ...)`)."""
+    return None
+
+
+@pytest.fixture
+async def make_gateway(fallback_prompts: FallbackPrompts,
+                       media_stack: str | None) -> AsyncIterator[GatewayFactory]:
     started: list[Gateway] = []
 
     async def factory(**overrides: Any) -> Gateway:
         values: dict[str, Any] = {"media_host": "127.0.0.1", "media_port": 0, "admin_port": 0,
                                   "auth_tokens": TOKENS, "shutdown_timeout_s": 2.0,
                                   "model_connect_timeout_s": 2.0}
+        if media_stack is not None:
+            values["media_stack"] = media_stack
         values.update(overrides)
         gw = Gateway(Settings(**values), fallback=fallback_prompts)
         await gw.start()

@@ -16,6 +16,8 @@ from gateway.metrics import REGISTRY
 
 LEAD_MS = 60
 
+STACKS = pytest.mark.parametrize("media_stack", ["aiohttp", "raw"])  # GATEWAY_MEDIA_STACK
+
 
 def url(gw, call_uuid: str | None = None) -> str:
     return f"ws://127.0.0.1:{gw.media_port}/stream/{call_uuid or uuidlib.uuid4()}"
@@ -31,6 +33,7 @@ def metric(name: str, **labels) -> float:
 
 
 @pytest.mark.parametrize("rate", [8000, 16000])
+@STACKS
 async def test_greeting_and_reply_arrive_paced_at_real_time(make_gateway, fake_model, question_wav, rate):
     model = await fake_model(greeting_ms=1000, reply_ms=1200, speed=4.0)
     gw = await make_gateway(model_url=model.url, playout_lead_ms=LEAD_MS)
@@ -60,6 +63,7 @@ async def test_greeting_and_reply_arrive_paced_at_real_time(make_gateway, fake_m
     assert session.appended_bytes == pytest.approx(s.frames_sent * 0.02 * per_second, rel=0.02)
 
 
+@STACKS
 async def test_barge_in_stops_playback_and_truncates_at_the_heard_point(make_gateway, fake_model):
     # A 4 s greeting generated at 2x real time: still being generated when the caller talks over it.
     model = await fake_model(greeting_ms=4000, reply_ms=600, speed=2.0)
@@ -177,6 +181,7 @@ async def test_admin_api_lists_and_hangs_up_a_live_call(make_gateway, fake_model
             assert "/calls/{uuid}/hangup" in (await r.json())["paths"]
 
 
+@STACKS
 async def test_null_model_echoes_caller_audio_bit_exact_through_g711(make_gateway):
     gw = await make_gateway(model_backend="null-echo")
     rng = np.random.default_rng(7)

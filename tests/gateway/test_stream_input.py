@@ -15,6 +15,8 @@ from gateway.client.call import place_call
 from gateway.client.wsframe import OP_BINARY, OP_TEXT, encode_frame
 from gateway.metrics import REGISTRY
 
+STACKS = pytest.mark.parametrize("media_stack", ["aiohttp", "raw"])  # GATEWAY_MEDIA_STACK
+
 
 def metric(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels or None) or 0.0
@@ -37,6 +39,7 @@ async def wait_gone(gw, call_uuid: str, seconds: float = 3.0) -> bool:
 
 
 @pytest.mark.parametrize("module", ["upstream", "voxcom"])
+@STACKS
 async def test_captured_stream_with_stop_text_is_served_and_tcp_closed(make_gateway, fake_model, module):
     """Real upgrade request (no space after colons, token via STREAM_EXTRA_HEADERS), real metadata frame,
     640-byte frames with the first two together, then the real `stop {"final":"bye"}` bytes."""
@@ -66,6 +69,7 @@ async def test_captured_stream_with_stop_text_is_served_and_tcp_closed(make_gate
     assert update["audio"]["input"]["format"]["rate"] == 24000
 
 
+@STACKS
 async def test_captured_hangup_close_ends_the_call(make_gateway, fake_model):
     model = await fake_model(greeting_ms=300)
     gw = await make_gateway(model_url=model.url, auth_tokens="")  # the 8k captures carry no token
@@ -83,6 +87,7 @@ async def test_captured_hangup_close_ends_the_call(make_gateway, fake_model):
     assert metric("gateway_calls_total", outcome="caller_hangup") == before + 1
 
 
+@STACKS
 async def test_socket_dropped_without_close_frame_ends_the_call_cleanly(make_gateway, fake_model):
     model = await fake_model(greeting_ms=2000, speed=1.0)
     gw = await make_gateway(model_url=model.url)
@@ -111,6 +116,7 @@ BAD_STREAMS = {
 }
 
 
+@STACKS
 async def test_bad_input_is_refused_and_a_concurrent_call_is_unaffected(make_gateway, fake_model,
                                                                         question_wav):
     model = await fake_model(greeting_ms=1500, reply_ms=1000, speed=2.0)
@@ -172,6 +178,7 @@ async def test_upgrade_refusals_before_the_websocket_exists(make_gateway, fake_m
     first.close()
 
 
+@STACKS
 async def test_graceful_shutdown_refuses_new_streams_then_ends_live_calls(make_gateway, fake_model):
     import aiohttp
 

@@ -20,6 +20,8 @@ HOST = "127.0.0.41"
 TOKEN = secrets.token_hex(16)
 ACCOUNT = "AC" + "ab" * 16
 
+STACKS = pytest.mark.parametrize("media_stack", ["aiohttp", "raw"])  # GATEWAY_MEDIA_STACK
+
 
 @pytest.fixture
 async def rest():
@@ -58,6 +60,7 @@ async def test_voice_webhook_answers_connect_stream_only_when_signed(make_gatewa
     assert f'<Parameter name="callSid" value="{form["CallSid"]}" />' in twiml
 
 
+@STACKS
 async def test_unsigned_stream_is_refused_and_other_calls_go_on(make_gateway, fake_model, rest):
     model = await fake_model(greeting_ms=600, reply_ms=600)
     gw = await _gateway(make_gateway, rest, model_url=model.url)
@@ -68,6 +71,7 @@ async def test_unsigned_stream_is_refused_and_other_calls_go_on(make_gateway, fa
     assert good.errors == [] and good.greeting_s > 0.5 and good.reply_s > 0.5
 
 
+@STACKS
 async def test_conversation_marks_dtmf_and_barge_in_clear(make_gateway, fake_model, rest):
     # A 4 s greeting at 2x real time; the caller talks over it 1 s in.
     model = await fake_model(greeting_ms=4000, reply_ms=800, speed=2.0)
