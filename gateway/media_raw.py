@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from gateway.call.transport import InEvent, MediaCodec, StreamStart
+from gateway.call.transport import InEvent, MediaCodec, StreamEnded, StreamStart, read_start
 from gateway.log import fields
 from gateway.proto import audio_stream as wire
 from gateway.proto.audio_stream import StreamProtocolError
@@ -162,10 +162,6 @@ class FrameParser:
                 raise WsProtocolError(wire.CLOSE_PROTOCOL_ERROR, f"reserved opcode {op:#x}")
         if pos:
             del b[:pos]
-
-
-class _StreamEnded(Exception):
-    """The far end closed the stream (close frame, TCP EOF or reset)."""
 
 
 class RawWsTransport(asyncio.Protocol):
@@ -301,7 +297,7 @@ class RawWsTransport(asyncio.Protocol):
         queue = self._queue
         while not queue:
             if self._input_done:
-                raise _StreamEnded()
+                raise StreamEnded()
             if self._read_paused:
                 self._read_paused = False
                 self._transport.resume_reading()
@@ -326,22 +322,8 @@ class RawWsTransport(asyncio.Protocol):
         return batch
 
     async def start(self, timeout: float) -> StreamStart:  # noqa: ASYNC109 - the ingress's deadline
-        deadline = self._loop.time() + timeout
-        events: list[InEvent] = []
-        while not any(isinstance(e, StreamStart) for e in events):
-            remaining = deadline - self._loop.time()
-            try:
-                if remaining <= 0:
-                    raise TimeoutError
-                events += await self._next(remaining)
-            except TimeoutError:
-                events += self.codec.start_timeout()
-            except _StreamEnded:
-                raise StreamProtocolError(wire.CLOSE_NORMAL, "stream closed before it started") from None
-        i = next(i for i, e in enumerate(events) if isinstance(e, StreamStart))
-        start = events[i]
-        assert isinstance(start, StreamStart)
-        self._queue.extendleft(reversed(events[i + 1:]))
+        start, rest = await read_start(self._next, self.codec, timeout)
+        self._queue.extendleft(reversed(rest))
         if self.on_start is not None:
             self.on_start(start)
         return start
@@ -350,7 +332,7 @@ class RawWsTransport(asyncio.Protocol):
         while True:
             try:
                 batch = await self._next()
-            except _StreamEnded:
+            except StreamEnded:
                 return
             for event in batch:
                 yield event

@@ -22,7 +22,7 @@ from aiohttp import WSMsgType, web
 from gateway import metrics as m
 from gateway.call.registry import Refused
 from gateway.call.session import CallSession
-from gateway.call.transport import InEvent, MediaCodec, StreamStart
+from gateway.call.transport import InEvent, MediaCodec, StreamEnded, StreamStart, read_start
 from gateway.log import fields, pii
 from gateway.media_raw import RawWsTransport
 from gateway.proto import audio_stream as wire
@@ -37,10 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.media")
 
 CLOSE_HANDSHAKE_TIMEOUT_S = 1.0  # then TCP is dropped anyway (libwsc never closes TCP itself)
-
-
-class _StreamEnded(Exception):
-    """The far end closed the stream (close frame or TCP EOF)."""
 
 
 class WsTransport:
@@ -67,7 +63,7 @@ class WsTransport:
         if msg.type == WSMsgType.TEXT:
             return self.codec.feed_text(msg.data)
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-            raise _StreamEnded()
+            raise StreamEnded()
         if msg.type == WSMsgType.ERROR:
             exc = self.ws.exception()
             code = getattr(exc, "code", wire.CLOSE_PROTOCOL_ERROR)
@@ -76,23 +72,7 @@ class WsTransport:
         raise StreamProtocolError(wire.CLOSE_UNSUPPORTED_DATA, f"unexpected message type {msg.type!r}")
 
     async def start(self, timeout: float) -> StreamStart:  # noqa: ASYNC109 - the ingress's deadline
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        events: list[InEvent] = []
-        while not any(isinstance(e, StreamStart) for e in events):
-            remaining = deadline - loop.time()
-            try:
-                if remaining <= 0:
-                    raise TimeoutError
-                events += await self._next(remaining)
-            except TimeoutError:
-                events += self.codec.start_timeout()
-            except _StreamEnded:
-                raise StreamProtocolError(wire.CLOSE_NORMAL, "stream closed before it started") from None
-        i = next(i for i, e in enumerate(events) if isinstance(e, StreamStart))
-        self._pending = events[i + 1:]
-        start = events[i]
-        assert isinstance(start, StreamStart)
+        start, self._pending = await read_start(self._next, self.codec, timeout)
         if self.on_start is not None:
             self.on_start(start)
         return start
@@ -104,7 +84,7 @@ class WsTransport:
         while True:
             try:
                 batch = await self._next()
-            except _StreamEnded:
+            except StreamEnded:
                 return
             for event in batch:
                 yield event

@@ -9,9 +9,11 @@ framework.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
+from gateway.proto.audio_stream import CLOSE_NORMAL, StreamProtocolError
 from gateway.proto.media import (
     CallerAudio,
     Dtmf,
@@ -22,13 +24,14 @@ from gateway.proto.media import (
     StreamText,
 )
 
-__all__ = ["CallerAudio", "Dtmf", "InEvent", "MarkPlayed", "MediaCodec", "MediaTransport", "StreamStart",
-           "StreamStopped", "StreamText"]
+__all__ = ["CallerAudio", "Dtmf", "InEvent", "MarkPlayed", "MediaCodec", "MediaTransport", "StreamEnded",
+           "StreamStart", "StreamStopped", "StreamText", "read_start"]
+
 
 
 class MediaCodec(Protocol):
     """Pure per-call codec of one ingress: messages in -> events; agent audio/clear/mark -> messages.
-    Refusals raise `gateway.proto.errors.StreamProtocolError` carrying the close code."""
+    Refusals raise `gateway.proto.audio_stream.StreamProtocolError` carrying the close code."""
 
     name: str  # "freeswitch", "twilio": metrics and logs
     frame_ms: int  # agent audio per outbound message when paced in real time
@@ -64,3 +67,29 @@ class MediaTransport(Protocol):
     async def send_side_text(self, doc: dict[str, Any]) -> None: ...
     async def close(self, code: int, reason: str) -> None: ...
 
+
+class StreamEnded(Exception):
+    """The far end closed the stream (close frame or TCP EOF): raised by a socket adapter's reads."""
+
+
+async def read_start(next_events: Callable[[float], Awaitable[list[InEvent]]], codec: MediaCodec,
+                     timeout: float) -> tuple[StreamStart, list[InEvent]]:  # noqa: ASYNC109 - the deadline
+    """The stream's start, read through `next_events(remaining seconds)` within `timeout`; past it, the
+    codec's default start (or its refusal). Returns the start and the events that came after it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    events: list[InEvent] = []
+    while not any(isinstance(e, StreamStart) for e in events):
+        remaining = deadline - loop.time()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            events += await next_events(remaining)
+        except TimeoutError:
+            events += codec.start_timeout()
+        except StreamEnded:
+            raise StreamProtocolError(CLOSE_NORMAL, "stream closed before it started") from None
+    i = next(i for i, e in enumerate(events) if isinstance(e, StreamStart))
+    start = events[i]
+    assert isinstance(start, StreamStart)
+    return start, events[i + 1:]
