@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from gateway.call.transport import InEvent, MediaCodec, StreamEnded, StreamStart, read_start
+from gateway.call.transport import InEvent, MediaCodec, StreamEnded, StreamStart, read_start, stream_events
 from gateway.log import fields
 from gateway.proto import audio_stream as wire
 from gateway.proto.audio_stream import StreamProtocolError
@@ -328,14 +328,8 @@ class RawWsTransport(asyncio.Protocol):
             self.on_start(start)
         return start
 
-    async def events(self) -> AsyncIterator[InEvent]:
-        while True:
-            try:
-                batch = await self._next()
-            except StreamEnded:
-                return
-            for event in batch:
-                yield event
+    def events(self) -> AsyncIterator[InEvent]:
+        return stream_events(self._next)
 
     def _write(self, text: str | None) -> bool:
         if text is None or self._close_sent or self._peer_closed or self._lost:

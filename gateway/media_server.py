@@ -22,7 +22,7 @@ from aiohttp import WSMsgType, web
 from gateway import metrics as m
 from gateway.call.registry import Refused
 from gateway.call.session import CallSession
-from gateway.call.transport import InEvent, MediaCodec, StreamEnded, StreamStart, read_start
+from gateway.call.transport import InEvent, MediaCodec, StreamEnded, StreamStart, read_start, stream_events
 from gateway.log import fields, pii
 from gateway.media_raw import RawWsTransport
 from gateway.proto import audio_stream as wire
@@ -77,17 +77,9 @@ class WsTransport:
             self.on_start(start)
         return start
 
-    async def events(self) -> AsyncIterator[InEvent]:
+    def events(self) -> AsyncIterator[InEvent]:
         pending, self._pending = self._pending, []
-        for event in pending:
-            yield event
-        while True:
-            try:
-                batch = await self._next()
-            except StreamEnded:
-                return
-            for event in batch:
-                yield event
+        return stream_events(self._next, pending)
 
     async def send_audio(self, audio: bytes) -> bool:
         if self.ws.closed:

@@ -25,7 +25,7 @@ from gateway.proto.media import (
 )
 
 __all__ = ["CallerAudio", "Dtmf", "InEvent", "MarkPlayed", "MediaCodec", "MediaTransport", "StreamEnded",
-           "StreamStart", "StreamStopped", "StreamText", "read_start"]
+           "StreamStart", "StreamStopped", "StreamText", "read_start", "stream_events"]
 
 
 
@@ -93,3 +93,17 @@ async def read_start(next_events: Callable[[float], Awaitable[list[InEvent]]], c
     start = events[i]
     assert isinstance(start, StreamStart)
     return start, events[i + 1:]
+
+
+async def stream_events(next_events: Callable[[], Awaitable[list[InEvent]]],
+                        first: list[InEvent] | None = None) -> AsyncIterator[InEvent]:
+    """`first` (what came with the start), then every batch `next_events()` reads, until the stream ends."""
+    for event in first or ():
+        yield event
+    while True:
+        try:
+            batch = await next_events()
+        except StreamEnded:
+            return
+        for event in batch:
+            yield event
