@@ -38,13 +38,22 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from gateway.call.transport import InEvent, MediaCodec, StreamEnded, StreamStart, read_start, stream_events
+from gateway.client.wsframe import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    server_frame,
+    unmask,
+)
 from gateway.log import fields
 from gateway.proto import audio_stream as wire
 from gateway.proto.audio_stream import StreamProtocolError
 
 log = logging.getLogger("gateway.media")
 
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INVALID_DATA = 1007
 DRAIN_TIMEOUT_S = 5.0  # a far end that reads none of the agent's audio this long is dropped
@@ -56,25 +65,6 @@ class WsProtocolError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
-
-
-def unmask(payload: bytes | bytearray | memoryview, mask: bytes) -> bytes:
-    """XOR with the 4-byte key through one big int (no per-byte Python loop)."""
-    n = len(payload)
-    if not n:
-        return b""
-    key = int.from_bytes((mask * ((n >> 2) + 1))[:n], "big")
-    return (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
-
-
-def server_frame(opcode: int, payload: bytes) -> bytes:
-    """One unmasked, final frame: header and payload in one buffer (one transport.write)."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x80 | opcode, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
-    return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
 
 
 def close_frame(code: int, reason: str = "") -> bytes:

@@ -28,7 +28,6 @@ __all__ = ["CallerAudio", "Dtmf", "InEvent", "MarkPlayed", "MediaCodec", "MediaT
            "StreamStart", "StreamStopped", "StreamText", "read_start", "stream_events"]
 
 
-
 class MediaCodec(Protocol):
     """Pure per-call codec of one ingress: messages in -> events; agent audio/clear/mark -> messages.
     Refusals raise `gateway.proto.audio_stream.StreamProtocolError` carrying the close code."""

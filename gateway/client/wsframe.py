@@ -1,6 +1,8 @@
 """Minimal RFC 6455 client side, sans-I/O: the upgrade request exactly as libwsc writes it, masked frames
 out, a frame parser in. Written for `gateway call` and the tests, which must put on the wire what
-mod_audio_stream puts there (headers without a space after the colon, no extensions, Origin header)."""
+mod_audio_stream puts there (headers without a space after the colon, no extensions, Origin header).
+The opcodes, the (un)masking XOR and the server's frame builder are shared with the gateway's raw media
+stack (gateway/media_raw.py)."""
 
 from __future__ import annotations
 
@@ -37,8 +39,30 @@ def accept_key(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
 
 
+def unmask(payload: bytes | bytearray | memoryview, mask: bytes) -> bytes:
+    """XOR with the repeating 4-byte key (masking and unmasking alike), done as one big-int operation:
+    no per-byte Python loop (fast for 320-byte frames)."""
+    n = len(payload)
+    if not n:
+        return b""
+    key = int.from_bytes((mask * ((n >> 2) + 1))[:n], "big")
+    return (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
+
+
+def server_frame(opcode: int, payload: bytes) -> bytes:
+    """One unmasked, final frame: header and payload in one buffer (one transport.write)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x80 | opcode, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x80 | opcode, 126, n) + payload
+    return struct.pack("!BBQ", 0x80 | opcode, 127, n) + payload
+
+
 def encode_frame(opcode: int, payload: bytes, *, mask: bool = True, fin: bool = True,
                  mask_key: bytes | None = None) -> bytes:
+    if not mask and fin:
+        return server_frame(opcode, payload)
     head = bytearray([(0x80 if fin else 0) | opcode])
     n = len(payload)
     mbit = 0x80 if mask else 0
@@ -53,12 +77,7 @@ def encode_frame(opcode: int, payload: bytes, *, mask: bool = True, fin: bool = 
     if not mask:
         return bytes(head) + payload
     key = mask_key if mask_key is not None else os.urandom(4)
-    head += key
-    if n:
-        # XOR with the repeating 4-byte key, done as one big-int operation (fast for 320-byte frames).
-        k = (key * (n // 4 + 1))[:n]
-        payload = (int.from_bytes(payload, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big")
-    return bytes(head) + payload
+    return bytes(head) + key + unmask(payload, key)
 
 
 def close_payload(code: int, reason: str = "") -> bytes:
